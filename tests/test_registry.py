@@ -1,0 +1,41 @@
+"""The SQLite registry that the CLI writes and later stages read."""
+
+import pytest
+
+from vispipe.registry import Registry
+
+
+def test_add_finish_list(tmp_path):
+    reg = Registry.open(str(tmp_path / "r.db"))
+    dataset = reg.add("dataset", "mnist", str(tmp_path / "ds"), {"size": 28})
+    run = reg.add("run", "lenet", str(tmp_path / "run"), {"epochs": 2})
+    reg.finish(dataset, "completed", {"images": 70000})
+    assert reg.get(dataset).status == "completed"
+    assert reg.get(dataset).summary == {"images": 70000}
+    assert reg.get(dataset).finished is not None
+    assert reg.get(run).status == "running"
+    assert [e.id for e in reg.list()] == [run, dataset]
+    assert [e.name for e in reg.list("run")] == ["lenet"]
+
+
+def test_shared_between_connections(tmp_path):
+    path = str(tmp_path / "r.db")
+    entry = Registry.open(path).add("job", "j", ".", {})
+    Registry.open(path).finish(entry, "aborted", {})
+    assert Registry.open(path).get(entry).status == "aborted"
+
+
+def test_default_location_follows_vispipe_home(vispipe_home):
+    reg = Registry.open()
+    assert reg.path.startswith(str(vispipe_home))
+
+
+def test_bad_kind_status_and_id(tmp_path):
+    reg = Registry.open(str(tmp_path / "r.db"))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        reg.add("model", "x", ".", {})
+    entry = reg.add("run", "x", ".", {})
+    with pytest.raises(ValueError, match="status must be one of"):
+        reg.finish(entry, "done", {})
+    with pytest.raises(KeyError, match="No registry entry with id 999"):
+        reg.get(999)

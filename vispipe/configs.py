@@ -1,0 +1,281 @@
+"""Typed configuration for every stage, kept apart from the code that uses it.
+
+Each stage reads one dataclass; a pipeline file is a `PipelineConfig`. The
+dataclasses hold values only: loading, validation of types and `key=value`
+overrides live in `vispipe.config_io`.
+
+Example:
+
+```python
+from vispipe.configs import DatasetConfig, ImageOptions
+
+cfg = DatasetConfig(source="data/digits", output="datasets/digits",
+                    image=ImageOptions(height=28, width=28, channels=1))
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = [
+    "RESIZE_MODES",
+    "ENCODINGS",
+    "NORMALIZATIONS",
+    "OPTIMIZERS",
+    "LR_POLICIES",
+    "ImageOptions",
+    "DatasetConfig",
+    "AugmentConfig",
+    "ModelConfig",
+    "LRPolicyConfig",
+    "TrainConfig",
+    "EvaluateConfig",
+    "PipelineConfig",
+]
+
+RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
+ENCODINGS = ("png", "jpeg", "raw")
+NORMALIZATIONS = ("standardize", "pixel", "image", "scale", "none")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
+LR_POLICIES = (
+    "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid",
+    "cosine", "onecycle", "warmup",
+)
+
+
+@dataclass
+class ImageOptions:
+    """How every image is stored in the shards.
+
+    Args:
+        height: Stored height in pixels.
+        width: Stored width in pixels.
+        channels: 1 (grayscale) or 3 (color).
+        resize_mode: DIGITS semantics, one of `RESIZE_MODES`.
+        encoding: Pixel encoding inside the TFRecords, one of `ENCODINGS`.
+        jpeg_quality: Quality for `encoding="jpeg"` (1-100).
+    """
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    resize_mode: str = "squash"
+    encoding: str = "png"
+    jpeg_quality: int = 90
+
+
+@dataclass
+class DatasetConfig:
+    """A DIGITS "New Image Classification Dataset" job.
+
+    Paths may point inside `archive` (a .tar.gz/.tgz/.tar/.zip unpacked once
+    into a cache), and then are relative to its root.
+
+    Exactly one source kind is used: `source` (a folder with one sub-folder
+    per class, split by percentages), `train_dir` (+ optional `val_dir`,
+    `test_dir`), `train_list` (+ `labels_file`, optional `val_list`,
+    `test_list`), `tfds_name` (already on disk under `tfds_data_dir`) or
+    `builtin` (`"digits"`: scikit-learn's handwritten digits).
+
+    Args:
+        output: Folder the dataset is written to (must not exist yet unless
+            `overwrite`).
+        val_percent: Share of each class held out for validation when the
+            source is a single folder or a single list.
+        test_percent: Share of each class held out for test, likewise.
+        min_per_class: A class with fewer usable images is an error.
+        max_per_class: Keep at most this many images per class (per split);
+            0 keeps all.
+        shard_size: Images per TFRecord shard.
+        workers: Decode processes; 0 means one per CPU core.
+        seed: Seed of the split and of the per-class subsampling.
+    """
+
+    output: str = ""
+    archive: str = ""
+    source: str = ""
+    train_dir: str = ""
+    val_dir: str = ""
+    test_dir: str = ""
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    labels_file: str = ""
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    builtin: str = ""
+    val_percent: float = 25.0
+    test_percent: float = 0.0
+    image: ImageOptions = field(default_factory=ImageOptions)
+    min_per_class: int = 2
+    max_per_class: int = 0
+    shard_size: int = 10000
+    workers: int = 0
+    seed: int = 42
+    overwrite: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (all off by default).
+
+    Angles are in degrees, fractions are of the image size, jitters are
+    maximum deltas (brightness on the 0-255 scale, the others relative).
+    """
+
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+    rotate90: bool = False
+    rotation: float = 0.0
+    zoom: float = 0.0
+    translate: float = 0.0
+    crop_padding: int = 0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    hue: float = 0.0
+    saturation: float = 0.0
+    noise_std: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return any(
+            bool(getattr(self, f.name)) for f in dataclasses.fields(self)
+        )
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train.
+
+    Args:
+        name: A zoo network (see `vispipe models`) or `"custom"`.
+        custom_path: For `"custom"`: a `.py` file defining
+            `build(input_shape, num_classes)`, or a saved `.keras` model.
+        weights: Initialise from a local weights file (`.weights.h5`,
+            `.keras`) or an earlier run folder; layers are matched by name
+            and shape, the classifier head is skipped when it differs.
+        freeze_epochs: Train only the head for this many epochs first.
+        finetune_lr_factor: LR multiplier once the backbone is unfrozen.
+        dropout: Dropout rate before the classifier, where the network has one.
+        width_multiplier: MobileNetV2 width multiplier.
+    """
+
+    name: str = "lenet"
+    custom_path: str = ""
+    weights: str = ""
+    freeze_epochs: int = 0
+    finetune_lr_factor: float = 0.1
+    dropout: float = 0.0
+    width_multiplier: float = 1.0
+
+
+@dataclass
+class LRPolicyConfig:
+    """A learning-rate policy with DIGITS's parameters.
+
+    fixed: lr. step: lr * gamma ** floor(progress / step_size).
+    multistep: lr * gamma ** (number of `steps` passed).
+    exp: lr * gamma ** iteration. inv: lr * (1 + gamma * iteration) ** -power.
+    poly: lr * (1 - progress) ** power. sigmoid: lr / (1 + exp(-gamma *
+    (iteration - step_size))). cosine: cosine decay to `min_lr`.
+    onecycle: Smith's one-cycle. warmup: linear warm-up to `lr` over
+    `warmup_percent` of training, then the policy in `after_warmup`.
+
+    `step_size` and `steps` are percentages of training, as in DIGITS.
+    """
+
+    policy: str = "fixed"
+    base_lr: float = 0.01
+    gamma: float = 0.1
+    power: float = 1.0
+    step_size: float = 33.0
+    steps: list[float] = field(default_factory=lambda: [50.0, 75.0])
+    min_lr: float = 0.0
+    warmup_percent: float = 0.0
+    after_warmup: str = "fixed"
+    max_lr_factor: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    """Solver options of a training run.
+
+    Args:
+        epochs: Training epochs.
+        batch_size: Global batch size.
+        optimizer: One of `OPTIMIZERS`.
+        momentum: SGD/RMSprop momentum.
+        nesterov: SGD Nesterov momentum.
+        weight_decay: Decoupled for AdamW, L2-style for the others.
+        lr: Learning-rate policy.
+        normalization: Preprocessing baked into the model, one of
+            `NORMALIZATIONS`.
+        augment: Training-time augmentation.
+        val_interval: Validate every N epochs (0: never).
+        snapshot_interval: Checkpoint every N epochs.
+        early_stopping: Stop after this many validations without improvement
+            (0: off).
+        mixed_precision: "auto" (on with a GPU), "on" or "off".
+        seed: Seed of weights init, shuffling and augmentation.
+        steps_per_epoch: Cap on steps per epoch (0: a full pass).
+        label_smoothing: Cross-entropy label smoothing.
+        log_every_steps: Write a step record to metrics.jsonl every N steps.
+        cache: Input cache: "auto" (memory when it fits), "memory", "none".
+        distributed: "none" for now; later stages add horovod, mirrored.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr: LRPolicyConfig = field(default_factory=LRPolicyConfig)
+    normalization: str = "standardize"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    val_interval: int = 1
+    snapshot_interval: int = 1
+    early_stopping: int = 0
+    mixed_precision: str = "auto"
+    seed: int = 42
+    steps_per_epoch: int = 0
+    label_smoothing: float = 0.0
+    log_every_steps: int = 50
+    cache: str = "auto"
+    distributed: str = "none"
+
+
+@dataclass
+class EvaluateConfig:
+    """What `vispipe evaluate` reports.
+
+    Args:
+        splits: Splits to evaluate (those the dataset has).
+        top_losses: Images in the top-losses grid.
+        batch_size: Inference batch size.
+    """
+
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    top_losses: int = 16
+    batch_size: int = 256
+
+
+@dataclass
+class PipelineConfig:
+    """A declarative dataset -> train -> evaluate pipeline file.
+
+    Args:
+        name: Pipeline name, also the default run name.
+        dataset: The dataset job; its `output` defaults to `<out>/dataset`.
+        model: The network.
+        train: The solver.
+        evaluate: The evaluation.
+    """
+
+    name: str = "pipeline"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

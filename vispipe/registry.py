@@ -1,0 +1,139 @@
+"""A small SQLite registry of datasets, runs and jobs.
+
+The CLI writes one entry per dataset creation and training run; later stages
+and the web UI read it. The database lives at `$VISPIPE_HOME/registry.db`
+(`~/.vispipe` by default).
+
+Example:
+
+```python
+reg = Registry.open()
+entry_id = reg.add("dataset", "mnist", "datasets/mnist", {"size": 28})
+reg.finish(entry_id, "completed", {"images": 70000})
+print(reg.list("dataset"))
+```
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["KINDS", "STATUSES", "Entry", "Registry", "default_path"]
+
+KINDS = ("dataset", "run", "job")
+STATUSES = ("running", "completed", "failed", "interrupted", "aborted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created TEXT NOT NULL,
+    finished TEXT,
+    params TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_kind ON entries(kind, created);
+"""
+
+
+def default_path() -> str:
+    """`$VISPIPE_HOME/registry.db`, with `VISPIPE_HOME` defaulting to ~/.vispipe."""
+    home = os.environ.get("VISPIPE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".vispipe"
+    )
+    return os.path.join(home, "registry.db")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registry row."""
+
+    id: int
+    kind: str
+    name: str
+    path: str
+    status: str
+    created: str
+    finished: str | None
+    params: dict[str, Any]
+    summary: dict[str, Any]
+
+
+class Registry:
+    """Datasets, runs and jobs in one SQLite file (safe across processes)."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str):
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | None = None) -> "Registry":
+        """Opens (creating if needed) the registry at `path` or the default."""
+        path = path or default_path()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.executescript(_SCHEMA)
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add(self, kind: str, name: str, path: str, params: dict[str, Any]) -> int:
+        """Adds a `running` entry and returns its id."""
+        if kind not in KINDS:
+            raise ValueError(f"Registry kind must be one of {KINDS}, got {kind!r}.")
+        cursor = self._db.execute(
+            "INSERT INTO entries (kind, name, path, status, created, params, summary)"
+            " VALUES (?, ?, ?, 'running', ?, ?, '{}')",
+            (kind, name, os.path.abspath(path), _now(), json.dumps(params, default=str)),
+        )
+        return int(cursor.lastrowid)
+
+    def finish(self, entry_id: int, status: str, summary: dict[str, Any]) -> None:
+        """Marks an entry finished with `status` and a result summary."""
+        if status not in STATUSES:
+            raise ValueError(f"Registry status must be one of {STATUSES}, got {status!r}.")
+        self._db.execute(
+            "UPDATE entries SET status = ?, finished = ?, summary = ? WHERE id = ?",
+            (status, _now(), json.dumps(summary, default=str), entry_id),
+        )
+
+    def get(self, entry_id: int) -> Entry:
+        """The entry with this id; `KeyError` if there is none."""
+        row = self._db.execute(
+            "SELECT * FROM entries WHERE id = ?", (entry_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"No registry entry with id {entry_id} in {self.path}.")
+        return _to_entry(row)
+
+    def list(self, kind: str | None = None) -> list[Entry]:
+        """Entries, newest first, optionally of one kind."""
+        if kind is None:
+            rows = self._db.execute("SELECT * FROM entries ORDER BY id DESC")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM entries WHERE kind = ? ORDER BY id DESC", (kind,)
+            )
+        return [_to_entry(row) for row in rows.fetchall()]
+
+
+def _to_entry(row: tuple) -> Entry:
+    entry_id, kind, name, path, status, created, finished, params, summary = row
+    return Entry(
+        entry_id, kind, name, path, status, created, finished,
+        json.loads(params), json.loads(summary),
+    )
