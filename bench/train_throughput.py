@@ -1,0 +1,273 @@
+"""Training throughput of the vispipe input pipeline against two baselines.
+
+Trains the same LeNet with the same SGD optimizer and batch size on the same
+MNIST training images fed three ways, and prints one JSON object:
+
+- vispipe: `make_dataset(training=True)` over a vispipe dataset folder
+  (TFRecord shards of the PNGs);
+- tutorial: `keras.utils.image_dataset_from_directory` on the PNG folder,
+  followed by `.prefetch(AUTOTUNE)`, as in the keras.io tutorial "Image
+  classification from scratch"
+  (https://keras.io/examples/vision/image_classification_from_scratch/),
+  which reads and decodes every file every epoch (no `.cache()`);
+- in_memory: numpy arrays decoded up front, `model.fit(x, y)`.
+
+Each feed's datasets are built once, as a trainer would (the vispipe cache
+lives in its dataset), and a warm-up epoch (graph tracing, the cache fill) is
+left out. Then the feeds take turns, one `fit` epoch each, in a rotating order,
+and each rate is the training images over its fastest epoch: on a shared
+machine other load only ever adds time (epochs swing by up to 3x here), so
+the fastest of several interleaved epochs is the least disturbed figure (as
+`timeit` advises). The pipelines are also timed alone, without the model, to
+show what they could feed a faster accelerator.
+
+Usage:
+
+    python bench/train_throughput.py --images 20000 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from vispipe.data.archive import unpack_archive  # noqa: E402
+from vispipe.data.format import (  # noqa: E402
+    FEATURE_CHANNELS,
+    FEATURE_FILENAME,
+    FEATURE_FORMAT,
+    FEATURE_HEIGHT,
+    FEATURE_IMAGE,
+    FEATURE_LABEL,
+    FEATURE_WIDTH,
+    INFO_FILE,
+    DatasetInfo,
+    read_dataset_info,
+    shard_name,
+)
+from vispipe.data.pipeline import load_arrays, make_dataset  # noqa: E402
+
+SHAPE = (28, 28, 1)
+
+
+def _default_data() -> str:
+    shared = os.environ.get("VISPIPE_SHARED_DATASETS") or os.path.join(
+        REPO, "..", "shared", "datasets"
+    )
+    return os.path.normpath(os.path.join(shared, "mnist-png.tar.gz"))
+
+
+def find_train_dir(data: str) -> str:
+    """The folder with one sub-folder per class inside `data`."""
+    root = unpack_archive(data) if os.path.isfile(data) else data
+    for candidate in (
+        os.path.join(root, "mnist-png", "train"), os.path.join(root, "train"), root
+    ):
+        if os.path.isdir(candidate) and all(
+            os.path.isdir(os.path.join(candidate, str(d))) for d in range(10)
+        ):
+            return candidate
+    raise FileNotFoundError(
+        f"{data!r}: expected MNIST PNG folders <root>/[mnist-png/]train/0..9."
+    )
+
+
+def make_subset(train_dir: str, images: int, out: str) -> str:
+    """Links the first `images / classes` files of each class into `out`."""
+    classes = sorted(os.listdir(train_dir))
+    per_class = images // len(classes)
+    for name in classes:
+        os.makedirs(os.path.join(out, name))
+        files = sorted(os.listdir(os.path.join(train_dir, name)))[:per_class]
+        for file in files:
+            os.symlink(os.path.join(train_dir, name, file), os.path.join(out, name, file))
+    return out
+
+
+def _feature(value) -> tf.train.Feature:
+    if isinstance(value, bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def write_dataset_inline(folder: str, out: str, shard_size: int = 10000) -> DatasetInfo:
+    """Fallback while `vispipe.data.create` is missing: PNG bytes into shards."""
+    classes = sorted(os.listdir(folder))
+    items = [
+        (os.path.join(folder, name, file), label)
+        for label, name in enumerate(classes)
+        for file in sorted(os.listdir(os.path.join(folder, name)))
+    ]
+    random.Random(0).shuffle(items)
+    count = -(-len(items) // shard_size)
+    names = [shard_name("train", i, count) for i in range(count)]
+    os.makedirs(out)
+    for i, name in enumerate(names):
+        with tf.io.TFRecordWriter(os.path.join(out, name)) as writer:
+            for path, label in items[i * shard_size:(i + 1) * shard_size]:
+                with open(path, "rb") as f:
+                    data = f.read()
+                features = {
+                    FEATURE_IMAGE: _feature(data), FEATURE_FORMAT: _feature(b"png"),
+                    FEATURE_HEIGHT: _feature(SHAPE[0]), FEATURE_WIDTH: _feature(SHAPE[1]),
+                    FEATURE_CHANNELS: _feature(SHAPE[2]), FEATURE_LABEL: _feature(label),
+                    FEATURE_FILENAME: _feature(path.encode()),
+                }
+                example = tf.train.Example(features=tf.train.Features(feature=features))
+                writer.write(example.SerializeToString())
+    info = DatasetInfo(
+        path=out, classes=classes, height=SHAPE[0], width=SHAPE[1],
+        channels=SHAPE[2], encoding="png", split_counts={"train": len(items)},
+        class_counts={}, shards={"train": names}, mean_pixel=[0.0], std_pixel=[1.0],
+    )
+    with open(os.path.join(out, INFO_FILE), "w", encoding="utf-8") as f:
+        json.dump(info.to_json(), f)
+    return read_dataset_info(out)
+
+
+def build_dataset(folder: str, out: str) -> DatasetInfo:
+    """A vispipe dataset of `folder`, with the lead's creator when present."""
+    try:
+        from vispipe.configs import DatasetConfig, ImageOptions
+        from vispipe.data.create import create_dataset
+    except ImportError:
+        return write_dataset_inline(folder, out)
+    create_dataset(DatasetConfig(
+        train_dir=folder, output=out, val_percent=0.0,
+        image=ImageOptions(height=SHAPE[0], width=SHAPE[1], channels=SHAPE[2]),
+    ))
+    return read_dataset_info(out)
+
+
+def build_lenet(num_classes: int) -> keras.Model:
+    """LeNet as in DIGITS (conv20-pool-conv50-pool-fc500-fc) on 0-255 inputs."""
+    try:
+        from vispipe.models import build_model
+    except ImportError:
+        core = keras.Sequential([
+            keras.Input(SHAPE),
+            keras.layers.Conv2D(20, 5),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(50, 5),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(500, activation="relu"),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ])
+    else:
+        core = build_model("lenet", SHAPE, num_classes)
+    # The zoo ends in softmax and takes normalized images; the feeds give 0-255.
+    return keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255), core])
+
+
+def compiled_model(weights: list[np.ndarray], num_classes: int) -> keras.Model:
+    model = build_lenet(num_classes)
+    model.set_weights(weights)
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+    )
+    return model
+
+
+def input_rate(dataset: tf.data.Dataset, images: int, epochs: int) -> float:
+    """Images/s of iterating `dataset`, after one untimed warm-up pass."""
+    for _ in dataset:
+        pass
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for _ in dataset:
+            pass
+    return images * epochs / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=_default_data(),
+                        help="MNIST PNG tarball or unpacked folder")
+    parser.add_argument("--images", type=int, default=20000,
+                        help="training images used (split evenly over classes)")
+    parser.add_argument("--epochs", type=int, default=6,
+                        help="timed epochs per feed (the fastest counts)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    with tempfile.TemporaryDirectory(prefix="vispipe-bench-") as tmp:
+        folder = make_subset(find_train_dir(args.data), args.images,
+                             os.path.join(tmp, "png"))
+        info = build_dataset(folder, os.path.join(tmp, "dataset"))
+        images = info.split_counts["train"]
+        x, y = load_arrays(info, "train")
+        x = x.astype(np.float32)
+        initial = build_lenet(info.num_classes).get_weights()
+
+        # Built once, as a trainer would: the vispipe cache lives in its dataset.
+        datasets = {
+            "vispipe": make_dataset(info, "train", args.batch_size, training=True, seed=0),
+            "tutorial": keras.utils.image_dataset_from_directory(
+                folder, color_mode="grayscale", image_size=SHAPE[:2],
+                batch_size=args.batch_size, shuffle=True, seed=0, verbose=False,
+            ).prefetch(tf.data.AUTOTUNE),
+        }
+        feeds = {
+            "vispipe": dict(x=datasets["vispipe"]),
+            "tutorial": dict(x=datasets["tutorial"]),
+            "in_memory": dict(x=x, y=y, batch_size=args.batch_size, shuffle=True),
+        }
+        models = {name: compiled_model(initial, info.num_classes) for name in feeds}
+        for name, data in feeds.items():  # Warm-up: tracing, cache fill.
+            models[name].fit(**data, epochs=1, verbose=0)
+        seconds = {name: [] for name in feeds}
+        order = list(feeds)
+        for epoch in range(args.epochs):
+            for name in order:
+                start = time.perf_counter()
+                models[name].fit(**feeds[name], epochs=1, verbose=0)
+                seconds[name].append(time.perf_counter() - start)
+            order = order[1:] + order[:1]  # No feed always runs first.
+        for name, times in seconds.items():
+            print(f"{name}: epochs {[round(t, 2) for t in times]} s", file=sys.stderr)
+        # The input pipelines alone, without the model: what they could feed
+        # a faster accelerator.
+        input_only = {name: input_rate(ds, images, args.epochs)
+                      for name, ds in datasets.items()}
+
+    rate = {name: images / min(t) for name, t in seconds.items()}
+    gpus = tf.config.list_physical_devices("GPU")
+    result = {
+        "vispipe_images_per_s": round(rate["vispipe"], 1),
+        "tutorial_images_per_s": round(rate["tutorial"], 1),
+        "in_memory_images_per_s": round(rate["in_memory"], 1),
+        "ratio_vs_tutorial": round(rate["vispipe"] / rate["tutorial"], 3),
+        "ratio_vs_in_memory": round(rate["vispipe"] / rate["in_memory"], 3),
+        "vispipe_input_only_images_per_s": round(input_only["vispipe"], 1),
+        "tutorial_input_only_images_per_s": round(input_only["tutorial"], 1),
+        "input_only_ratio_vs_tutorial": round(
+            input_only["vispipe"] / input_only["tutorial"], 3
+        ),
+        "batch_size": args.batch_size,
+        "images": images,
+        "epochs": args.epochs,
+        "estimator": "fastest of the interleaved timed epochs",
+        "device": f"GPU x{len(gpus)}" if gpus else f"CPU ({os.cpu_count()} cores)",
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

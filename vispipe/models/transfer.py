@@ -1,0 +1,229 @@
+"""Initialising a model from earlier weights, and freezing its backbone.
+
+`load_pretrained` copies weights layer by layer from a `.keras` model (or a
+run folder holding one), matching layers by name, or from a `.weights.h5`
+file, matching layers by their position in the model as Keras' own weight
+files address them. A layer is loaded only when all its weight shapes
+agree, so a classifier head for a different number of classes is skipped.
+The target's `Preprocess` layer is never overwritten: it holds the current
+dataset's statistics.
+
+Example:
+
+```python
+report = load_pretrained(model, "runs/mnist-lenet")
+print(report)
+set_backbone_trainable(model, False)  # then compile and fit the head
+```
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from vispipe.models.layers import Preprocess
+
+__all__ = [
+    "HEAD_LAYERS",
+    "TransferReport",
+    "resolve_weights_path",
+    "load_pretrained",
+    "set_backbone_trainable",
+]
+
+HEAD_LAYERS = ("classifier", "predictions")
+
+
+@dataclass
+class TransferReport:
+    """What `load_pretrained` did.
+
+    Attributes:
+        source: The file the weights came from.
+        loaded: Names of the layers whose weights were copied.
+        skipped: Layer name -> why its weights were not copied.
+    """
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"Loaded {len(self.loaded)} layers from {self.source}."]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def resolve_weights_path(path: str | os.PathLike) -> str:
+    """The weights file behind `path`.
+
+    Args:
+        path: A `.weights.h5` or `.keras` file, or a run folder: its
+            `model.keras`, else the newest `checkpoints/*.keras`.
+
+    Returns:
+        The file path.
+
+    Raises:
+        FileNotFoundError: Nothing usable at `path`.
+        ValueError: A file with another extension.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        final = os.path.join(path, "model.keras")
+        if os.path.isfile(final):
+            return final
+        checkpoints = glob.glob(os.path.join(path, "checkpoints", "*.keras"))
+        if not checkpoints:
+            raise FileNotFoundError(
+                f"Run folder {path!r} has neither model.keras nor "
+                "checkpoints/*.keras."
+            )
+        return max(checkpoints, key=os.path.getmtime)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Pretrained weights {path!r} do not exist.")
+    if not path.endswith((".keras", ".weights.h5")):
+        raise ValueError(
+            f"Pretrained weights {path!r}: expected a .keras or .weights.h5 "
+            "file, or a run folder."
+        )
+    return path
+
+
+def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferReport:
+    """Copies matching weights from `path` into `model`, in place.
+
+    Args:
+        model: The model to initialise (already built).
+        path: See `resolve_weights_path`.
+
+    Returns:
+        A `TransferReport` naming the loaded and skipped layers.
+
+    Raises:
+        ValueError: No layer of `model` matched the source.
+
+    Example:
+
+    ```python
+    report = load_pretrained(model, "runs/cifar-resnet18/model.keras")
+    assert "classifier" in report.skipped  # a different class count
+    ```
+    """
+    source = resolve_weights_path(path)
+    if source.endswith(".keras"):
+        source_model = keras.saving.load_model(source, compile=False)
+        by_key = {layer.name: layer.get_weights()
+                  for layer in _leaf_layers(source_model)}
+        targets = {layer.name: layer for layer in _leaf_layers(model)}
+    else:
+        by_key = _read_h5_weights(source)
+        targets = dict(_h5_paths(model, "layers"))
+
+    report = TransferReport(source=source)
+    for key, layer in targets.items():
+        if not layer.weights:
+            continue
+        if isinstance(layer, Preprocess):
+            report.skipped[layer.name] = "preprocessing of this dataset is kept"
+            continue
+        arrays = by_key.get(key)
+        if arrays is None:
+            report.skipped[layer.name] = "not in the source"
+            continue
+        want = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays]
+        if want != got:
+            report.skipped[layer.name] = f"shapes {got} in the source, {want} here"
+            continue
+        layer.set_weights(arrays)
+        report.loaded.append(layer.name)
+    if not report.loaded:
+        raise ValueError(
+            f"No layer of model {model.name!r} matched the weights in "
+            f"{source!r} (by name and shape); is it the same network?"
+        )
+    return report
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freezes or unfreezes everything but the classifier head.
+
+    The head is the layers named "classifier" and "predictions", or, in a
+    custom network without them, its last layer with weights. A frozen
+    BatchNormalization layer runs in inference mode (Keras uses its moving
+    statistics when `trainable` is False), as in Keras' transfer-learning
+    guide. Recompile the model afterwards for the change to take effect.
+
+    Args:
+        model: A vispipe classifier (nested models are walked into).
+        trainable: False to freeze the backbone, True to unfreeze it.
+
+    Example:
+
+    ```python
+    set_backbone_trainable(model, False)
+    model.compile(...)
+    ```
+    """
+    leaves = [layer for layer in _leaf_layers(model)
+              if not isinstance(layer, Preprocess)]
+    head = [layer for layer in leaves if layer.name in HEAD_LAYERS]
+    if not head:
+        head = [layer for layer in leaves if layer.weights][-1:]
+    for layer in leaves:
+        layer.trainable = trainable or layer in head
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _snake_case(name: str) -> str:
+    # Keras' naming of saved layers (keras.src.utils.naming.to_snake_case).
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _h5_paths(model: keras.Model, prefix: str):
+    """(path, layer) pairs as `save_weights` addresses each layer."""
+    used: dict[str, int] = {}
+    for layer in model.layers:
+        name = _snake_case(type(layer).__name__)
+        if name in used:
+            used[name] += 1
+            name = f"{name}_{used[name]}"
+        else:
+            used[name] = 0
+        if isinstance(layer, keras.Model):
+            yield from _h5_paths(layer, f"{prefix}/{name}/layers")
+        else:
+            yield f"{prefix}/{name}", layer
+
+
+def _read_h5_weights(path: str) -> dict[str, list[np.ndarray]]:
+    """Layer path -> its variables, from a Keras `.weights.h5` file."""
+    import h5py
+
+    found: dict[str, list[np.ndarray]] = {}
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Group) and name.endswith("/vars") and len(obj):
+            found[name[: -len("/vars")]] = [
+                obj[key][()] for key in sorted(obj, key=int)
+            ]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return found
