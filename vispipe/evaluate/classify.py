@@ -1,0 +1,354 @@
+"""Top-N classification of new images (DIGITS "classify one" / "classify many").
+
+Inputs are an image file, a folder (every image file below it, sorted), a
+list file (one path per line, optionally followed by a label: a class id or
+a class name; relative paths are relative to the list file's folder), or a
+list of paths. Images are loaded exactly as the dataset was made (same size,
+resize mode and channels). A file that cannot be used becomes a
+`Prediction` with an `error` and does not stop the others.
+
+Example:
+
+```python
+preds = classify("runs/mnist", "new_digits/")
+print(format_table(preds))
+write_predictions_csv(preds, "predictions.csv")
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from vispipe.configs import ImageOptions
+from vispipe.evaluate.evaluator import predict_probabilities, read_run_info
+from vispipe.evaluate.plots import atomic_output
+from vispipe.tables import format_table as _table
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Prediction",
+    "classify",
+    "collect_inputs",
+    "run_image_options",
+    "model_image_options",
+    "accuracy",
+    "format_table",
+    "write_predictions_csv",
+]
+
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp",
+)
+
+
+@dataclass
+class Prediction:
+    """The classification of one input.
+
+    Attributes:
+        path: The image file.
+        top: `(class name, probability)` pairs, most probable first.
+        label: The true class name, when the list file gave one.
+        error: Why the file could not be classified (then `top` is empty).
+        note: What loading changed, e.g. a color conversion.
+    """
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    label: str | None = None
+    error: str | None = None
+    note: str | None = None
+
+    @property
+    def predicted(self) -> str | None:
+        return self.top[0][0] if self.top else None
+
+    @property
+    def probability(self) -> float | None:
+        return self.top[0][1] if self.top else None
+
+    @property
+    def correct(self) -> bool | None:
+        """Whether the top class is the label; `None` without label or prediction."""
+        if self.label is None or not self.top:
+            return None
+        return self.predicted == self.label
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "predicted": self.predicted,
+            "probability": self.probability,
+            "top": [{"class": c, "probability": p} for c, p in self.top],
+            "label": self.label,
+            "error": self.error,
+            "note": self.note,
+        }
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _parse_list_file(path: str, classes: Sequence[str]) -> list[tuple[str, str | None]]:
+    """`(image path, label name or None)` per non-empty line of a list file."""
+    base = os.path.dirname(os.path.abspath(path))
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            label = None
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) == 2:
+                token = parts[1]
+                if token in classes:
+                    label = token
+                elif token.lstrip("-").isdigit():
+                    index = int(token)
+                    if not 0 <= index < len(classes):
+                        raise ValueError(
+                            f"{path}, line {number}: label {index} is out of range; expected "
+                            f"a class id in [0, {len(classes)}) or a class name."
+                        )
+                    label = classes[index]
+                # Otherwise the last word is part of a path containing spaces.
+                if label is not None:
+                    line = parts[0]
+            image = line if os.path.isabs(line) else os.path.join(base, line)
+            entries.append((image, label))
+    return entries
+
+
+def collect_inputs(
+    inputs: str | Sequence[str], classes: Sequence[str]
+) -> list[tuple[str, str | None]]:
+    """Expands `inputs` into `(image path, label or None)` pairs.
+
+    Args:
+        inputs: An image file, a folder (image files found recursively,
+            sorted by path), a list file, or a list of image paths.
+        classes: Class names, to read the list file's labels.
+
+    Returns:
+        The pairs, in input order.
+
+    Raises:
+        FileNotFoundError: `inputs` is a path that does not exist.
+        ValueError: A folder without images, or a list file label that is
+            not a class.
+    """
+    if not isinstance(inputs, str):
+        return [(os.fspath(p), None) for p in inputs]
+    if os.path.isdir(inputs):
+        found = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(inputs)
+            for name in names
+            if _is_image_file(name)
+        )
+        if not found:
+            raise ValueError(
+                f"Folder {inputs!r} holds no image files (expected extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)})."
+            )
+        return [(p, None) for p in found]
+    if not os.path.exists(inputs):
+        raise FileNotFoundError(f"Input {inputs!r} does not exist.")
+    if _is_image_file(inputs):
+        return [(inputs, None)]
+    return _parse_list_file(inputs, classes)
+
+
+def run_image_options(run_dir: str) -> ImageOptions:
+    """The `ImageOptions` a run's dataset was made with.
+
+    Falls back, with a warning, to squashing to the run's `image_shape` when
+    the dataset folder is no longer there.
+    """
+    from vispipe.data.format import IncompleteDatasetError, read_dataset_info
+
+    run = read_run_info(run_dir)
+    try:
+        info = read_dataset_info(run["dataset_dir"])
+    except (KeyError, IncompleteDatasetError):
+        height, width, channels = run["image_shape"]
+        warnings.warn(
+            f"Dataset of run {run_dir!r} not found ({run.get('dataset_dir')!r}); "
+            f"resizing images to {height}x{width}x{channels} with resize_mode='squash'.",
+            stacklevel=2,
+        )
+        return ImageOptions(height=height, width=width, channels=channels)
+    stored = info.options.get("image") or {}
+    known = {k: v for k, v in stored.items() if k in ImageOptions.__dataclass_fields__}
+    known.update(height=info.height, width=info.width, channels=info.channels)
+    return ImageOptions(**known)
+
+
+def model_image_options(model) -> ImageOptions:
+    """Squash-resize options matching a model's `[H, W, C]` input."""
+    shape = tuple(model.input_shape[1:])
+    if len(shape) != 3 or None in shape:
+        raise ValueError(
+            f"Model {model.name!r} has input shape {model.input_shape}; pass image_options "
+            "to say how images are resized."
+        )
+    return ImageOptions(height=shape[0], width=shape[1], channels=shape[2])
+
+
+def classify(
+    run_dir,
+    inputs: str | Sequence[str],
+    *,
+    top_k: int = 5,
+    classes: Sequence[str] | None = None,
+    image_options: ImageOptions | None = None,
+    batch_size: int = 64,
+    which: str = "final",
+    progress: bool = True,
+) -> list[Prediction]:
+    """Top-k classes of every input image.
+
+    Args:
+        run_dir: A run folder, or a Keras model (float32 0-255 images in,
+            probabilities out).
+        inputs: An image file, a folder, a list file (`path [label]` per
+            line), or a list of image paths.
+        top_k: Classes reported per image (at most the number of classes).
+        classes: Class names; default: the run's (for a model: its output
+            indices as strings).
+        image_options: How to load images; default: the run's dataset's
+            (for a model: squash to its input shape).
+        batch_size: Inference batch size.
+        which: For a run folder: `"final"`, `"best"` or `"last"` model.
+        progress: Show a progress bar.
+
+    Returns:
+        One `Prediction` per input image, in input order; unusable files
+        carry an `error`.
+
+    Example:
+
+    ```python
+    preds = classify("runs/cifar", "photos.txt", top_k=3)
+    print(format_table(preds), accuracy(preds))
+    ```
+    """
+    from vispipe.data.images import ImageError, load_image
+
+    if top_k < 1:
+        raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}.")
+    if isinstance(run_dir, (str, os.PathLike)):
+        from vispipe.train.run_folder import load_run_model
+
+        run_dir = os.fspath(run_dir)
+        classes = list(classes or read_run_info(run_dir)["classes"])
+        image_options = image_options or run_image_options(run_dir)
+        model = load_run_model(run_dir, which=which)
+    else:
+        model = run_dir
+        classes = list(classes or [str(i) for i in range(model.output_shape[-1])])
+        image_options = image_options or model_image_options(model)
+
+    entries = collect_inputs(inputs, classes)
+    predictions = [Prediction(path=p, label=label) for p, label in entries]
+    k = min(top_k, len(classes))
+    with tqdm(total=len(predictions), desc="Classifying", unit="img", disable=not progress,
+              leave=False) as bar:
+        for start in range(0, len(predictions), batch_size):
+            chunk = predictions[start:start + batch_size]
+            loaded, images = [], []
+            for pred in chunk:
+                try:
+                    image, pred.note = load_image(pred.path, image_options)
+                except (ImageError, OSError) as error:
+                    pred.error = str(error) or type(error).__name__
+                    continue
+                loaded.append(pred)
+                images.append(image)
+            if images:
+                probs = predict_probabilities(model, np.stack(images))
+                if probs.shape[1] != len(classes):
+                    raise ValueError(
+                        f"Model {model.name!r} outputs {probs.shape[1]} classes, but "
+                        f"{len(classes)} class names were given."
+                    )
+                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+                for pred, row, ids in zip(loaded, probs, order):
+                    pred.top = [(classes[i], float(row[i])) for i in ids]
+            bar.update(len(chunk))
+    return predictions
+
+
+def accuracy(predictions: Sequence[Prediction]) -> float | None:
+    """Top-1 accuracy over the labelled, successfully classified predictions.
+
+    Returns:
+        The share in `[0, 1]`, or `None` when no prediction has a label.
+    """
+    judged = [p.correct for p in predictions if p.correct is not None]
+    return sum(judged) / len(judged) if judged else None
+
+
+def format_table(predictions: Sequence[Prediction]) -> str:
+    """A text table: path, top class and probability, the other top classes,
+    and the label when known; then the accuracy and error count."""
+    labelled = any(p.label is not None for p in predictions)
+    rows = []
+    for p in predictions:
+        if p.error:
+            row = [p.path, "ERROR", None, p.error]
+        else:
+            others = ", ".join(f"{c} {prob:.3f}" for c, prob in p.top[1:])
+            row = [p.path, p.predicted, f"{p.probability:.4f}", others]
+        if labelled:
+            if p.correct is None:
+                row.append(p.label or "-")
+            else:
+                row.append(f"{p.label} ({'ok' if p.correct else 'wrong'})")
+        rows.append(row)
+    headers = ["image", "prediction", "probability", "next"] + (["label"] if labelled else [])
+    lines = [_table(rows, headers)]
+    acc = accuracy(predictions)
+    if acc is not None:
+        judged = sum(p.correct is not None for p in predictions)
+        lines.append(f"\nAccuracy: {100 * acc:.2f}% of {judged} labelled images")
+    errors = sum(p.error is not None for p in predictions)
+    if errors:
+        lines.append(f"\n{errors} of {len(predictions)} files could not be classified.")
+    return "\n".join(lines)
+
+
+def write_predictions_csv(predictions: Sequence[Prediction], path: str) -> str:
+    """Writes one row per prediction: path, label, predicted, probability,
+    error, then `class_i, prob_i` for each of the top classes.
+
+    Returns:
+        `path`.
+    """
+    k = max((len(p.top) for p in predictions), default=0)
+    header = ["path", "label", "predicted", "probability", "error"]
+    for i in range(1, k + 1):
+        header += [f"class_{i}", f"prob_{i}"]
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for p in predictions:
+                row = [p.path, p.label or "", p.predicted or "",
+                       "" if p.probability is None else f"{p.probability:.6f}", p.error or ""]
+                for name, prob in p.top:
+                    row += [name, f"{prob:.6f}"]
+                writer.writerow(row + [""] * (len(header) - len(row)))
+    return path
