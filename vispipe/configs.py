@@ -177,9 +177,11 @@ class LRPolicyConfig:
 
     fixed: lr. step: lr * gamma ** floor(progress / step_size).
     multistep: lr * gamma ** (number of `steps` passed).
-    exp: lr * gamma ** iteration. inv: lr * (1 + gamma * iteration) ** -power.
+    exp: lr * gamma ** progress. inv: lr * (1 + gamma * progress) ** -power.
     poly: lr * (1 - progress) ** power. sigmoid: lr / (1 + exp(-gamma *
-    (iteration - step_size))). cosine: cosine decay to `min_lr`.
+    (progress - step_size))). cosine: cosine decay to `min_lr`.
+    Here progress is in percent of training: as in DIGITS, gamma of exp, inv
+    and sigmoid applies per 1% of training, not per iteration.
     onecycle: Smith's one-cycle. warmup: linear warm-up to `lr` over
     `warmup_percent` of training, then the policy in `after_warmup`.
 

@@ -42,6 +42,7 @@ __all__ = [
     "CACHE_RAM_FRACTION",
     "CACHE_MAX_BYTES",
     "make_dataset",
+    "decoded_records",
     "steps_per_epoch",
     "load_arrays",
     "records_per_rank",
@@ -250,6 +251,43 @@ def _decoded_records(
     return ds.apply(tf.data.experimental.assert_cardinality(per_rank))
 
 
+def _use_cache(info: DatasetInfo, count: int, training: bool, cache: str) -> bool:
+    if cache not in CACHE_MODES:
+        raise ValueError(f"cache: expected one of {CACHE_MODES}, got {cache!r}.")
+    decoded_bytes = count * math.prod(info.image_shape) * (2 if training else 1)
+    return cache == "memory" or (cache == "auto" and decoded_bytes <= cache_budget_bytes())
+
+
+def decoded_records(
+    dataset: str | os.PathLike | DatasetInfo,
+    split: str,
+    *,
+    training: bool = False,
+    cache: str = "auto",
+    num_shards: int = 1,
+    shard_index: int = 0,
+    limit: int = 0,
+    with_filenames: bool = False,
+) -> tf.data.Dataset:
+    """One split's decoded uint8 records, cached in memory when they fit.
+
+    Build it once and hand it to `make_dataset(records=...)` every epoch:
+    the cache is filled by the first pass and shared by every pipeline made
+    from it. Arguments are as for `make_dataset`.
+
+    Returns:
+        A `tf.data.Dataset` of unbatched `(image uint8 [H, W, C], label)`
+        (+ filename).
+    """
+    info = _resolve(dataset)
+    count = records_per_rank(info, split, num_shards, limit)
+    ds = _decoded_records(
+        info, split, num_shards=num_shards, shard_index=shard_index,
+        limit=limit, with_filenames=with_filenames,
+    )
+    return ds.cache() if _use_cache(info, count, training, cache) else ds
+
+
 def make_dataset(
     dataset: str | os.PathLike | DatasetInfo,
     split: str,
@@ -265,6 +303,7 @@ def make_dataset(
     repeat: bool = False,
     with_filenames: bool = False,
     limit: int = 0,
+    records: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """A batched input pipeline over one split of a dataset folder.
 
@@ -289,6 +328,10 @@ def make_dataset(
         repeat: Repeat forever (pair with `steps_per_epoch`).
         with_filenames: Also yield the source file names.
         limit: Use only the first `limit` records of the split (0: all).
+        records: The split's decoded records from `decoded_records`, made
+            with the same `training`, `cache`, sharding, `limit` and
+            `with_filenames`; pass the same object every epoch so that its
+            in-memory cache fills once while each epoch gets its own `seed`.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)`: float32 `[B, H, W, C]` on
@@ -309,8 +352,6 @@ def make_dataset(
     ```
     """
     info = _resolve(dataset)
-    if cache not in CACHE_MODES:
-        raise ValueError(f"cache: expected one of {CACHE_MODES}, got {cache!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}.")
     count = records_per_rank(info, split, num_shards, limit)
@@ -319,17 +360,13 @@ def make_dataset(
     augment_fn = None
     if training and augment is not None and augment.enabled:
         augment_fn = make_augmenter(augment, info.image_shape, seed)
-
-    ds = _decoded_records(
-        info, split, num_shards=num_shards, shard_index=shard_index,
-        limit=limit, with_filenames=with_filenames,
-    )
-    decoded_bytes = count * math.prod(info.image_shape) * (2 if training else 1)
-    cached = cache == "memory" or (
-        cache == "auto" and decoded_bytes <= cache_budget_bytes()
-    )
-    if cached:
-        ds = ds.cache()
+    if records is None:
+        records = decoded_records(
+            info, split, training=training, cache=cache, num_shards=num_shards,
+            shard_index=shard_index, limit=limit, with_filenames=with_filenames,
+        )
+    cached = _use_cache(info, count, training, cache)
+    ds = records
     if training:
         buffer = count if cached else min(count, _SHUFFLE_BUFFER_UNCACHED)
         ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)

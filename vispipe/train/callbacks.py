@@ -1,0 +1,315 @@
+"""Keras callbacks that keep a run folder up to date while `fit` runs.
+
+The trainer calls `model.fit` once per epoch (see `vispipe.train.trainer`),
+so these callbacks keep their state across `fit` calls and take the epoch
+from Keras' absolute epoch index.
+
+Example:
+
+```python
+meter = ThroughputMeter(batch_size=64, images_per_epoch=60000)
+callbacks = [meter, MetricsLogger(run, steps_per_epoch=938,
+                                  log_every_steps=50, meter=meter)]
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import keras
+from tqdm import tqdm
+
+from vispipe.train.plots import plot_curves
+from vispipe.train.run_folder import RunFolder
+
+__all__ = [
+    "save_model_atomic",
+    "current_lr",
+    "ThroughputMeter",
+    "MetricsLogger",
+    "Checkpointer",
+    "BestModelSaver",
+    "CurvePlotter",
+    "ValAccuracyEarlyStopping",
+    "TqdmProgress",
+]
+
+_METRIC_KEYS = ("loss", "accuracy", "top5")
+
+
+def save_model_atomic(model: keras.Model, path: str) -> None:
+    """Saves `model` (with optimizer state) to a temporary `.keras` name, then renames it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    # Keras requires the ".keras" suffix, so the prefix marks the temporary.
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def current_lr(model: keras.Model) -> float:
+    """The learning rate of the optimizer's next update."""
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Measures training images per second (validation excluded).
+
+    Args:
+        batch_size: Images per step.
+        images_per_epoch: Images one epoch trains on (the last batch may be
+            partial).
+
+    Example:
+
+    ```python
+    meter = ThroughputMeter(64, 60000)
+    model.fit(ds, callbacks=[meter])
+    print(meter.epoch_images_per_s)
+    ```
+    """
+
+    def __init__(self, batch_size: int, images_per_epoch: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.images_per_epoch = images_per_epoch
+        self.epoch_images_per_s: float | None = None
+        self._epoch_start = self._last_time = time.perf_counter()
+        self._last_batch = -1
+        self._epoch_end: float | None = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch_start = self._last_time = time.perf_counter()
+        self._last_batch = -1
+        self._epoch_end = None
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self._epoch_end = time.perf_counter()
+
+    def since_last_call(self, batch: int) -> float:
+        """Images/s over the batches since the previous call (or the epoch start)."""
+        now = time.perf_counter()
+        images = (batch - self._last_batch) * self.batch_size
+        rate = images / max(now - self._last_time, 1e-9)
+        self._last_time, self._last_batch = now, batch
+        return rate
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        end = self._epoch_end or time.perf_counter()
+        self.epoch_images_per_s = self.images_per_epoch / max(end - self._epoch_start, 1e-9)
+
+
+class MetricsLogger(keras.callbacks.Callback):
+    """Appends step and epoch records to `metrics.jsonl`, one flushed line each.
+
+    Step records (every `log_every_steps` optimizer steps): `{"kind": "step",
+    "epoch" (fractional), "step", "loss", "accuracy", "lr", "images_per_s",
+    "time"}`; loss and accuracy are Keras' running means over the epoch so
+    far. Epoch records: `{"kind": "epoch", "epoch" (epochs completed),
+    "step", "loss", "accuracy", "top5", "lr", "images_per_s", "time"}` plus
+    "val_loss", "val_accuracy", "val_top5" after a validation. "lr" is the
+    rate of the next update and "time" the training seconds since the run
+    began.
+
+    Args:
+        run: The run folder.
+        steps_per_epoch: Steps in one epoch.
+        log_every_steps: Step-record interval.
+        meter: Source of the images/s figures.
+        time_offset: Seconds already trained (a resumed run continues).
+    """
+
+    def __init__(self, run: RunFolder, *, steps_per_epoch: int, log_every_steps: int,
+                 meter: ThroughputMeter, time_offset: float = 0.0):
+        super().__init__()
+        self.run = run
+        self.steps_per_epoch = steps_per_epoch
+        self.log_every_steps = log_every_steps
+        self.meter = meter
+        self._start = time.perf_counter() - time_offset
+        self._epoch = 0
+
+    def _append(self, record: dict[str, Any]) -> None:
+        # Open, write, close: a kill loses at most the line being written.
+        with open(self.run.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def _elapsed(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        step = int(self.model.optimizer.iterations)
+        if step % self.log_every_steps:
+            return
+        logs = logs or {}
+        self._append({
+            "kind": "step",
+            "epoch": round(self._epoch + (batch + 1) / self.steps_per_epoch, 4),
+            "step": step,
+            "loss": _finite(logs.get("loss")),
+            "accuracy": _finite(logs.get("accuracy")),
+            "lr": current_lr(self.model),
+            "images_per_s": round(self.meter.since_last_call(batch), 1),
+            "time": self._elapsed(),
+        })
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        record: dict[str, Any] = {
+            "kind": "epoch",
+            "epoch": epoch + 1,
+            "step": int(self.model.optimizer.iterations),
+        }
+        for key in _METRIC_KEYS:
+            record[key] = _finite(logs.get(key))
+        record["lr"] = current_lr(self.model)
+        record["images_per_s"] = round(self.meter.epoch_images_per_s or 0.0, 1)
+        record["time"] = self._elapsed()
+        for key in _METRIC_KEYS:
+            if f"val_{key}" in logs:
+                record[f"val_{key}"] = _finite(logs[f"val_{key}"])
+        self._append(record)
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves `checkpoints/epoch-NNNN.keras`, then points `latest.json` at it.
+
+    Saves every `interval` epochs, after the last epoch (`final_epoch`) and
+    when training stops early; `interval` 0 saves only then.
+
+    Args:
+        run: The run folder.
+        interval: Epochs between checkpoints.
+        final_epoch: Epoch count of the whole run.
+    """
+
+    def __init__(self, run: RunFolder, interval: int, final_epoch: int):
+        super().__init__()
+        self.run = run
+        self.interval = interval
+        self.final_epoch = final_epoch
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        done = epoch + 1
+        due = (self.interval and done % self.interval == 0) or done >= self.final_epoch
+        if due or self.model.stop_training:
+            self.save(done)
+
+    def save(self, epoch: int) -> None:
+        """Checkpoints the model as having completed `epoch` epochs."""
+        save_model_atomic(self.model, self.run.checkpoint_path(epoch))
+        self.run.set_latest_checkpoint(epoch, int(self.model.optimizer.iterations))
+
+
+class BestModelSaver(keras.callbacks.Callback):
+    """Saves `best.keras` whenever validation accuracy beats the best so far.
+
+    Args:
+        path: The `.keras` file.
+        best: Best validation accuracy already reached (a resumed run).
+    """
+
+    def __init__(self, path: str, best: float | None = None):
+        super().__init__()
+        self.path = path
+        self.best = best
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        value = _finite((logs or {}).get("val_accuracy"))
+        if value is not None and (self.best is None or value > self.best):
+            self.best = value
+            save_model_atomic(self.model, self.path)
+
+
+class CurvePlotter(keras.callbacks.Callback):
+    """Redraws `curves.png` from `metrics.jsonl` after every epoch."""
+
+    def __init__(self, run: RunFolder, title: str = ""):
+        super().__init__()
+        self.run = run
+        self.title = title
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        plot_curves(self.run.read_metrics("epoch"), self.run.curves_path, self.title)
+
+
+class ValAccuracyEarlyStopping(keras.callbacks.Callback):
+    """Stops after `patience` validations without a better val accuracy.
+
+    Args:
+        patience: Validations without improvement tolerated.
+        history: Validation accuracies already recorded (a resumed run), in
+            order.
+
+    Attributes:
+        stopped: Whether it asked training to stop.
+    """
+
+    def __init__(self, patience: int, history: list[float] | None = None):
+        super().__init__()
+        self.patience = patience
+        self.best: float | None = None
+        self.wait = 0
+        self.stopped = False
+        for value in history or []:
+            self._update(value)
+
+    def _update(self, value: float) -> None:
+        if self.best is None or value > self.best:
+            self.best, self.wait = value, 0
+        else:
+            self.wait += 1
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        value = _finite((logs or {}).get("val_accuracy"))
+        if value is None:
+            return
+        self._update(value)
+        if self.wait >= self.patience:
+            self.stopped = True
+            self.model.stop_training = True
+
+
+class TqdmProgress(keras.callbacks.Callback):
+    """One tqdm bar per epoch, "Epoch e/N", with loss and accuracy."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int):
+        super().__init__()
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+        self._bar: tqdm | None = None
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._bar = tqdm(total=self.steps_per_epoch, unit="step",
+                         desc=f"Epoch {epoch + 1}/{self.epochs}", leave=True)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        logs = logs or {}
+        self._bar.update(1)
+        self._bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}",
+                              acc=f"{logs.get('accuracy', float('nan')):.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        postfix = {"loss": f"{logs.get('loss', float('nan')):.4f}",
+                   "acc": f"{logs.get('accuracy', float('nan')):.4f}"}
+        if "val_accuracy" in logs:
+            postfix["val_loss"] = f"{logs['val_loss']:.4f}"
+            postfix["val_acc"] = f"{logs['val_accuracy']:.4f}"
+        self._bar.set_postfix(postfix)
+        self._bar.close()

@@ -1,0 +1,285 @@
+"""The run folder: what a training run leaves on disk for the other stages.
+
+```
+<run>/
+  run.json            # {"version": 1, "name", "status", "dataset_dir", "classes",
+                      #  "image_shape", "model", "train", "preprocess", "device",
+                      #  "created", "finished", "epochs_completed", "result"}
+  config.yaml         # the resolved model + train config
+  labels.txt          # one class name per line, line number = label id
+  metrics.jsonl       # one JSON record per line ("kind": "step" | "epoch")
+  tensorboard/        # TensorBoard event files
+  checkpoints/epoch-NNNN.keras   # full model with optimizer state
+  checkpoints/latest.json        # {"epoch", "file", "step"}, written last
+  curves.png          # loss / accuracy / LR against epochs
+  best.keras          # the model with the best validation accuracy
+  model.keras         # the final model
+```
+
+`status` is "running", "completed", "failed" (with "error") or
+"interrupted". Every file is written to a temporary name and renamed.
+
+Example:
+
+```python
+run = RunFolder("runs/mnist")
+print(run.read_info()["status"])
+model = load_run_model("runs/mnist", which="best")
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+__all__ = [
+    "RUN_FORMAT_VERSION",
+    "RUN_STATUSES",
+    "WHICH_MODELS",
+    "RunFolder",
+    "CheckpointRef",
+    "NotARunFolderError",
+    "write_json_atomic",
+    "write_text_atomic",
+    "latest_checkpoint",
+    "load_run_model",
+]
+
+RUN_FORMAT_VERSION = 1
+RUN_STATUSES = ("running", "completed", "failed", "interrupted")
+WHICH_MODELS = ("final", "best", "last")
+
+
+class NotARunFolderError(FileNotFoundError):
+    """The folder has no `run.json`."""
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    """Writes `data` as indented JSON to `path` via a temporary file."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` via a temporary file."""
+    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint: the epochs it holds, its absolute path, its optimizer step."""
+
+    epoch: int
+    path: str
+    step: int
+
+
+class RunFolder:
+    """Paths and bookkeeping files of one run folder.
+
+    Args:
+        path: The run folder (need not exist yet).
+
+    Example:
+
+    ```python
+    run = RunFolder("runs/mnist")
+    run.update_info(status="completed")
+    ```
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.abspath(os.fspath(path))
+
+    def file(self, *parts: str) -> str:
+        """Absolute path of a file inside the run folder."""
+        return os.path.join(self.path, *parts)
+
+    @property
+    def info_path(self) -> str:
+        return self.file("run.json")
+
+    @property
+    def metrics_path(self) -> str:
+        return self.file("metrics.jsonl")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.file("checkpoints")
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.file("tensorboard")
+
+    @property
+    def curves_path(self) -> str:
+        return self.file("curves.png")
+
+    @property
+    def model_path(self) -> str:
+        return self.file("model.keras")
+
+    @property
+    def best_path(self) -> str:
+        return self.file("best.keras")
+
+    def exists(self) -> bool:
+        """Whether the folder holds a `run.json`."""
+        return os.path.isfile(self.info_path)
+
+    def read_info(self) -> dict[str, Any]:
+        """The contents of `run.json`.
+
+        Raises:
+            NotARunFolderError: The folder has no `run.json`.
+            ValueError: An unknown format version.
+        """
+        if not self.exists():
+            raise NotARunFolderError(
+                f"{self.path!r} is not a vispipe run folder: run.json is missing."
+            )
+        with open(self.info_path, encoding="utf-8") as f:
+            info = json.load(f)
+        if info.get("version") != RUN_FORMAT_VERSION:
+            raise ValueError(
+                f"{self.info_path}: expected run format version "
+                f"{RUN_FORMAT_VERSION}, got {info.get('version')!r}."
+            )
+        return info
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        """Replaces `run.json` atomically."""
+        os.makedirs(self.path, exist_ok=True)
+        write_json_atomic(self.info_path, info)
+
+    def update_info(self, **fields: Any) -> dict[str, Any]:
+        """Sets top-level fields of `run.json`; returns the new contents."""
+        info = self.read_info()
+        info.update(fields)
+        self.write_info(info)
+        return info
+
+    def read_metrics(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Records of `metrics.jsonl` (all, or those of one `kind`).
+
+        A last line cut off by a kill is skipped.
+        """
+        if not os.path.isfile(self.metrics_path):
+            return []
+        records = []
+        with open(self.metrics_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # A partial line written as the process died.
+                if kind is None or record.get("kind") == kind:
+                    records.append(record)
+        return records
+
+    def write_metrics(self, records: Iterable[dict[str, Any]]) -> None:
+        """Replaces `metrics.jsonl` atomically."""
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        write_text_atomic(self.metrics_path, text)
+
+    def truncate_metrics(self, epoch: float) -> list[dict[str, Any]]:
+        """Drops records after `epoch` (a resumed run redoes them); returns the kept ones."""
+        kept = [r for r in self.read_metrics() if r.get("epoch", 0) <= epoch]
+        self.write_metrics(kept)
+        return kept
+
+    def checkpoint_path(self, epoch: int) -> str:
+        return os.path.join(self.checkpoint_dir, f"epoch-{epoch:04d}.keras")
+
+    def latest_checkpoint(self) -> CheckpointRef | None:
+        """The checkpoint named by `checkpoints/latest.json`, or None."""
+        pointer = os.path.join(self.checkpoint_dir, "latest.json")
+        if not os.path.isfile(pointer):
+            return None
+        with open(pointer, encoding="utf-8") as f:
+            data = json.load(f)
+        path = os.path.join(self.checkpoint_dir, data["file"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{pointer} names checkpoint {data['file']!r}, which does not exist."
+            )
+        return CheckpointRef(epoch=int(data["epoch"]), path=path, step=int(data["step"]))
+
+    def set_latest_checkpoint(self, epoch: int, step: int) -> None:
+        """Points `checkpoints/latest.json` at the checkpoint of `epoch`."""
+        write_json_atomic(
+            os.path.join(self.checkpoint_dir, "latest.json"),
+            {"epoch": epoch, "file": os.path.basename(self.checkpoint_path(epoch)),
+             "step": step},
+        )
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointRef | None:
+    """The run's latest checkpoint, or None when it has none yet.
+
+    Example:
+
+    ```python
+    ref = latest_checkpoint("runs/mnist")
+    print(ref.epoch, ref.path)
+    ```
+    """
+    return RunFolder(run_dir).latest_checkpoint()
+
+
+def load_run_model(run_dir: str | os.PathLike, which: str = "final", *, compile: bool = False):
+    """Loads a model of a run folder.
+
+    Args:
+        run_dir: The run folder.
+        which: "final" (`model.keras`), "best" (`best.keras`, the best
+            validation accuracy) or "last" (the latest checkpoint).
+        compile: Also restore the loss, metrics and optimizer state.
+
+    Returns:
+        The `keras.Model` (images 0-255 in, probabilities out).
+
+    Raises:
+        NotARunFolderError: No `run.json`.
+        ValueError: Unknown `which`.
+        FileNotFoundError: That model does not exist (e.g. an unfinished
+            run has no final model; the message says what exists).
+
+    Example:
+
+    ```python
+    model = load_run_model("runs/mnist", which="last")
+    ```
+    """
+    import keras
+
+    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
+
+    run = RunFolder(run_dir)
+    info = run.read_info()
+    if which not in WHICH_MODELS:
+        raise ValueError(f"which: expected one of {WHICH_MODELS}, got {which!r}.")
+    if which == "last":
+        ref = run.latest_checkpoint()
+        path = ref.path if ref else ""
+    else:
+        path = run.model_path if which == "final" else run.best_path
+    if not path or not os.path.isfile(path):
+        available = [name for name, p in (("final", run.model_path), ("best", run.best_path))
+                     if os.path.isfile(p)]
+        if run.latest_checkpoint():
+            available.append("last")
+        raise FileNotFoundError(
+            f"Run {run.path!r} (status {info.get('status')!r}) has no {which!r} model"
+            f"{f' ({path})' if path else ''}; available: {available or 'none'}."
+        )
+    return keras.models.load_model(path, compile=compile)

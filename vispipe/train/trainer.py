@@ -1,0 +1,578 @@
+"""Training runs: `train` starts one in a new run folder, `resume` continues one.
+
+How a run proceeds:
+
+- The LR schedule spans the whole run: `epochs * steps_per_epoch` steps,
+  indexed by `optimizer.iterations`, which checkpoints save and restore, so
+  a resumed run continues at the same point of the schedule.
+- `model.fit` is called once per epoch with a training pipeline seeded by
+  `(seed, epoch)`: the data order and augmentation of epoch `e` do not depend
+  on how many epochs this process ran before, so a resumed run sees the same
+  batches as an uninterrupted one. Every epoch's pipeline is built on one
+  decoded-records dataset, so the in-memory image cache fills only once.
+- Validation runs every `val_interval` epochs and after the last one.
+- Transfer learning (`ModelConfig.freeze_epochs > 0`): the first
+  `freeze_epochs` epochs train only the classifier head; then the backbone is
+  unfrozen and a new optimizer (fresh momentum/moments) takes over whose
+  schedule is the same policy over the same total steps times
+  `finetune_lr_factor`, starting at the step already reached, so the LR
+  curve continues (scaled) rather than restarting.
+- Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
+  re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
+  reloads the latest checkpoint (model and optimizer state) and drops the
+  metrics records after it.
+
+Example:
+
+```python
+result = train("datasets/mnist", "runs/mnist", ModelConfig(name="lenet"),
+               TrainConfig(epochs=5, batch_size=64))
+result = resume("runs/mnist", epochs=10)  # train 5 more epochs
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import signal
+import sqlite3
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+import yaml
+
+from vispipe.config_io import from_dict
+from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig
+from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
+from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
+from vispipe.models import build_classifier, set_backbone_trainable
+from vispipe.train.callbacks import (
+    BestModelSaver,
+    Checkpointer,
+    CurvePlotter,
+    MetricsLogger,
+    ThroughputMeter,
+    TqdmProgress,
+    ValAccuracyEarlyStopping,
+    save_model_atomic,
+)
+from vispipe.train.device import DeviceInfo, configure_device, seed_everything
+from vispipe.train.optimizers import make_optimizer
+from vispipe.train.plots import plot_curves
+from vispipe.train.run_folder import RUN_FORMAT_VERSION, RunFolder, write_text_atomic
+from vispipe.train.schedules import make_schedule, validate_policy
+
+__all__ = ["TrainResult", "train", "resume"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train` or `resume` call reports.
+
+    Attributes:
+        run_dir: The run folder (absolute).
+        model_path: The final model (`model.keras`).
+        epochs_completed: Epochs trained in total (fewer than asked after
+            early stopping).
+        history: The epoch records of `metrics.jsonl` (see `MetricsLogger`).
+        final_val_accuracy: Validation accuracy of the last validation, or
+            None without validation.
+        best_val_accuracy: Best validation accuracy, or None.
+        images_per_s: Median training throughput over the epochs.
+        duration_s: Wall time of this call.
+        device: Where it trained, e.g. "GPU:0 (NVIDIA H100)" or "CPU".
+    """
+
+    run_dir: str
+    model_path: str
+    epochs_completed: int
+    history: list[dict[str, Any]]
+    final_val_accuracy: float | None
+    best_val_accuracy: float | None
+    images_per_s: float
+    duration_s: float
+    device: str
+
+
+@dataclass
+class _Session:
+    """Everything one training call needs."""
+
+    run: RunFolder
+    info: DatasetInfo
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    device: DeviceInfo
+    steps: int
+    progress: bool
+    registry_id: int | None
+    train_records: tf.data.Dataset | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.train_cfg.epochs * self.steps
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    checks = (
+        ("train.epochs", cfg.epochs, cfg.epochs >= 1, "an integer >= 1"),
+        ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
+        ("train.val_interval", cfg.val_interval, cfg.val_interval >= 0, "an integer >= 0"),
+        ("train.snapshot_interval", cfg.snapshot_interval, cfg.snapshot_interval >= 0,
+         "an integer >= 0"),
+        ("train.early_stopping", cfg.early_stopping, cfg.early_stopping >= 0,
+         "an integer >= 0"),
+        ("train.steps_per_epoch", cfg.steps_per_epoch, cfg.steps_per_epoch >= 0,
+         "an integer >= 0 (0: a full pass)"),
+        ("train.log_every_steps", cfg.log_every_steps, cfg.log_every_steps >= 1,
+         "an integer >= 1"),
+        ("train.label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1,
+         "a value in [0, 1)"),
+        ("train.normalization", cfg.normalization, cfg.normalization in NORMALIZATIONS,
+         f"one of {NORMALIZATIONS}"),
+        ("train.distributed", cfg.distributed, cfg.distributed == "none",
+         "'none' (the only mode so far)"),
+        ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
+         "an integer >= 0"),
+        ("model.finetune_lr_factor", model_cfg.finetune_lr_factor,
+         model_cfg.finetune_lr_factor > 0, "a number > 0"),
+    )
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{name}: expected {expected}, got {value!r}.")
+
+
+def _steps_per_epoch(info: DatasetInfo, cfg: TrainConfig) -> int:
+    steps = steps_per_epoch(info, "train", cfg.batch_size, drop_remainder=False)
+    return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch) % 2**31
+
+
+def _with_targets(ds: tf.data.Dataset, session: _Session) -> tf.data.Dataset:
+    """One-hot labels when label smoothing needs them."""
+    if not session.train_cfg.label_smoothing:
+        return ds
+    depth = session.info.num_classes
+    return ds.map(lambda x, y: (x, tf.one_hot(y, depth)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _train_dataset(session: _Session, epoch: int) -> tf.data.Dataset:
+    cfg = session.train_cfg
+    if session.train_records is None:
+        # Built once: its in-memory cache then fills in the first epoch only.
+        session.train_records = decoded_records(
+            session.info, "train", training=True, cache=cfg.cache
+        )
+    ds = make_dataset(
+        session.info, "train", cfg.batch_size, training=True, augment=cfg.augment,
+        seed=_epoch_seed(cfg.seed, epoch), cache=cfg.cache,
+        records=session.train_records,
+    )
+    if cfg.steps_per_epoch:
+        ds = ds.take(session.steps)
+    return _with_targets(ds, session)
+
+
+def _val_dataset(session: _Session) -> tf.data.Dataset | None:
+    cfg = session.train_cfg
+    if not cfg.val_interval:
+        return None
+    if "val" not in session.info.splits:
+        _log.warning("Dataset %s has no val split: training without validation.",
+                     session.info.path)
+        return None
+    ds = make_dataset(session.info, "val", cfg.batch_size, cache=cfg.cache)
+    return _with_targets(ds, session)
+
+
+def _compile(model: keras.Model, session: _Session, *, scale: float, step: int) -> None:
+    """Compiles with a new optimizer whose schedule starts at `step`."""
+    cfg = session.train_cfg
+    optimizer = make_optimizer(cfg, make_schedule(cfg.lr, session.total_steps, scale=scale))
+    k = min(5, session.info.num_classes)
+    if cfg.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                   keras.metrics.TopKCategoricalAccuracy(k, name="top5")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                   keras.metrics.SparseTopKCategoricalAccuracy(k, name="top5")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    if step:
+        model.optimizer.build(model.trainable_variables)
+        model.optimizer.iterations.assign(step)
+
+
+def _lr_scale(model_cfg: ModelConfig, epoch: int) -> float:
+    """LR factor of the phase that `epoch` (0-based) belongs to."""
+    if model_cfg.freeze_epochs and epoch >= model_cfg.freeze_epochs:
+        return model_cfg.finetune_lr_factor
+    return 1.0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turns SIGTERM into KeyboardInterrupt (main thread only, where signals land)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"received signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks) -> None:
+    """Trains epochs `start_epoch .. epochs-1`, switching phase when due."""
+    run, cfg, model_cfg = session.run, session.train_cfg, session.model_cfg
+    history = run.read_metrics("epoch")
+    val_history = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
+    images_per_epoch = min(session.steps * cfg.batch_size, session.info.split_counts["train"])
+    meter = ThroughputMeter(cfg.batch_size, images_per_epoch)
+    callbacks: list[keras.callbacks.Callback] = [meter]
+    if session.progress:
+        callbacks.append(TqdmProgress(cfg.epochs, session.steps))
+    early = None
+    if cfg.early_stopping:
+        # Before the Checkpointer, which saves when training stops early.
+        early = ValAccuracyEarlyStopping(cfg.early_stopping, val_history)
+        callbacks.append(early)
+    callbacks += [
+        MetricsLogger(run, steps_per_epoch=session.steps, log_every_steps=cfg.log_every_steps,
+                      meter=meter, time_offset=history[-1]["time"] if history else 0.0),
+        Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
+        BestModelSaver(run.best_path, max(val_history) if val_history else None),
+        CurvePlotter(run, run.read_info().get("name", "")),
+        keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
+        *(extra_callbacks or []),
+    ]
+    val_ds = _val_dataset(session)
+    for epoch in range(start_epoch, cfg.epochs):
+        if model_cfg.freeze_epochs and epoch == model_cfg.freeze_epochs:
+            set_backbone_trainable(model, True)
+            _compile(model, session, scale=model_cfg.finetune_lr_factor,
+                     step=int(model.optimizer.iterations))
+        validate = val_ds is not None and (
+            (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
+        )
+        model.fit(
+            _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
+            validation_data=val_ds if validate else None, callbacks=callbacks, verbose=0,
+            shuffle=False,  # The pipeline shuffles, seeded per epoch.
+        )
+        run.update_info(epochs_completed=epoch + 1)
+        if early is not None and early.stopped:
+            print(f"Early stopping after epoch {epoch + 1}: no better val accuracy in "
+                  f"{cfg.early_stopping} validations.")
+            break
+
+
+def _registry_finish(session: _Session, status: str, summary: dict[str, Any]) -> None:
+    if session.registry_id is None:
+        return
+    from vispipe.registry import Registry
+
+    try:
+        Registry.open().finish(session.registry_id, status, summary)
+    except sqlite3.Error as error:  # Bookkeeping only: never fail a run over it.
+        _log.warning("Could not update registry entry %s: %s", session.registry_id, error)
+
+
+def _registry_add(name: str, path: str, params: dict[str, Any]) -> int | None:
+    try:
+        from vispipe.registry import Registry
+    except ImportError:
+        return None
+    try:
+        return Registry.open().add("run", name, path, params)
+    except sqlite3.Error as error:
+        _log.warning("Could not add run %s to the registry: %s", path, error)
+        return None
+
+
+def _result(session: _Session, duration: float) -> TrainResult:
+    history = session.run.read_metrics("epoch")
+    vals = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
+    rates = [r["images_per_s"] for r in history if r.get("images_per_s")]
+    return TrainResult(
+        run_dir=session.run.path,
+        model_path=session.run.model_path,
+        epochs_completed=history[-1]["epoch"] if history else 0,
+        history=history,
+        final_val_accuracy=vals[-1] if vals else None,
+        best_val_accuracy=max(vals) if vals else None,
+        images_per_s=float(statistics.median(rates)) if rates else 0.0,
+        duration_s=duration,
+        device=session.device.device,
+    )
+
+
+def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResult:
+    """Saves the final model and curves and marks the run completed."""
+    run = session.run
+    save_model_atomic(model, run.model_path)
+    result = _result(session, duration)
+    plot_curves(result.history, run.curves_path, run.read_info().get("name", ""))
+    best_epoch = next((r["epoch"] for r in result.history
+                       if result.best_val_accuracy is not None
+                       and r.get("val_accuracy") == result.best_val_accuracy), None)
+    summary = {
+        "final_val_accuracy": result.final_val_accuracy,
+        "best_val_accuracy": result.best_val_accuracy,
+        "best_epoch": best_epoch,
+        "final_loss": result.history[-1]["loss"] if result.history else None,
+        "images_per_s": result.images_per_s,
+        "train_time_s": result.history[-1]["time"] if result.history else 0.0,
+    }
+    run.update_info(status="completed", finished=_now(),
+                    epochs_completed=result.epochs_completed, result=summary)
+    _registry_finish(session, "completed", summary)
+    return result
+
+
+def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> TrainResult:
+    """Trains and finishes the run folder; records interruptions and failures."""
+    run = session.run
+    start = time.perf_counter()
+    try:
+        with _sigterm_as_interrupt():
+            _fit(model, session, start_epoch, callbacks)
+            return _finish(model, session, time.perf_counter() - start)
+    except KeyboardInterrupt:
+        info = run.update_info(status="interrupted", finished=_now())
+        _registry_finish(session, "interrupted", {"epochs_completed": info["epochs_completed"]})
+        raise
+    except BaseException as error:
+        run.update_info(status="failed", finished=_now(), error=f"{type(error).__name__}: {error}")
+        _registry_finish(session, "failed", {"error": str(error)})
+        raise
+
+
+def _preprocess_info(info: DatasetInfo, mode: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "mode": mode,
+        "mean": list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
+        "std": list(info.std_pixel) if mode == "standardize" else None,
+    }
+    if mode == "image":
+        data["mean_image_file"] = os.path.abspath(os.path.join(info.path, MEAN_FILE))
+    return data
+
+
+def _check_new_run_folder(run: RunFolder) -> None:
+    if run.exists():
+        status = run.read_info().get("status")
+        if status == "completed":
+            raise FileExistsError(
+                f"Run folder {run.path!r} already holds a completed run. Choose a new "
+                "run folder, or continue it with `vispipe train --resume` "
+                "(resume(..., epochs=N)) to train longer."
+            )
+        raise FileExistsError(
+            f"Run folder {run.path!r} already holds a run with status {status!r}. "
+            "Continue it with `vispipe train --resume` (resume()) or choose a new run folder."
+        )
+    if os.path.isdir(run.path) and os.listdir(run.path):
+        raise FileExistsError(
+            f"{run.path!r} exists, is not empty and is not a run folder; choose a new "
+            "or empty folder."
+        )
+
+
+def train(
+    dataset_dir: str,
+    run_dir: str,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    name: str = "",
+    progress: bool = True,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
+    """Trains a network on a dataset into a new run folder.
+
+    Args:
+        dataset_dir: A vispipe dataset folder (needs a train split; a val
+            split enables validation).
+        run_dir: The run folder to create (absent or empty).
+        model_cfg: The network.
+        train_cfg: The solver.
+        name: Run name (default: the folder name).
+        progress: Show a progress bar per epoch.
+        callbacks: Extra Keras callbacks, run after vispipe's own.
+
+    Returns:
+        A `TrainResult`.
+
+    Raises:
+        FileExistsError: `run_dir` already holds a run (use `resume`) or
+            other files.
+        ValueError: An invalid setting (the message names the field).
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the run is left "interrupted"
+            and can be resumed.
+
+    Example:
+
+    ```python
+    result = train("datasets/mnist", "runs/lenet", ModelConfig(name="lenet"),
+                   TrainConfig(epochs=3, lr=LRPolicyConfig(policy="step")))
+    print(result.best_val_accuracy)
+    ```
+    """
+    run = RunFolder(run_dir)
+    _check_new_run_folder(run)
+    _check_settings(model_cfg, train_cfg)
+    info = read_dataset_info(dataset_dir)
+    steps = _steps_per_epoch(info, train_cfg)
+    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
+    make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
+    seed_everything(train_cfg.seed)
+    device = configure_device(train_cfg.mixed_precision)
+    model = build_classifier(model_cfg, info, train_cfg.normalization)
+
+    name = name or os.path.basename(run.path)
+    os.makedirs(run.checkpoint_dir, exist_ok=True)
+    model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
+    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
+                                                 "model": model_dict, "train": train_dict})
+    run.write_info({
+        "version": RUN_FORMAT_VERSION,
+        "name": name,
+        "status": "running",
+        "dataset_dir": os.path.abspath(info.path),
+        "classes": list(info.classes),
+        "image_shape": list(info.image_shape),
+        "model": model_dict,
+        "train": train_dict,
+        "preprocess": _preprocess_info(info, train_cfg.normalization),
+        "device": device.to_json(),
+        "steps_per_epoch": steps,
+        "registry_id": registry_id,
+        "created": _now(),
+        "finished": None,
+        "epochs_completed": 0,
+        "result": {},
+    })
+    write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
+        {"model": model_dict, "train": train_dict}, sort_keys=False))
+    write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
+    write_text_atomic(run.metrics_path, "")
+
+    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id)
+    if model_cfg.freeze_epochs:
+        set_backbone_trainable(model, False)
+    _compile(model, session, scale=1.0, step=0)
+    return _run(model, session, 0, callbacks)
+
+
+def resume(
+    run_dir: str,
+    *,
+    progress: bool = True,
+    epochs: int | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> TrainResult:
+    """Continues a run from its latest checkpoint.
+
+    The model and optimizer state (including `optimizer.iterations`, hence
+    the LR schedule position) come from the checkpoint; records of
+    `metrics.jsonl` after it are dropped and redone. A run interrupted before
+    its first checkpoint starts again from scratch in the same folder.
+
+    Args:
+        run_dir: The run folder.
+        progress: Show a progress bar per epoch.
+        epochs: New total epoch count (to train a run longer); the LR
+            schedule is then spread over the new total from the checkpoint
+            on.
+        callbacks: Extra Keras callbacks.
+
+    Returns:
+        A `TrainResult` covering the whole run.
+
+    Raises:
+        NotARunFolderError: No `run.json`.
+        ValueError: The run is already complete for `epochs`.
+
+    Example:
+
+    ```python
+    resume("runs/lenet")            # after Ctrl-C
+    resume("runs/lenet", epochs=20)  # train a finished run longer
+    ```
+    """
+    run = RunFolder(run_dir)
+    data = run.read_info()
+    where = run.info_path
+    model_cfg = from_dict(ModelConfig, data["model"], f"{where}: model")
+    train_cfg = from_dict(TrainConfig, data["train"], f"{where}: train")
+    done_epochs = int(data.get("epochs_completed") or 0)
+    if epochs is not None:
+        train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    if data.get("status") == "completed" and (epochs is None or epochs <= done_epochs):
+        raise ValueError(
+            f"Run {run.path!r} is already complete ({done_epochs} epochs); pass "
+            f"epochs > {done_epochs} to train it longer."
+        )
+    _check_settings(model_cfg, train_cfg)
+    info = read_dataset_info(data["dataset_dir"])
+    steps = _steps_per_epoch(info, train_cfg)
+    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
+    seed_everything(train_cfg.seed)
+    device = configure_device(train_cfg.mixed_precision)
+    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress,
+                       data.get("registry_id"))
+
+    ref = run.latest_checkpoint()
+    if ref is None:
+        start_epoch = 0
+        model = build_classifier(model_cfg, info, train_cfg.normalization)
+        if model_cfg.freeze_epochs:
+            set_backbone_trainable(model, False)
+        _compile(model, session, scale=1.0, step=0)
+    else:
+        import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
+
+        start_epoch = ref.epoch
+        model = keras.models.load_model(ref.path, compile=True)
+        # Rebuilt rather than trusted: `epochs` may have changed the total.
+        model.optimizer.learning_rate = make_schedule(
+            train_cfg.lr, session.total_steps,
+            scale=_lr_scale(model_cfg, start_epoch - 1),
+        )
+    run.truncate_metrics(start_epoch)
+    info_data = {k: v for k, v in data.items() if k != "error"}
+    info_data.update(status="running", finished=None, epochs_completed=start_epoch,
+                     train=dataclasses.asdict(train_cfg), steps_per_epoch=steps,
+                     device=device.to_json())
+    run.write_info(info_data)
+    write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
+        {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+        sort_keys=False))
+    print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
+          f"(step {int(model.optimizer.iterations)}).")
+    return _run(model, session, start_epoch, callbacks)
