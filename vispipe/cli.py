@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (CommandError, ConfigError, FileNotFoundError, ValueError) as error:
+    except (CommandError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"vispipe {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
