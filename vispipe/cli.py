@@ -23,13 +23,16 @@ import dataclasses
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
 
 from vispipe.config_io import ConfigError, apply_overrides, from_dict
 from vispipe.configs import DatasetConfig, ModelConfig, PipelineConfig, TrainConfig
 from vispipe.tables import format_table
 
-__all__ = ["main", "build_parser"]
+__all__ = ["COMMAND_GROUP", "main", "build_parser"]
+
+COMMAND_GROUP = "vispipe.commands"
 
 
 class CommandError(Exception):
@@ -478,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_argument("--kind", choices=["dataset", "run", "job"])
     registry.add_argument("--json", action="store_true")
     registry.set_defaults(handler=_registry)
+
+    # Later stages (export, serve) add their verbs through this entry-point
+    # group, so the core never imports the stages that depend on it.
+    for command in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        command.load()(verbs)
     return parser
 
 

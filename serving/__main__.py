@@ -1,0 +1,7 @@
+"""`python -m serving ...`: the same flags as `vispipe serve`."""
+
+import sys
+
+from serving.cli import main
+
+sys.exit(main())
