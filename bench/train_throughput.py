@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import tempfile
 import time
@@ -45,21 +44,12 @@ import tensorflow as tf  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from vispipe.configs import DatasetConfig, ImageOptions  # noqa: E402
 from vispipe.data.archive import unpack_archive  # noqa: E402
-from vispipe.data.format import (  # noqa: E402
-    FEATURE_CHANNELS,
-    FEATURE_FILENAME,
-    FEATURE_FORMAT,
-    FEATURE_HEIGHT,
-    FEATURE_IMAGE,
-    FEATURE_LABEL,
-    FEATURE_WIDTH,
-    INFO_FILE,
-    DatasetInfo,
-    read_dataset_info,
-    shard_name,
-)
+from vispipe.data.create import create_dataset  # noqa: E402
+from vispipe.data.format import DatasetInfo  # noqa: E402
 from vispipe.data.pipeline import load_arrays, make_dataset  # noqa: E402
+from vispipe.models import build_model  # noqa: E402
 
 SHAPE = (28, 28, 1)
 
@@ -98,79 +88,17 @@ def make_subset(train_dir: str, images: int, out: str) -> str:
     return out
 
 
-def _feature(value) -> tf.train.Feature:
-    if isinstance(value, bytes):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def write_dataset_inline(folder: str, out: str, shard_size: int = 10000) -> DatasetInfo:
-    """Fallback while `vispipe.data.create` is missing: PNG bytes into shards."""
-    classes = sorted(os.listdir(folder))
-    items = [
-        (os.path.join(folder, name, file), label)
-        for label, name in enumerate(classes)
-        for file in sorted(os.listdir(os.path.join(folder, name)))
-    ]
-    random.Random(0).shuffle(items)
-    count = -(-len(items) // shard_size)
-    names = [shard_name("train", i, count) for i in range(count)]
-    os.makedirs(out)
-    for i, name in enumerate(names):
-        with tf.io.TFRecordWriter(os.path.join(out, name)) as writer:
-            for path, label in items[i * shard_size:(i + 1) * shard_size]:
-                with open(path, "rb") as f:
-                    data = f.read()
-                features = {
-                    FEATURE_IMAGE: _feature(data), FEATURE_FORMAT: _feature(b"png"),
-                    FEATURE_HEIGHT: _feature(SHAPE[0]), FEATURE_WIDTH: _feature(SHAPE[1]),
-                    FEATURE_CHANNELS: _feature(SHAPE[2]), FEATURE_LABEL: _feature(label),
-                    FEATURE_FILENAME: _feature(path.encode()),
-                }
-                example = tf.train.Example(features=tf.train.Features(feature=features))
-                writer.write(example.SerializeToString())
-    info = DatasetInfo(
-        path=out, classes=classes, height=SHAPE[0], width=SHAPE[1],
-        channels=SHAPE[2], encoding="png", split_counts={"train": len(items)},
-        class_counts={}, shards={"train": names}, mean_pixel=[0.0], std_pixel=[1.0],
-    )
-    with open(os.path.join(out, INFO_FILE), "w", encoding="utf-8") as f:
-        json.dump(info.to_json(), f)
-    return read_dataset_info(out)
-
-
 def build_dataset(folder: str, out: str) -> DatasetInfo:
-    """A vispipe dataset of `folder`, with the lead's creator when present."""
-    try:
-        from vispipe.configs import DatasetConfig, ImageOptions
-        from vispipe.data.create import create_dataset
-    except ImportError:
-        return write_dataset_inline(folder, out)
-    create_dataset(DatasetConfig(
+    """A vispipe dataset of `folder` (PNG shards, no held-out split)."""
+    return create_dataset(DatasetConfig(
         train_dir=folder, output=out, val_percent=0.0,
         image=ImageOptions(height=SHAPE[0], width=SHAPE[1], channels=SHAPE[2]),
-    ))
-    return read_dataset_info(out)
+    ), progress=False)
 
 
 def build_lenet(num_classes: int) -> keras.Model:
-    """LeNet as in DIGITS (conv20-pool-conv50-pool-fc500-fc) on 0-255 inputs."""
-    try:
-        from vispipe.models import build_model
-    except ImportError:
-        core = keras.Sequential([
-            keras.Input(SHAPE),
-            keras.layers.Conv2D(20, 5),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(50, 5),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            keras.layers.Dense(500, activation="relu"),
-            keras.layers.Dense(num_classes, activation="softmax"),
-        ])
-    else:
-        core = build_model("lenet", SHAPE, num_classes)
-    # The zoo ends in softmax and takes normalized images; the feeds give 0-255.
+    """The zoo's LeNet on 0-255 inputs (it takes normalized images)."""
+    core = build_model("lenet", SHAPE, num_classes)
     return keras.Sequential([keras.Input(SHAPE), keras.layers.Rescaling(1 / 255), core])
 
 
