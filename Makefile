@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-core
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+HOROVOD_STAMP := $(VENV)/.installed-horovod
+
+.PHONY: setup demo test bench horovod clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# Horovod 0.28.1 built from its sdist with the one source change TF 2.19 needs
+# (see scripts/build_horovod.sh); the distributed tests run under horovodrun.
+$(HOROVOD_STAMP): $(STAMP) scripts/build_horovod.sh
+	scripts/build_horovod.sh $(BIN)/python
+	touch $@
+
+horovod: $(HOROVOD_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/vispipe run pipelines/digits-demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(HOROVOD_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

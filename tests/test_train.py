@@ -278,3 +278,14 @@ def test_frozen_phase_trains_only_the_head(dataset, tmp_path):
     epochs = run.read_metrics("epoch")
     full = lr_at(cfg.lr, 2 * STEPS, np.array([STEPS, 2 * STEPS]))
     np.testing.assert_allclose([r["lr"] for r in epochs], [full[0], 0.1 * full[1]], rtol=1e-5)
+
+
+def test_a_diverging_run_fails_with_a_clear_message(dataset, tmp_path):
+    run_dir = str(tmp_path / "diverged")
+    cfg = _cfg(epochs=3, optimizer="sgd", lr=LRPolicyConfig(policy="fixed", base_lr=1e6))
+    with pytest.raises(ArithmeticError, match="training diverged.*Lower train.lr.base_lr"):
+        train(dataset, run_dir, ModelConfig(name="lenet"), cfg, progress=False)
+    info = RunFolder(run_dir).read_info()
+    assert info["status"] == "failed" and "diverged" in info["error"]
+    # Nothing was saved from the NaN weights.
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))

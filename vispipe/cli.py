@@ -181,6 +181,7 @@ def _model_and_train(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
         ("model", "name"): args.model, ("model", "weights"): args.weights,
         ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
         ("train", "optimizer"): args.optimizer, ("train", "seed"): args.seed,
+        ("train", "distributed"): args.distributed,
     }
     for (section, key), value in flags.items():
         if value is not None:
@@ -219,6 +220,14 @@ def _train_result_json(result: Any) -> dict[str, Any]:
     }
 
 
+def _is_chief_process() -> bool:
+    """False on every Horovod/MPI rank but 0, so one summary is printed per job."""
+    for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(variable, "0") != "0":
+            return False
+    return True
+
+
 def _train(args: argparse.Namespace) -> int:
     from vispipe.train import resume, train
 
@@ -232,6 +241,8 @@ def _train(args: argparse.Namespace) -> int:
             result = train(args.dataset, args.out, model_cfg, train_cfg,
                            name=args.name or os.path.basename(os.path.abspath(args.out)),
                            progress=not args.quiet)
+    if not _is_chief_process():
+        return 0
     if args.json:
         _print_json(_train_result_json(result))
     else:
@@ -373,6 +384,8 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="base learning rate")
     parser.add_argument("--lr-policy")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--distributed", choices=["none", "horovod", "mirrored", "multiworker"],
+                        help="data parallelism (horovod: launch under horovodrun)")
     _add_set(parser)
 
 
@@ -496,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (CommandError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (CommandError, ConfigError, FileNotFoundError, FileExistsError, ValueError,
+            ArithmeticError) as error:
         print(f"vispipe {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -225,7 +225,17 @@ class TrainConfig:
         label_smoothing: Cross-entropy label smoothing.
         log_every_steps: Write a step record to metrics.jsonl every N steps.
         cache: Input cache: "auto" (memory when it fits), "memory", "none".
-        distributed: "none" for now; later stages add horovod, mirrored.
+        distributed: "none" (one process, CPU or one GPU), "horovod" (under
+            `horovodrun`, one GPU per rank), "mirrored" (all GPUs of one
+            host) or "multiworker" (MultiWorkerMirroredStrategy, TF_CONFIG).
+            `batch_size` is always the global batch.
+        scale_lr: Distributed: multiply the LR by the number of replicas
+            (linear scaling rule, Goyal et al. 2017), for an `lr` tuned for
+            one replica's batch.
+        warmup_epochs: With `scale_lr`: epochs over which the LR ramps
+            linearly from the single-replica LR to the scaled one (0: none).
+        gradient_compression: Horovod allreduce compression: "none" or
+            "fp16".
     """
 
     epochs: int = 10
@@ -247,6 +257,9 @@ class TrainConfig:
     log_every_steps: int = 50
     cache: str = "auto"
     distributed: str = "none"
+    scale_lr: bool = False
+    warmup_epochs: float = 0.0
+    gradient_compression: str = "none"
 
 
 @dataclass

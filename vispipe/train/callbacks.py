@@ -28,6 +28,8 @@ from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RunFolder
 
 __all__ = [
+    "TrainingDivergedError",
+    "DivergenceGuard",
     "save_model_atomic",
     "current_lr",
     "ThroughputMeter",
@@ -62,6 +64,11 @@ def _finite(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
 
+
+
+def _step(model: keras.Model) -> int:
+    """The optimizer's step count (a mirrored variable under tf.distribute)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 class ThroughputMeter(keras.callbacks.Callback):
     """Measures training images per second (validation excluded).
@@ -153,7 +160,7 @@ class MetricsLogger(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
-        step = int(self.model.optimizer.iterations)
+        step = _step(self.model)
         if step % self.log_every_steps:
             return
         logs = logs or {}
@@ -173,7 +180,7 @@ class MetricsLogger(keras.callbacks.Callback):
         record: dict[str, Any] = {
             "kind": "epoch",
             "epoch": epoch + 1,
-            "step": int(self.model.optimizer.iterations),
+            "step": _step(self.model),
         }
         for key in _METRIC_KEYS:
             record[key] = _finite(logs.get(key))
@@ -213,7 +220,7 @@ class Checkpointer(keras.callbacks.Callback):
     def save(self, epoch: int) -> None:
         """Checkpoints the model as having completed `epoch` epochs."""
         save_model_atomic(self.model, self.run.checkpoint_path(epoch))
-        self.run.set_latest_checkpoint(epoch, int(self.model.optimizer.iterations))
+        self.run.set_latest_checkpoint(epoch, _step(self.model))
 
 
 class BestModelSaver(keras.callbacks.Callback):
@@ -246,6 +253,29 @@ class CurvePlotter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         plot_curves(self.run.read_metrics("epoch"), self.run.curves_path, self.title)
+
+
+class TrainingDivergedError(ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops a run whose loss is no longer finite, before it saves anything.
+
+    Keras would otherwise train on, write NaN checkpoints and report 10%
+    accuracy; the run is marked failed with this message instead, and the
+    snapshots of earlier epochs stay usable.
+    """
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDivergedError(
+                f"The training loss became {float(loss)} at step {_step(self.model)} "
+                f"(learning rate {current_lr(self.model):.3g}): training diverged. "
+                "Lower train.lr.base_lr (`vispipe lr-find` suggests one), add a "
+                "warm-up, or use an optimizer with adaptive steps such as adam."
+            )
 
 
 class ValAccuracyEarlyStopping(keras.callbacks.Callback):

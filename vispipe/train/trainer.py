@@ -17,6 +17,13 @@ How a run proceeds:
   schedule is the same policy over the same total steps times
   `finetune_lr_factor`, starting at the step already reached, so the LR
   curve continues (scaled) rather than restarting.
+- Data-parallel (`TrainConfig.distributed`, see `vispipe.train.distributed`):
+  `batch_size` stays the global batch; under Horovod each rank reads its own
+  shard with `batch_size / ranks` images per step, every rank validates on
+  the whole val split (metrics averaged, so early stopping agrees), and only
+  rank 0 writes the run folder, the registry and the console. All ranks
+  must see the run folder on a shared file system: `resume` reloads the
+  last rank-0 checkpoint on every rank.
 - Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
   re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
   reloads the latest checkpoint (model and optimizer state) and drops the
@@ -43,7 +50,7 @@ import sqlite3
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -59,6 +66,7 @@ from vispipe.train.callbacks import (
     BestModelSaver,
     Checkpointer,
     CurvePlotter,
+    DivergenceGuard,
     MetricsLogger,
     ThroughputMeter,
     TqdmProgress,
@@ -66,6 +74,7 @@ from vispipe.train.callbacks import (
     save_model_atomic,
 )
 from vispipe.train.device import DeviceInfo, configure_device, seed_everything
+from vispipe.train.distributed import COMPRESSIONS, MODES, Replicas, setup
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RUN_FORMAT_VERSION, RunFolder, write_text_atomic
@@ -117,6 +126,7 @@ class _Session:
     steps: int
     progress: bool
     registry_id: int | None
+    replicas: Replicas = field(default_factory=Replicas)
     train_records: tf.data.Dataset | None = None
 
     @property
@@ -145,8 +155,10 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          "a value in [0, 1)"),
         ("train.normalization", cfg.normalization, cfg.normalization in NORMALIZATIONS,
          f"one of {NORMALIZATIONS}"),
-        ("train.distributed", cfg.distributed, cfg.distributed == "none",
-         "'none' (the only mode so far)"),
+        ("train.distributed", cfg.distributed, cfg.distributed in MODES, f"one of {MODES}"),
+        ("train.warmup_epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, "a number >= 0"),
+        ("train.gradient_compression", cfg.gradient_compression,
+         cfg.gradient_compression in COMPRESSIONS, f"one of {COMPRESSIONS}"),
         ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
          "an integer >= 0"),
         ("model.finetune_lr_factor", model_cfg.finetune_lr_factor,
@@ -157,8 +169,9 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
             raise ValueError(f"{name}: expected {expected}, got {value!r}.")
 
 
-def _steps_per_epoch(info: DatasetInfo, cfg: TrainConfig) -> int:
-    steps = steps_per_epoch(info, "train", cfg.batch_size, drop_remainder=False)
+def _steps_per_epoch(info: DatasetInfo, cfg: TrainConfig, replicas: Replicas) -> int:
+    steps = steps_per_epoch(info, "train", replicas.input_batch(cfg.batch_size),
+                            drop_remainder=False, num_shards=replicas.num_shards)
     return min(steps, cfg.steps_per_epoch) if cfg.steps_per_epoch else steps
 
 
@@ -175,20 +188,30 @@ def _with_targets(ds: tf.data.Dataset, session: _Session) -> tf.data.Dataset:
 
 
 def _train_dataset(session: _Session, epoch: int) -> tf.data.Dataset:
-    cfg = session.train_cfg
+    cfg, replicas = session.train_cfg, session.replicas
+    shards = {"num_shards": replicas.num_shards, "shard_index": replicas.shard_index}
     if session.train_records is None:
         # Built once: its in-memory cache then fills in the first epoch only.
         session.train_records = decoded_records(
-            session.info, "train", training=True, cache=cfg.cache
+            session.info, "train", training=True, cache=cfg.cache, **shards
         )
     ds = make_dataset(
-        session.info, "train", cfg.batch_size, training=True, augment=cfg.augment,
-        seed=_epoch_seed(cfg.seed, epoch), cache=cfg.cache,
-        records=session.train_records,
+        session.info, "train", replicas.input_batch(cfg.batch_size), training=True,
+        augment=cfg.augment, seed=_epoch_seed(cfg.seed, epoch), cache=cfg.cache,
+        records=session.train_records, **shards,
     )
     if cfg.steps_per_epoch:
         ds = ds.take(session.steps)
-    return _with_targets(ds, session)
+    return _distributable(_with_targets(ds, session), replicas)
+
+
+def _distributable(ds: tf.data.Dataset, replicas: Replicas) -> tf.data.Dataset:
+    """Lets a strategy shard the batches by data (the records are not files)."""
+    if replicas.strategy is None:
+        return ds
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
 
 
 def _val_dataset(session: _Session) -> tf.data.Dataset | None:
@@ -199,14 +222,26 @@ def _val_dataset(session: _Session) -> tf.data.Dataset | None:
         _log.warning("Dataset %s has no val split: training without validation.",
                      session.info.path)
         return None
-    ds = make_dataset(session.info, "val", cfg.batch_size, cache=cfg.cache)
-    return _with_targets(ds, session)
+    # Every rank validates on the whole split: same weights, same result.
+    batch = session.replicas.input_batch(cfg.batch_size)
+    ds = make_dataset(session.info, "val", batch, cache=cfg.cache)
+    return _distributable(_with_targets(ds, session), session.replicas)
+
+
+def _schedule(session: _Session, scale: float):
+    """The run's LR schedule, scaled for the replicas when asked."""
+    cfg = session.train_cfg
+    return session.replicas.scale_schedule(
+        make_schedule(cfg.lr, session.total_steps, scale=scale), scale_lr=cfg.scale_lr,
+        warmup_steps=round(cfg.warmup_epochs * session.steps),
+    )
 
 
 def _compile(model: keras.Model, session: _Session, *, scale: float, step: int) -> None:
     """Compiles with a new optimizer whose schedule starts at `step`."""
     cfg = session.train_cfg
-    optimizer = make_optimizer(cfg, make_schedule(cfg.lr, session.total_steps, scale=scale))
+    with session.replicas.scope():  # Keras optimizers bind the current strategy.
+        optimizer = make_optimizer(cfg, _schedule(session, scale))
     k = min(5, session.info.num_classes)
     if cfg.label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
@@ -216,10 +251,17 @@ def _compile(model: keras.Model, session: _Session, *, scale: float, step: int) 
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                    keras.metrics.SparseTopKCategoricalAccuracy(k, name="top5")]
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
-    if step:
-        model.optimizer.build(model.trainable_variables)
-        model.optimizer.iterations.assign(step)
+    with session.replicas.scope():
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        if step:
+            model.optimizer.build(model.trainable_variables)
+            model.optimizer.iterations.assign(step)
+    session.replicas.distribute_model(model)
+
+
+def _iterations(model: keras.Model) -> int:
+    # int() of a strategy's MirroredVariable fails; reading it as NumPy works.
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def _lr_scale(model_cfg: ModelConfig, epoch: int) -> float:
@@ -249,50 +291,57 @@ def _sigterm_as_interrupt():
 def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks) -> None:
     """Trains epochs `start_epoch .. epochs-1`, switching phase when due."""
     run, cfg, model_cfg = session.run, session.train_cfg, session.model_cfg
+    chief = session.replicas.is_chief
     history = run.read_metrics("epoch")
     val_history = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
     images_per_epoch = min(session.steps * cfg.batch_size, session.info.split_counts["train"])
     meter = ThroughputMeter(cfg.batch_size, images_per_epoch)
-    callbacks: list[keras.callbacks.Callback] = [meter]
-    if session.progress:
+    callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(), meter]
+    if session.progress and chief:
         callbacks.append(TqdmProgress(cfg.epochs, session.steps))
     early = None
     if cfg.early_stopping:
         # Before the Checkpointer, which saves when training stops early.
+        # On every rank: the averaged val metrics make all ranks stop together.
         early = ValAccuracyEarlyStopping(cfg.early_stopping, val_history)
         callbacks.append(early)
-    callbacks += [
-        MetricsLogger(run, steps_per_epoch=session.steps, log_every_steps=cfg.log_every_steps,
-                      meter=meter, time_offset=history[-1]["time"] if history else 0.0),
-        Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
-        BestModelSaver(run.best_path, max(val_history) if val_history else None),
-        CurvePlotter(run, run.read_info().get("name", "")),
-        keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
-        *(extra_callbacks or []),
-    ]
+    if chief:
+        callbacks += [
+            MetricsLogger(run, steps_per_epoch=session.steps,
+                          log_every_steps=cfg.log_every_steps, meter=meter,
+                          time_offset=history[-1]["time"] if history else 0.0),
+            Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
+            BestModelSaver(run.best_path, max(val_history) if val_history else None),
+            CurvePlotter(run, run.read_info().get("name", "")),
+            keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
+        ]
+    callbacks += extra_callbacks or []
     val_ds = _val_dataset(session)
     for epoch in range(start_epoch, cfg.epochs):
         if model_cfg.freeze_epochs and epoch == model_cfg.freeze_epochs:
             set_backbone_trainable(model, True)
             _compile(model, session, scale=model_cfg.finetune_lr_factor,
-                     step=int(model.optimizer.iterations))
+                     step=_iterations(model))
         validate = val_ds is not None and (
             (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
         )
-        model.fit(
-            _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
-            validation_data=val_ds if validate else None, callbacks=callbacks, verbose=0,
-            shuffle=False,  # The pipeline shuffles, seeded per epoch.
-        )
-        run.update_info(epochs_completed=epoch + 1)
+        with session.replicas.scope():
+            model.fit(
+                _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
+                validation_data=val_ds if validate else None, callbacks=callbacks,
+                verbose=0, shuffle=False,  # The pipeline shuffles, seeded per epoch.
+            )
+        if chief:
+            run.update_info(epochs_completed=epoch + 1)
         if early is not None and early.stopped:
-            print(f"Early stopping after epoch {epoch + 1}: no better val accuracy in "
-                  f"{cfg.early_stopping} validations.")
+            if chief:
+                print(f"Early stopping after epoch {epoch + 1}: no better val accuracy "
+                      f"in {cfg.early_stopping} validations.")
             break
 
 
 def _registry_finish(session: _Session, status: str, summary: dict[str, Any]) -> None:
-    if session.registry_id is None:
+    if session.registry_id is None or not session.replicas.is_chief:
         return
     from vispipe.registry import Registry
 
@@ -333,7 +382,11 @@ def _result(session: _Session, duration: float) -> TrainResult:
 
 def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResult:
     """Saves the final model and curves and marks the run completed."""
-    run = session.run
+    run, replicas = session.run, session.replicas
+    digests = replicas.weight_digests(model)
+    if not replicas.is_chief:
+        replicas.barrier()  # Until rank 0 has written the results read below.
+        return _result(session, duration)
     save_model_atomic(model, run.model_path)
     result = _result(session, duration)
     plot_curves(result.history, run.curves_path, run.read_info().get("name", ""))
@@ -348,9 +401,13 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
         "images_per_s": result.images_per_s,
         "train_time_s": result.history[-1]["time"] if result.history else 0.0,
     }
+    distributed = {**replicas.describe(), "weight_digests": digests,
+                   "weights_identical": len(set(digests)) == 1}
     run.update_info(status="completed", finished=_now(),
-                    epochs_completed=result.epochs_completed, result=summary)
+                    epochs_completed=result.epochs_completed, result=summary,
+                    distributed=distributed)
     _registry_finish(session, "completed", summary)
+    replicas.barrier()
     return result
 
 
@@ -363,12 +420,16 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
             _fit(model, session, start_epoch, callbacks)
             return _finish(model, session, time.perf_counter() - start)
     except KeyboardInterrupt:
-        info = run.update_info(status="interrupted", finished=_now())
-        _registry_finish(session, "interrupted", {"epochs_completed": info["epochs_completed"]})
+        if session.replicas.is_chief:
+            info = run.update_info(status="interrupted", finished=_now())
+            _registry_finish(session, "interrupted",
+                             {"epochs_completed": info["epochs_completed"]})
         raise
     except BaseException as error:
-        run.update_info(status="failed", finished=_now(), error=f"{type(error).__name__}: {error}")
-        _registry_finish(session, "failed", {"error": str(error)})
+        if session.replicas.is_chief:
+            run.update_info(status="failed", finished=_now(),
+                            error=f"{type(error).__name__}: {error}")
+            _registry_finish(session, "failed", {"error": str(error)})
         raise
 
 
@@ -446,17 +507,36 @@ def train(
     run = RunFolder(run_dir)
     _check_new_run_folder(run)
     _check_settings(model_cfg, train_cfg)
+    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression)
     info = read_dataset_info(dataset_dir)
-    steps = _steps_per_epoch(info, train_cfg)
+    steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
-    model = build_classifier(model_cfg, info, train_cfg.normalization)
+    with replicas.scope():
+        model = build_classifier(model_cfg, info, train_cfg.normalization)
+    # Every rank has checked the folder before rank 0 creates it.
+    replicas.barrier()
 
     name = name or os.path.basename(run.path)
-    os.makedirs(run.checkpoint_dir, exist_ok=True)
     model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
+    registry_id = None
+    if replicas.is_chief:
+        registry_id = _new_run_folder(run, info, name, model_dict, train_dict, device, steps)
+    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
+                       replicas)
+    if model_cfg.freeze_epochs:
+        set_backbone_trainable(model, False)
+    _compile(model, session, scale=1.0, step=0)
+    replicas.barrier()  # The run folder exists for every rank.
+    return _run(model, session, 0, callbacks)
+
+
+def _new_run_folder(run: RunFolder, info: DatasetInfo, name: str, model_dict: dict,
+                    train_dict: dict, device: DeviceInfo, steps: int) -> int | None:
+    """Creates the run folder's files; returns the registry id."""
+    os.makedirs(run.checkpoint_dir, exist_ok=True)
     registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
                                                  "model": model_dict, "train": train_dict})
     run.write_info({
@@ -468,7 +548,7 @@ def train(
         "image_shape": list(info.image_shape),
         "model": model_dict,
         "train": train_dict,
-        "preprocess": _preprocess_info(info, train_cfg.normalization),
+        "preprocess": _preprocess_info(info, train_dict["normalization"]),
         "device": device.to_json(),
         "steps_per_epoch": steps,
         "registry_id": registry_id,
@@ -481,12 +561,7 @@ def train(
         {"model": model_dict, "train": train_dict}, sort_keys=False))
     write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
     write_text_atomic(run.metrics_path, "")
-
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id)
-    if model_cfg.freeze_epochs:
-        set_backbone_trainable(model, False)
-    _compile(model, session, scale=1.0, step=0)
-    return _run(model, session, 0, callbacks)
+    return registry_id
 
 
 def resume(
@@ -539,18 +614,22 @@ def resume(
             f"epochs > {done_epochs} to train it longer."
         )
     _check_settings(model_cfg, train_cfg)
+    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression)
     info = read_dataset_info(data["dataset_dir"])
-    steps = _steps_per_epoch(info, train_cfg)
+    steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
     session = _Session(run, info, model_cfg, train_cfg, device, steps, progress,
-                       data.get("registry_id"))
+                       data.get("registry_id"), replicas)
 
     ref = run.latest_checkpoint()
+    # Every rank has read run.json and the checkpoint pointer before rank 0 rewrites them.
+    replicas.barrier()
     if ref is None:
         start_epoch = 0
-        model = build_classifier(model_cfg, info, train_cfg.normalization)
+        with replicas.scope():
+            model = build_classifier(model_cfg, info, train_cfg.normalization)
         if model_cfg.freeze_epochs:
             set_backbone_trainable(model, False)
         _compile(model, session, scale=1.0, step=0)
@@ -558,21 +637,22 @@ def resume(
         import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
 
         start_epoch = ref.epoch
-        model = keras.models.load_model(ref.path, compile=True)
+        with replicas.scope():
+            model = keras.models.load_model(ref.path, compile=True)
         # Rebuilt rather than trusted: `epochs` may have changed the total.
-        model.optimizer.learning_rate = make_schedule(
-            train_cfg.lr, session.total_steps,
-            scale=_lr_scale(model_cfg, start_epoch - 1),
-        )
-    run.truncate_metrics(start_epoch)
-    info_data = {k: v for k, v in data.items() if k != "error"}
-    info_data.update(status="running", finished=None, epochs_completed=start_epoch,
-                     train=dataclasses.asdict(train_cfg), steps_per_epoch=steps,
-                     device=device.to_json())
-    run.write_info(info_data)
-    write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
-        {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
-        sort_keys=False))
-    print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
-          f"(step {int(model.optimizer.iterations)}).")
+        model.optimizer.learning_rate = _schedule(session, _lr_scale(model_cfg, start_epoch - 1))
+        replicas.distribute_model(model)
+    if replicas.is_chief:
+        run.truncate_metrics(start_epoch)
+        info_data = {k: v for k, v in data.items() if k != "error"}
+        info_data.update(status="running", finished=None, epochs_completed=start_epoch,
+                         train=dataclasses.asdict(train_cfg), steps_per_epoch=steps,
+                         device=device.to_json())
+        run.write_info(info_data)
+        write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
+            {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+            sort_keys=False))
+        print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
+              f"(step {_iterations(model)}).")
+    replicas.barrier()  # Metrics truncated before any rank reads them.
     return _run(model, session, start_epoch, callbacks)
