@@ -13,7 +13,7 @@ HOROVOD_STAMP := $(VENV)/.installed-horovod
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,serve]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,serve,ui]"
 	$(BIN)/python -m pip check
 	touch $@
 

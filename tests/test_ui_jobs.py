@@ -1,0 +1,146 @@
+"""Web UI jobs with real tiny trainings: dataset, train, abort, resume, restart."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vispipe.registry import Registry
+from vispipe.train.run_folder import RunFolder
+from vispipe.ui import UISettings, create_app
+from vispipe.ui.jobs import JobQueue, read_job, resume_argv
+
+pytestmark = pytest.mark.slow
+
+_WAIT_S = 240
+
+
+def _wait(what: str, condition, queue: JobQueue | None = None):
+    """Polls `condition` (ticking `queue` when given) until it returns a truthy value."""
+    deadline = time.monotonic() + _WAIT_S
+    while time.monotonic() < deadline:
+        if queue is not None:
+            queue.tick()
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"Timed out after {_WAIT_S} s waiting for {what}.")
+
+
+def _job(job_id: int):
+    return read_job(Registry.open().get(job_id))
+
+
+def _entry(kind: str, path: str):
+    return next((e for e in Registry.open().list(kind) if e.path == path), None)
+
+
+def _finished(job_id: int):
+    job = _job(job_id)
+    return job if job.status not in ("queued", "running") else None
+
+
+def _epochs_logged(run_dir: str) -> int:
+    return len(RunFolder(run_dir).read_metrics("epoch"))
+
+
+def _train_form(dataset_id: int, name: str, epochs: int) -> dict:
+    return {"name": name, "dataset": str(dataset_id), "network": "lenet", "epochs": str(epochs),
+            "batch_size": "16", "steps_per_epoch": "2", "base_lr": "0.01", "policy": "fixed",
+            "optimizer": "sgd", "seed": "1", "val_interval": "1", "snapshot_interval": "1"}
+
+
+def test_dataset_train_abort_resume_classify(mnist_small):
+    settings = UISettings(data_roots=[mnist_small], max_jobs=1)
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/datasets/new", data={
+            "name": "digits <1>", "source_kind": "folder", "source": "train",
+            "val_percent": "25", "channels": "1", "height": "28", "width": "28"},
+            follow_redirects=False)
+        assert response.status_code == 303, response.text
+        dataset_job = int(response.headers["location"].rsplit("/", 1)[1])
+        job = _wait("the dataset job", lambda: _finished(dataset_job))
+        assert job.status == "completed", open(job.log_path).read()
+        dataset = _entry("dataset", job.target)
+        page = client.get(f"/jobs/{dataset_job}").text  # Redirects to the dataset page.
+        assert "Dataset digits &lt;1&gt;" in page and 'id="class-counts"' in page
+
+        response = client.post("/models/new", data=_train_form(dataset.id, "lenet & co", 200),
+                               follow_redirects=False)
+        assert response.status_code == 303, response.text
+        train_job = int(response.headers["location"].rsplit("/", 1)[1])
+        run_dir = _job(train_job).target
+        _wait("a checkpoint", lambda: RunFolder(run_dir).exists()
+              and RunFolder(run_dir).latest_checkpoint() is not None)
+        client.post(f"/jobs/{train_job}/abort")
+        job = _wait("the abort", lambda: _finished(train_job))
+        assert job.status == "aborted"
+        assert RunFolder(run_dir).read_info()["status"] == "interrupted"
+        done = _epochs_logged(run_dir)
+        assert 1 <= done < 200
+        run = _entry("run", run_dir)
+        page = client.get(f"/runs/{run.id}").text
+        assert "Resume training" in page and "lenet &amp; co" in page
+        assert "Aborted after" in client.get("/").text
+
+        response = client.post(f"/jobs/{train_job}/resume", data={"epochs": str(done + 1)},
+                               follow_redirects=False)
+        assert response.status_code == 303
+        resume_job = int(response.headers["location"].rsplit("/", 1)[1])
+        job = _wait("the resumed run", lambda: _finished(resume_job))
+        assert job.status == "completed", open(job.log_path).read()
+        info = RunFolder(run_dir).read_info()
+        assert info["status"] == "completed" and info["epochs_completed"] == done + 1
+
+        events = client.get(f"/runs/{run.id}/events").text
+        records = [json.loads(line[6:]) for line in events.splitlines()
+                   if line.startswith("data: {\"kind\"")]
+        assert [r["epoch"] for r in records if r["kind"] == "epoch"] == list(range(1, done + 2))
+        assert '"status": "completed"' in events
+
+        digit = os.path.join(mnist_small, "test", "7", sorted(os.listdir(
+            os.path.join(mnist_small, "test", "7")))[0])
+        with open(digit, "rb") as f:
+            result = client.post(f"/runs/{run.id}/classify",
+                                 files={"image": ("<7>.png", f.read(), "image/png")}).json()
+        assert len(result["top"]) == 5
+        assert {label for label, _ in result["top"]} <= {str(d) for d in range(10)}
+        assert sum(p for _, p in result["top"]) <= 1.0001
+
+
+def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, tmp_path):
+    settings = UISettings(data_roots=[mnist_small], max_jobs=1)
+    first = JobQueue(settings)
+    data_dir = os.path.join(settings.folder("datasets"), "d")
+    dataset_job = first.submit("Dataset d", "dataset", [
+        "dataset", "create", "--source", os.path.join(mnist_small, "train"), "--output", data_dir,
+        "--max-per-class", "10", "--quiet"], target=data_dir, target_kind="dataset")
+    assert _wait("the dataset", lambda: _finished(dataset_job), first).status == "completed"
+
+    runs = [os.path.join(settings.folder("runs"), name) for name in ("a", "b")]
+    ids = [first.submit(f"Train {os.path.basename(r)}", "train", [
+        "train", "--dataset", data_dir, "--out", r, "--model", "lenet", "--epochs", "200",
+        "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--quiet"],
+        target=r, target_kind="run") for r in runs]
+    first.tick()
+    assert [_job(i).status for i in ids] == ["running", "queued"]  # max_jobs=1
+    _wait("a checkpoint", lambda: RunFolder(runs[0]).exists()
+          and RunFolder(runs[0]).latest_checkpoint() is not None, first)
+    pid = _job(ids[0]).pid
+
+    # A new UI process on the same registry; the first one never stopped (a crash).
+    second = JobQueue(settings)
+    assert second.recover() == [ids[0]]
+    assert _job(ids[0]).status == "interrupted"
+    assert RunFolder(runs[0]).read_info()["status"] == "interrupted"
+    assert first._procs[ids[0]].wait(timeout=60) in (130, -15)  # Ended by SIGTERM.
+    assert pid == first._procs[ids[0]].pid
+    assert resume_argv(_job(ids[0])) == ["train", "--resume", runs[0]]
+    assert _job(ids[1]).status == "queued"
+    assert second.abort(ids[1]).status == "aborted"

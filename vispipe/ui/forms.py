@@ -1,0 +1,61 @@
+"""Form parsing with messages that name the field, the expectation and the value.
+
+Example:
+
+```python
+errors = {}
+epochs = int_field(form, "epochs", errors, low=1, high=1000)
+```
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = ["int_field", "float_field", "choice_field", "text_field"]
+
+
+def text_field(form: Mapping[str, Any], name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def int_field(form: Mapping[str, Any], name: str, errors: dict[str, str], *,
+              low: int, high: int, default: int | None = None) -> int:
+    """An integer in [low, high]; a message in `errors[name]` otherwise."""
+    text = text_field(form, name)
+    if not text and default is not None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        errors[name] = f"expected a whole number, got {text!r}"
+        return default or low
+    if not low <= value <= high:
+        errors[name] = f"expected a number from {low} to {high}, got {value}"
+    return value
+
+
+def float_field(form: Mapping[str, Any], name: str, errors: dict[str, str], *,
+                low: float, high: float, default: float | None = None) -> float:
+    """A number in [low, high]; a message in `errors[name]` otherwise."""
+    text = text_field(form, name)
+    if not text and default is not None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        errors[name] = f"expected a number, got {text!r}"
+        return default or low
+    if not low <= value <= high:
+        errors[name] = f"expected a number from {low:g} to {high:g}, got {value:g}"
+    return value
+
+
+def choice_field(form: Mapping[str, Any], name: str, choices: tuple[str, ...],
+                 errors: dict[str, str], default: str) -> str:
+    """One of `choices`; a message in `errors[name]` otherwise."""
+    value = text_field(form, name) or default
+    if value not in choices:
+        errors[name] = f"expected one of {', '.join(choices)}, got {value!r}"
+    return value

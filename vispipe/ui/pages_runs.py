@@ -1,0 +1,399 @@
+"""The model page: live training, metrics, evaluation, classify, export, serve, TF.js.
+
+Example:
+
+```python
+app.include_router(router)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import threading
+import time
+import uuid
+import zipfile
+
+from fastapi import APIRouter, HTTPException, Request, UploadFile
+from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
+
+from vispipe.registry import Entry, Registry
+from vispipe.train.run_folder import RunFolder
+from vispipe.ui.app import render
+from vispipe.ui.jobs import Job, log_tail, read_job, resume_argv
+from vispipe.ui.views import entry_status
+
+__all__ = ["router", "save_upload"]
+
+router = APIRouter()
+
+_IMAGE_TYPES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif",
+                "WEBP": ".webp", "PPM": ".ppm"}
+_EXPORT_FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
+_FINAL = ("completed", "failed", "interrupted", "aborted")
+_models: dict[tuple[str, float], object] = {}
+_models_lock = threading.Lock()
+
+
+def _run_entry(registry: Registry, entry_id: int) -> Entry:
+    try:
+        entry = registry.get(entry_id)
+    except KeyError as error:
+        raise HTTPException(404, str(error)) from None
+    if entry.kind != "run":
+        raise HTTPException(404, f"Registry entry {entry_id} is a {entry.kind}, not a run.")
+    return entry
+
+
+def _jobs_of(registry: Registry, path: str) -> list[Job]:
+    """The jobs of a run: training, evaluations, exports and servers, newest first."""
+    jobs = []
+    for job in map(read_job, registry.list("job")):
+        if (job.target == path or os.path.dirname(job.target) == path
+                or (job.verb in ("export", "serve") and _job_run(job) == path)):
+            jobs.append(job)
+    return jobs
+
+
+def export_available() -> bool:
+    """Whether the `vispipe export` verb is installed."""
+    from importlib.metadata import entry_points
+
+    return any(e.name == "export" for e in entry_points(group="vispipe.commands"))
+
+
+@router.get("/runs/{entry_id}")
+def run_page(request: Request, entry_id: int):
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+        jobs = _jobs_of(registry, entry.path)
+    finally:
+        registry.close()
+    run = RunFolder(entry.path)
+    info = run.read_info() if run.exists() else {}
+    train_job = next((j for j in jobs if j.target == entry.path and j.target_kind == "run"), None)
+    status = entry_status(entry, train_job)
+    evaluations = {}
+    for split in ("test", "val"):
+        path = run.file(f"eval-{split}", "metrics.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                evaluations[split] = json.load(f)
+    exports = [j for j in jobs if j.verb == "export"]
+    reports = {}
+    for job in exports:
+        report_path = os.path.join(job.target, "export_report.json")
+        if os.path.isfile(report_path):
+            with open(report_path, encoding="utf-8") as f:
+                reports[job.id] = json.load(f)
+    return render(request, "run.html", entry=entry, info=info, status=status, job=train_job,
+                  log=log_tail(train_job) if train_job else "",
+                  resume=resume_argv(train_job) if train_job else None,
+                  evaluations=evaluations, exports=exports, reports=reports,
+                  evaluating=[j for j in jobs if j.verb == "evaluate"
+                              and j.status in ("queued", "running")],
+                  serving=[j for j in jobs if j.verb == "serve"],
+                  export_formats=_EXPORT_FORMATS, export_ok=export_available())
+
+
+@router.get("/runs/{entry_id}/events")
+async def run_events(request: Request, entry_id: int):
+    """Server-sent events: each metrics.jsonl record ("metric"), then the status ("status")."""
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+    finally:
+        registry.close()
+    run = RunFolder(entry.path)
+
+    async def stream():
+        offset, last = 0, None
+        while True:
+            if os.path.isfile(run.metrics_path):
+                with open(run.metrics_path, encoding="utf-8") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                # Only whole lines: the trainer may be writing the last one.
+                complete = chunk[:chunk.rfind("\n") + 1]
+                offset += len(complete.encode("utf-8"))
+                for line in complete.splitlines():
+                    if line.strip():
+                        yield f"event: metric\ndata: {line}\n\n"
+            state = _live_status(entry)
+            if state != last:
+                yield f"event: status\ndata: {json.dumps(state)}\n\n"
+                last = state
+            if state["status"] in _FINAL or await request.is_disconnected():
+                return
+            await asyncio.sleep(0.5)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+def _live_status(entry: Entry) -> dict:
+    registry = Registry.open()
+    try:
+        jobs = [j for j in _jobs_of(registry, entry.path) if j.target_kind == "run"]
+        entry = registry.get(entry.id)
+    finally:
+        registry.close()
+    job = jobs[0] if jobs else None
+    if job and (job.status in ("queued", "running") or job.entry.id > entry.id):
+        return {"status": job.status, "log": log_tail(job, 8)}
+    return {"status": entry.status, "log": log_tail(job, 8) if job else ""}
+
+
+def save_upload(upload: UploadFile, settings, data: bytes) -> str:
+    """Checks an uploaded image (size, decodable type) and stores it; returns its path.
+
+    Raises:
+        HTTPException: 413 over the size limit, 415 not an image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(413, f"Upload {upload.filename!r} is {len(data)} bytes; "
+                                 f"expected at most {settings.max_upload_bytes}.")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+            kind = image.format
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise HTTPException(415, f"Upload {upload.filename!r} is not a readable image: {error}") from None
+    if kind not in _IMAGE_TYPES:
+        raise HTTPException(415, f"Upload {upload.filename!r} is a {kind} image; expected one "
+                                 f"of {sorted(_IMAGE_TYPES)}.")
+    # The stored name is ours: the uploaded file name never becomes a path.
+    path = os.path.join(settings.folder("uploads"), uuid.uuid4().hex + _IMAGE_TYPES[kind])
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"Upload {upload.filename!r} is over {limit} bytes.")
+    return data
+
+
+def _cached_model(run_dir: str):
+    from vispipe.train.run_folder import load_run_model
+
+    run = RunFolder(run_dir)
+    path = run.model_path if os.path.isfile(run.model_path) else run.best_path
+    key = (run_dir, os.path.getmtime(path) if os.path.isfile(path) else 0.0)
+    with _models_lock:
+        if key not in _models:
+            which = "final" if os.path.isfile(run.model_path) else "best"
+            _models.clear()  # One model at a time keeps the UI's memory small.
+            _models[key] = load_run_model(run_dir, which=which)
+        return _models[key]
+
+
+@router.post("/runs/{entry_id}/classify")
+async def classify_one(request: Request, entry_id: int, image: UploadFile):
+    """Top-5 of one uploaded image (JSON); `visualize=1` adds per-layer statistics."""
+    settings = request.app.state.settings
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+    finally:
+        registry.close()
+    data = await _read_limited(image, settings.max_upload_bytes)
+    path = save_upload(image, settings, data)
+    form = await request.form()
+    return await asyncio.to_thread(_classify_sync, entry.path, path, bool(form.get("visualize")))
+
+
+def _classify_sync(run_dir: str, path: str, with_layers: bool) -> JSONResponse:
+    from vispipe.evaluate.classify import classify, run_image_options
+
+    info = RunFolder(run_dir).read_info()
+    try:
+        model = _cached_model(run_dir)
+    except FileNotFoundError as error:
+        raise HTTPException(409, str(error)) from None
+    started = time.perf_counter()
+    prediction = classify(model, path, top_k=5, classes=info["classes"],
+                          image_options=run_image_options(run_dir), progress=False)[0]
+    body = {"top": prediction.top, "error": prediction.error, "note": prediction.note,
+            "ms": round(1000 * (time.perf_counter() - started), 1)}
+    if with_layers and not prediction.error:
+        from vispipe.evaluate import visualize
+
+        out = os.path.join(os.path.dirname(path), os.path.basename(path) + ".layers")
+        stats = visualize(run_dir, path, out)
+        body["layers"] = [{"name": s.name, "shape": list(s.shape), "mean": s.mean,
+                           "std": s.std, "params": s.params} for s in stats]
+    return JSONResponse(body)
+
+
+@router.post("/runs/{entry_id}/evaluate")
+async def evaluate(request: Request, entry_id: int):
+    form = await request.form()
+    split = form.get("split") if form.get("split") in ("test", "val", "train") else "test"
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+    finally:
+        registry.close()
+    request.app.state.queue.submit(f"Evaluate {entry.name} ({split})", "evaluate",
+                                   ["evaluate", entry.path, "--split", split],
+                                   target=os.path.join(entry.path, f"eval-{split}"),
+                                   target_kind="eval")
+    return RedirectResponse(f"/runs/{entry_id}#evaluation", status_code=303)
+
+
+_RUN_FILES = {"curves.png", "eval-test/confusion_matrix.png", "eval-val/confusion_matrix.png",
+              "eval-test/top_losses.png", "eval-val/top_losses.png",
+              "eval-test/uncertain.png", "eval-val/uncertain.png"}
+
+
+@router.get("/runs/{entry_id}/file/{name:path}")
+def run_file(entry_id: int, name: str):
+    if name not in _RUN_FILES:
+        raise HTTPException(404, f"Not a file the model page shows: {name!r}.")
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+    finally:
+        registry.close()
+    path = os.path.join(entry.path, name)
+    if not os.path.isfile(path):
+        raise HTTPException(404, f"{name} does not exist (yet).")
+    return FileResponse(path)
+
+
+@router.post("/runs/{entry_id}/export")
+async def export(request: Request, entry_id: int):
+    form = await request.form()
+    formats = [f for f in _EXPORT_FORMATS if form.get(f"format_{f}")]
+    if not formats:
+        raise HTTPException(400, f"Export: expected at least one format of {_EXPORT_FORMATS}.")
+    if not export_available():
+        raise HTTPException(409, "The export stage is not installed (`vispipe export` is missing).")
+    registry = Registry.open()
+    try:
+        entry = _run_entry(registry, entry_id)
+    finally:
+        registry.close()
+    out = os.path.join(request.app.state.settings.folder("exports"),
+                       f"{entry_id}-{time.strftime('%Y%m%d-%H%M%S')}")
+    argv = ["export", entry.path, "--formats", ",".join(formats), "--out", out]
+    limit = form.get("verify_limit")
+    if limit and str(limit).isdigit():
+        argv += ["--verify-limit", str(limit)]
+    job_id = request.app.state.queue.submit(f"Export {entry.name}", "export", argv,
+                                            target=out, target_kind="export")
+    _set_run(job_id, entry.path)
+    return RedirectResponse(f"/runs/{entry_id}#export", status_code=303)
+
+
+def _set_run(job_id: int, run_dir: str) -> None:
+    """Records which run an export or serve job belongs to (in its job folder)."""
+    registry = Registry.open()
+    try:
+        folder = registry.get(job_id).path
+    finally:
+        registry.close()
+    with open(os.path.join(folder, "run.txt"), "w", encoding="utf-8") as f:
+        f.write(run_dir)
+
+
+def _export_job(registry: Registry, job_id: int) -> Job:
+    try:
+        job = read_job(registry.get(job_id))
+    except KeyError as error:
+        raise HTTPException(404, str(error)) from None
+    if job.entry.kind != "job" or job.verb != "export":
+        raise HTTPException(404, f"Job {job_id} is not an export.")
+    return job
+
+
+def _export_path(job: Job, name: str) -> str:
+    root = os.path.realpath(job.target)
+    path = os.path.realpath(os.path.join(root, name))
+    if not path.startswith(root + os.sep) or not os.path.isfile(path):
+        raise HTTPException(404, f"Export {job.id} has no file {name!r}.")
+    return path
+
+
+@router.get("/exports/{job_id}/file/{name:path}")
+def export_file(job_id: int, name: str):
+    registry = Registry.open()
+    try:
+        job = _export_job(registry, job_id)
+    finally:
+        registry.close()
+    return FileResponse(_export_path(job, name))
+
+
+@router.get("/exports/{job_id}.zip")
+def export_zip(job_id: int):
+    registry = Registry.open()
+    try:
+        job = _export_job(registry, job_id)
+    finally:
+        registry.close()
+    if job.status != "completed" and not os.path.isdir(job.target):
+        raise HTTPException(409, f"Export {job_id} is {job.status}; no folder to download.")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder, _, files in os.walk(job.target):
+            for name in files:
+                path = os.path.join(folder, name)
+                archive.write(path, os.path.relpath(path, os.path.dirname(job.target)))
+    return Response(buffer.getvalue(), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="export-{job_id}.zip"'})
+
+
+@router.get("/exports/{job_id}/tfjs")
+def tfjs_page(request: Request, job_id: int):
+    registry = Registry.open()
+    try:
+        job = _export_job(registry, job_id)
+        run = next((e for e in registry.list("run") if e.path == _job_run(job)), None)
+    finally:
+        registry.close()
+    variants = [q for q in ("float32", "float16", "uint8")
+                if os.path.isfile(os.path.join(job.target, "tfjs", q, "model.json"))]
+    return render(request, "tfjs.html", job=job, run=run, variants=variants)
+
+
+def _job_run(job: Job) -> str:
+    try:
+        with open(os.path.join(job.entry.path, "run.txt"), encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+@router.post("/exports/{job_id}/serve")
+async def serve(request: Request, job_id: int):
+    form = await request.form()
+    port = str(form.get("port") or "8501")
+    if not port.isdigit() or not 1024 <= int(port) <= 65535:
+        raise HTTPException(400, f"Port: expected a number from 1024 to 65535, got {port!r}.")
+    registry = Registry.open()
+    try:
+        job = _export_job(registry, job_id)
+        run = next((e for e in registry.list("run") if e.path == _job_run(job)), None)
+    finally:
+        registry.close()
+    config = os.path.join(job.target, "savedmodel", "models.config")
+    if not os.path.isfile(config):
+        raise HTTPException(409, f"Export {job_id} has no SavedModel (savedmodel/models.config).")
+    argv = ["serve", "--model-config-file", config, "--port", port, "--grpc-port", "-1"]
+    serve_id = request.app.state.queue.submit(f"Serve export {job_id} on :{port}", "serve", argv,
+                                              target=f"http://127.0.0.1:{port}",
+                                              target_kind="serve")
+    _set_run(serve_id, _job_run(job))
+    return RedirectResponse(f"/runs/{run.id}#serve" if run else f"/jobs/{serve_id}", status_code=303)
