@@ -20,7 +20,7 @@ __all__ = ["add_serve_parser", "config_from_args", "main"]
 
 def _label(text: str) -> tuple[str, int]:
     label, sep, version = text.partition("=")
-    if not sep or not version.isdigit():
+    if not sep or not (version.isascii() and version.isdigit()):
         raise argparse.ArgumentTypeError(f"expected LABEL=VERSION such as stable=1, got {text!r}")
     return label, int(version)
 

@@ -277,7 +277,7 @@ class ModelStore:
             log.warning("model %r: base path %s does not exist (yet)", model.spec.name, base)
             return found
         for entry in os.listdir(base):
-            if not entry.isdigit():
+            if not (entry.isascii() and entry.isdigit()):
                 continue
             fingerprint = _fingerprint(os.path.join(base, entry))
             version = int(entry)

@@ -108,7 +108,8 @@ def _parse_json(raw: bytes) -> Any:
 
 
 def _parse_version(version: str) -> int:
-    if not version.isdigit() or len(version) > 18:
+    # isascii: "²".isdigit() is True, yet int("²") fails.
+    if not (version.isascii() and version.isdigit()) or len(version) > 18:
         raise ServingError("NOT_FOUND", f"Malformed request: version must be a number, got {version[:40]!r}")
     return int(version)
 

@@ -45,7 +45,9 @@ def openapi_schema(app):
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized so CI is repeatable; it found "/versions/²" crashing int() once.
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 def test_no_request_makes_the_server_fail(case):
     response = case.call()
     case.validate_response(response, checks=[not_a_server_error])

@@ -135,6 +135,7 @@ def test_classify_image_multipart_and_raw_give_top_k(client):
         ("/v1/models/toy/versions/9", 404),
         ("/v1/models/toy/labels/nolabel", 404),
         ("/v1/models/toy/versions/x1", 404),
+        ("/v1/models/toy/versions/%C2%B2", 404),  # "²" passes str.isdigit
         ("/v1/models/..%2F..%2Fetc", 404),
     ],
 )
