@@ -1,0 +1,142 @@
+"""TF.js graph models converted from the serving SavedModel, run in Node.
+
+The graph model comes from the SavedModel's `serving_default` signature
+(uint8 `images` of any size in; `probabilities`, `label_ids`, `scores`,
+`classes` out), with float32, float16 or uint8 weights. The run's labels,
+input and preprocessing are stored under `userDefinedMetadata.vispipe` in
+`model.json`.
+
+Verification runs the files from disk in Node with the pure-JavaScript npm
+package `@tensorflow/tfjs` (`export/js/run_graph_model.js`); `npm ci` in
+`export/js/` installs it (`ensure_node_packages` does it when missing).
+
+Example:
+
+```python
+convert_tfjs("out/savedmodel/mnist/1", "out/tfjs/float16", "float16", spec.to_json())
+probs = tfjs_runner("out/tfjs/float16")(images)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = [
+    "TFJS_QUANTIZATIONS",
+    "JS_DIR",
+    "convert_tfjs",
+    "ensure_node_packages",
+    "tfjs_runner",
+]
+
+TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
+JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
+_SCRIPT = os.path.join(JS_DIR, "run_graph_model.js")
+
+
+def convert_tfjs(
+    savedmodel_dir: str, out_dir: str, quantization: str, metadata: dict[str, Any]
+) -> str:
+    """Converts the SavedModel's `serving_default` to a TF.js graph model.
+
+    Args:
+        savedmodel_dir: The SavedModel version folder.
+        out_dir: Folder for `model.json` and the weight shards (created).
+        quantization: One of `TFJS_QUANTIZATIONS` (weights only; the
+            graph computes in float32).
+        metadata: Stored as `userDefinedMetadata.vispipe` in `model.json`.
+
+    Returns:
+        `out_dir`.
+
+    Raises:
+        ValueError: Unknown quantization.
+
+    Example:
+
+    ```python
+    convert_tfjs("out/savedmodel/mnist/1", "out/tfjs/uint8", "uint8", {"labels": labels})
+    ```
+    """
+    if quantization not in TFJS_QUANTIZATIONS:
+        raise ValueError(
+            f"TF.js quantization: expected one of {TFJS_QUANTIZATIONS}, got {quantization!r}.")
+    # TF-DF (imported by tensorflowjs) takes captured stdout for a notebook
+    # and imports IPython to greet; the variable turns the greeting off.
+    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
+    from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
+
+    convert_tf_saved_model(
+        savedmodel_dir, out_dir, signature_def="serving_default", saved_model_tags="serve",
+        quantization_dtype_map=None if quantization == "float32" else {quantization: "*"},
+        metadata={"vispipe": {**metadata, "weights": quantization}},
+    )
+    return out_dir
+
+
+def ensure_node_packages() -> str:
+    """Installs `@tensorflow/tfjs` into `export/js/node_modules` when missing.
+
+    Returns:
+        The `node` executable.
+
+    Raises:
+        RuntimeError: Node or npm is missing, or the install failed.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None:
+        raise RuntimeError("TF.js verification needs Node.js (`node`), which is not on PATH.")
+    if os.path.isdir(os.path.join(JS_DIR, "node_modules", "@tensorflow", "tfjs")):
+        return node
+    if npm is None:
+        raise RuntimeError(f"`npm` is not on PATH; run `npm ci` in {JS_DIR} to install "
+                           "@tensorflow/tfjs.")
+    command = [npm, "ci" if os.path.isfile(os.path.join(JS_DIR, "package-lock.json"))
+               else "install", "--no-audit", "--no-fund"]
+    done = subprocess.run(command, cwd=JS_DIR, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`{' '.join(command)}` in {JS_DIR} failed:\n{done.stderr[-2000:]}")
+    return node
+
+
+def tfjs_runner(model_dir: str, latency_images: int = 20) -> Callable[[np.ndarray], np.ndarray]:
+    """`images -> probabilities` by running the graph model in Node.
+
+    Each call starts one Node process that loads the model from disk and
+    runs all images (in batches of 256), then times `latency_images` single
+    images; the last call's `{"backend", "latency_ms", "metadata"}` is
+    available as `runner.last`.
+
+    Args:
+        model_dir: Folder holding `model.json`.
+        latency_images: Single-image runs to time.
+
+    Returns:
+        The runner: uint8 `[N, H, W, C]` -> float32 `[N, classes]`.
+    """
+    node = ensure_node_packages()
+
+    def run(images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, np.uint8)
+        with tempfile.TemporaryDirectory() as folder:
+            inputs, outputs = os.path.join(folder, "in.bin"), os.path.join(folder, "out.bin")
+            images.tofile(inputs)
+            done = subprocess.run(
+                [node, _SCRIPT, model_dir, inputs, ",".join(map(str, images.shape)), outputs,
+                 str(latency_images)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"Node failed on {model_dir}:\n{done.stderr[-2000:]}")
+            run.last = json.loads(done.stdout.strip().splitlines()[-1])
+            probs = np.fromfile(outputs, np.float32)
+        return probs.reshape(len(images), -1)
+
+    run.last = {}
+    return run

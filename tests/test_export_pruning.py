@@ -1,0 +1,57 @@
+"""Keras 3 magnitude pruning with tfmot's PolynomialDecay semantics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from export.pruning import (  # noqa: E402
+    PolynomialDecay,
+    magnitude_mask,
+    prune_model,
+    weight_sparsity,
+)
+
+
+def test_polynomial_decay_matches_tfmot_formula():
+    schedule = PolynomialDecay(0.1, 0.8, begin_step=100, end_step=1100, power=3, frequency=50)
+    assert schedule.sparsity(0) == pytest.approx(0.1)
+    assert schedule.sparsity(600) == pytest.approx(0.8 + (0.1 - 0.8) * 0.5 ** 3)
+    assert schedule.sparsity(5000) == pytest.approx(0.8)
+    assert [s for s in range(0, 1300) if schedule.should_prune(s)] == list(range(100, 1101, 50))
+
+
+def test_polynomial_decay_rejects_bad_settings():
+    with pytest.raises(ValueError, match="final_sparsity: expected \\[0, 1\\), got 1.0"):
+        PolynomialDecay(0.0, 1.0, 0, 10)
+    with pytest.raises(ValueError, match="begin_step=5, end_step=5"):
+        PolynomialDecay(0.0, 0.5, 5, 5)
+
+
+def test_magnitude_mask_keeps_the_largest_weights():
+    weights = np.array([[0.1, -0.9], [0.5, -0.2], [0.05, 0.7]], np.float32)
+    mask = magnitude_mask(weights, 0.5)
+    np.testing.assert_array_equal(mask, [[0, 1], [1, 0], [0, 1]])
+    assert magnitude_mask(weights, 0.0).all()
+
+
+def test_prune_model_reaches_the_target_and_leaves_the_original():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64, 8, 8, 1)).astype(np.uint8)
+    labels = rng.integers(0, 3, 64)
+    pruned, report = prune_model(model, images, labels, 0.75, epochs=3, batch_size=8,
+                                 progress=False)
+    assert {layer["name"] for layer in report.layers} == {"conv", "dense"}
+    for layer in report.layers:
+        assert layer["sparsity"] == pytest.approx(0.75, abs=0.02)
+    assert report.steps == 24 and report.schedule["final_sparsity"] == 0.75
+    assert weight_sparsity(model)[1] == 0.0  # the original is untouched
+    assert weight_sparsity(pruned)[1] == pytest.approx(report.total_sparsity)
