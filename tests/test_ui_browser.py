@@ -75,13 +75,16 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
     _shot(page, "02-dataset")
 
     page.click("text=Train a model on it")
-    page.fill("#name", "lenet <browser>")
     page.fill("input[name=epochs]", "2")
     page.fill("input[name=batch_size]", "16")
     page.fill("input[name=steps_per_epoch]", "3")
-    page.wait_for_function("document.getElementById('lr-preview-note').textContent.includes('%')")
+    # Filled last: Chromium reveals the field typed in last, and the name field sits
+    # beside "Create", so that reveal cannot scroll the button away mid-click.
+    page.fill("#name", "lenet <browser>")
+    page.wait_for_selector("#lr-preview[data-points]")
     _shot(page, "03-new-model")
-    page.click("#train")
+    with page.expect_navigation(url="**/jobs/*", timeout=30_000):
+        page.click("#train")
     page.wait_for_selector("#chart-loss")
     # The chart gets its first epoch while the job still runs.
     page.wait_for_function("document.getElementById('chart-loss').dataset.points >= 1")
@@ -110,7 +113,7 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
     page.go_back()
     page.goto(page.url)
     page.click("#export-button")
-    page.wait_for_selector("a[id^=tfjs-link-]", timeout=480_000)
+    page.wait_for_selector("a[id^=tfjs-link-]", timeout=180_000)
     page.click("a[id^=tfjs-link-]")
     page.wait_for_selector("body[data-model-ready='1']")
     page.set_input_files("#tfjs-file", digit)

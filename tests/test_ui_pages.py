@@ -136,7 +136,7 @@ def test_token_is_required_when_set(roots):
     assert client.get("/").status_code == 200  # The cookie set by ?token= is kept.
 
 
-def test_pages_render_fast_with_100_runs(roots, tmp_path):
+def test_pages_render_and_list_every_run_with_100_in_the_registry(roots, tmp_path):
     registry = Registry.open()
     for i in range(100):
         run_dir = tmp_path / f"run{i}"

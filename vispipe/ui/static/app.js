@@ -57,7 +57,8 @@ const vispipe = (() => {
       ctx.strokeStyle = ctx.fillStyle = s.color; ctx.lineWidth = 2; ctx.beginPath();
       s.points.forEach(([x, y], i) => (i ? ctx.lineTo(X(x), Y(y, axis)) : ctx.moveTo(X(x), Y(y, axis))));
       ctx.stroke();
-      if (s.dots) for (const [x, y] of s.points) { ctx.beginPath(); ctx.arc(X(x), Y(y, axis), 2.5, 0, 7); ctx.fill(); }
+      // A single point draws no line: mark it so the first epoch shows at once.
+      if (s.dots || s.points.length === 1) for (const [x, y] of s.points) { ctx.beginPath(); ctx.arc(X(x), Y(y, axis), 2.5, 0, 7); ctx.fill(); }
       ctx.textAlign = "left"; ctx.fillRect(lx, 6, 10, 10); ctx.fillStyle = "#1d2430"; ctx.fillText(s.name, lx + 14, 15);
       lx += ctx.measureText(s.name).width + 30;
     }
@@ -77,6 +78,15 @@ const vispipe = (() => {
       if (data.page) { clearInterval(timer); location.href = data.page; }
       else if (!["queued", "running"].includes(data.status)) { clearInterval(timer); location.reload(); }
       else { const s = document.querySelector("#job-status .badge"); s.textContent = data.status; s.className = "badge s-" + data.status; }
+    }, 1500);
+  }
+
+  // Reloads the page once every listed background job (export, evaluate) has ended.
+  function reloadWhenDone(ids) {
+    if (!ids.length) return;
+    const timer = setInterval(async () => {
+      const states = await Promise.all(ids.map((id) => poll(`/jobs/${id}/status`)));
+      if (states.every((s) => !["queued", "running"].includes(s.status))) { clearInterval(timer); location.reload(); }
     }, 1500);
   }
 
@@ -174,6 +184,7 @@ const vispipe = (() => {
       try {
         const data = await poll("/api/lr-preview?" + q);
         lineChart(canvas, [{ name: "learning rate", color: COLORS.lr, points: data.percent.map((x, i) => [x, data.lr[i]]) }], { xmin: 0, xmax: 100 });
+        canvas.dataset.points = String(data.lr.length);  // Lets a page test know the preview is drawn.
         document.getElementById("lr-preview-note").textContent = "Learning rate over training (%)";
       } catch (err) { document.getElementById("lr-preview-note").textContent = "Cannot preview: " + err.message; }
     }
@@ -237,5 +248,5 @@ const vispipe = (() => {
     load().catch((err) => { browserOut.textContent = "Cannot load the model: " + err.message; });
   }
 
-  return { lineChart, followJob, followRun, classifyForm, lrPreview, tfjsPage };
+  return { lineChart, followJob, reloadWhenDone, followRun, classifyForm, lrPreview, tfjsPage };
 })();
