@@ -40,6 +40,7 @@ from export import FORMATS
 from export.contract import IncompleteRunError, RunSpec, load_run
 from export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
+from vispipe.fileio import replace_folder
 
 __all__ = ["FORMATS", "ExportOptions", "UnwritableOutputError", "export_model"]
 
@@ -380,16 +381,6 @@ def _labels_text(spec: RunSpec) -> str:
     return "".join(f"{c}\n" for c in spec.classes)
 
 
-def _move_into_place(partial: str, out: str) -> None:
-    if not os.path.exists(out):
-        os.replace(partial, out)
-        return
-    old = f"{out}.old-{secrets.token_hex(4)}"
-    os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old)
-
-
 def export_model(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -460,7 +451,7 @@ def export_model(
                    "verify_split": exporter.split, "verify_images": int(len(exporter.labels)),
                    "platform": platform.platform()}
         markdown = write_report(partial, exporter.results, context)
-        _move_into_place(partial, out)
+        replace_folder(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ import tarfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import numpy as np
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,3 +61,23 @@ def mnist_small(mnist_archive, tmp_path_factory) -> str:
     dest = tmp_path_factory.mktemp("mnist-small")
     extract_subset(mnist_archive, str(dest), per_class=30)
     return os.path.join(str(dest), "mnist-png")
+
+
+PIXEL_CLASSES = ["cat", "dog", "bird"]
+PIXEL_SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def pixel_model():
+    """A 16x16x1 -> 3-class model whose probabilities are a softmax of the first
+    three pixels / 25, so each test image sets its own prediction."""
+    import keras
+
+    inputs = keras.Input((PIXEL_SIZE, PIXEL_SIZE, 1))
+    flat = keras.layers.Flatten()(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax", name="pick")(flat)
+    model = keras.Model(inputs, outputs, name="pixel_model")
+    kernel = np.zeros((PIXEL_SIZE * PIXEL_SIZE, 3), np.float32)
+    kernel[[0, 1, 2], [0, 1, 2]] = 1 / 25
+    model.get_layer("pick").set_weights([kernel, np.zeros(3, np.float32)])
+    return model

@@ -112,23 +112,7 @@ def test_most_uncertain_by_margin_and_by_max_prob():
 
 # --- evaluate_model ------------------------------------------------------------
 
-CLASSES = ["cat", "dog", "bird"]
-SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def pixel_model():
-    """Softmax of the first three pixels / 25: each image sets its own probabilities."""
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 1))
-    flat = keras.layers.Flatten()(inputs)
-    outputs = keras.layers.Dense(3, activation="softmax", name="pick")(flat)
-    model = keras.Model(inputs, outputs, name="pixel_model")
-    kernel = np.zeros((SIZE * SIZE, 3), np.float32)
-    kernel[[0, 1, 2], [0, 1, 2]] = 1 / 25
-    model.get_layer("pick").set_weights([kernel, np.zeros(3, np.float32)])
-    return model
+from conftest import PIXEL_CLASSES as CLASSES, PIXEL_SIZE as SIZE
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

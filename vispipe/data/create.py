@@ -62,6 +62,7 @@ from vispipe.data.format import (
 )
 from vispipe.data.images import ImageError, encode_image, load_image
 from vispipe.data.sources import Source, SourceImage, load_source
+from vispipe.fileio import replace_folder
 
 __all__ = [
     "MEAN_IMAGE_FILE",
@@ -402,17 +403,6 @@ def _write_dataset(
     }
 
 
-def _move_into_place(partial: str, output: str) -> None:
-    """Renames the finished `partial` folder to `output`, replacing an old one."""
-    if not os.path.exists(output):
-        os.replace(partial, output)
-        return
-    old = f"{output}.old-{secrets.token_hex(4)}"
-    os.replace(output, old)
-    os.replace(partial, output)
-    shutil.rmtree(old)
-
-
 def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetInfo:
     """Creates a TFRecord image-classification dataset from image files.
 
@@ -479,7 +469,7 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
             with open(info_tmp, "w", encoding="utf-8") as f:
                 json.dump(info.to_json(), f, indent=2)
             os.replace(info_tmp, os.path.join(partial, INFO_FILE))
-            _move_into_place(partial, output)
+            replace_folder(partial, output)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
