@@ -72,7 +72,7 @@ class ExportOptions:
         coreml_weights: CoreML weight types ("float16", "int8").
         tfjs_quantizations: TF.js weight types ("float32", "float16", "uint8").
         verify_split: Split to verify on ("" : test, else val).
-        verify_limit: Verify on the first N images (0: all).
+        verify_limit: Verify on N images spread evenly over the split (0: all).
         metadata: CoreML metadata (author, license, description, version).
         seed: Seed of the fine-tunes.
         progress: Show progress.
@@ -172,7 +172,12 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
         index = np.linspace(0, len(train_x) - 1, min(options.calibration_size, len(train_x)))
         calibration = train_x[np.unique(index.astype(int))]
     split = options.verify_split or ("test" if info.split_counts.get("test") else "val")
-    verify_x, verify_y = load_arrays(info, split, options.verify_limit)
+    verify_x, verify_y = load_arrays(info, split)
+    if 0 < options.verify_limit < len(verify_y):
+        # Val/test are stored in class order: a fixed, evenly spaced sample
+        # keeps every class, where the first N images would hold only a few.
+        index = np.linspace(0, len(verify_y) - 1, options.verify_limit).astype(int)
+        verify_x, verify_y = verify_x[index], verify_y[index]
     return calibration, train_x, train_y, verify_x, verify_y, split
 
 

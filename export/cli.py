@@ -103,7 +103,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                         help="TF.js weight types")
     parser.add_argument("--verify-split", default="", help="split to verify on (default: test)")
     parser.add_argument("--verify-limit", type=int, default=0,
-                        help="verify on the first N images (0: all)")
+                        help="verify on N images spread evenly over the split (0: all)")
     parser.add_argument("--author", default="", help="CoreML author metadata")
     parser.add_argument("--license", default="", help="CoreML licence metadata")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -36,6 +37,12 @@ __all__ = [
     "ensure_node_packages",
     "tfjs_runner",
 ]
+
+_CONVERT = """
+import json, sys
+from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
+convert_tf_saved_model(**json.loads(sys.argv[1]))
+"""
 
 TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
@@ -69,16 +76,21 @@ def convert_tfjs(
     if quantization not in TFJS_QUANTIZATIONS:
         raise ValueError(
             f"TF.js quantization: expected one of {TFJS_QUANTIZATIONS}, got {quantization!r}.")
-    # TF-DF (imported by tensorflowjs) takes captured stdout for a notebook
-    # and imports IPython to greet; the variable turns the greeting off.
-    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
-    from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_saved_model
-
-    convert_tf_saved_model(
-        savedmodel_dir, out_dir, signature_def="serving_default", saved_model_tags="serve",
-        quantization_dtype_map=None if quantization == "float32" else {quantization: "*"},
-        metadata={"vispipe": {**metadata, "weights": quantization}},
-    )
+    arguments = {
+        "saved_model_dir": savedmodel_dir, "output_dir": out_dir,
+        "signature_def": "serving_default", "saved_model_tags": "serve",
+        "quantization_dtype_map": None if quantization == "float32" else {quantization: "*"},
+        "metadata": {"vispipe": {**metadata, "weights": quantization}},
+    }
+    # In a child process: tensorflowjs imports TF-DF, whose op library can
+    # deadlock in load_op_library when other TF op libraries (e.g. Horovod's)
+    # were loaded into this process first.
+    done = subprocess.run([sys.executable, "-c", _CONVERT, json.dumps(arguments, default=str)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "TFDF_DISABLE_WELCOME_MESSAGE": "1"})
+    if done.returncode != 0:
+        raise RuntimeError(f"TF.js conversion of {savedmodel_dir} failed: "
+                           f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
     return out_dir
 
 
