@@ -223,9 +223,12 @@ def _chunk_results(
     if workers == 1 or len(tasks) <= 1:
         yield map(_process_chunk, tasks)
         return
-    # fork starts fast and needs no importable __main__; workers only run
-    # Pillow/numpy code, never TensorFlow.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    # Not fork: a process that already loaded TensorFlow (a notebook, the
+    # trainer, a test session) has threads and locks a forked child inherits
+    # mid-use; forked workers then crashed in garbage collection. The fork
+    # server is a fresh interpreter that imports only this module's
+    # Pillow/numpy code.
+    method = "forkserver" if sys.platform.startswith("linux") else "spawn"
     context = multiprocessing.get_context(method)
     with context.Pool(min(workers, len(tasks)), initializer=_ignore_sigint) as pool:
         yield pool.imap(_process_chunk, tasks)
