@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from vispipe.models.layers import LocalResponseNormalization
+from vispipe.models.layers import LocalResponseNormalization, fully_connected_top
 
 __all__ = ["alexnet_features"]
 
@@ -42,11 +42,4 @@ def alexnet_features(inputs, *, dropout: float, width_multiplier: float):
     x = layers.Conv2D(384, 3, padding="same", activation="relu", name="conv4")(x)
     x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv5")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool5")(x)
-    if tuple(x.shape[1:3]) == (6, 6):
-        x = layers.Flatten(name="flatten")(x)
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dense(4096, activation="relu", name="fc6")(x)
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="drop6")(x)
-    return layers.Dense(4096, activation="relu", name="fc7")(x)
+    return fully_connected_top(x, 6, ("fc6", "fc7"), dropout)

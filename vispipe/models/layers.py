@@ -27,6 +27,7 @@ __all__ = [
     "Preprocess",
     "LocalResponseNormalization",
     "classifier_head",
+    "fully_connected_top",
 ]
 
 PREPROCESS_MODES = ("standardize", "pixel", "image", "scale", "none")
@@ -216,6 +217,36 @@ class LocalResponseNormalization(layers.Layer):
              "k": self.k}
         )
         return config
+
+
+def fully_connected_top(
+    x, canonical_map: int, names: tuple[str, str], dropout: float = 0.0
+):
+    """The AlexNet/VGG top: two 4096-unit ReLU layers on the last feature map.
+
+    At the canonical input size the map is flattened, as in the papers (so
+    parameter counts match them); at any other size it is global-average
+    pooled, so the network accepts it.
+
+    Args:
+        x: The last (batch, h, w, c) feature map.
+        canonical_map: h (= w) of that map at the canonical input size.
+        names: Names of the two dense layers (e.g. ("fc6", "fc7")); the
+            dropout between them is named after the first ("fc6" -> "drop6").
+        dropout: Rate of the dropout after the first dense layer (0: none).
+
+    Returns:
+        The (batch, 4096) features.
+    """
+    if tuple(x.shape[1:3]) == (canonical_map, canonical_map):
+        x = layers.Flatten(name="flatten")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    first, second = names
+    x = layers.Dense(4096, activation="relu", name=first)(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=first.replace("fc", "drop"))(x)
+    return layers.Dense(4096, activation="relu", name=second)(x)
 
 
 def classifier_head(features, num_classes: int, dropout: float = 0.0):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from keras import layers
 
+from vispipe.models.layers import fully_connected_top
+
 __all__ = ["vgg16_features"]
 
 _BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -38,11 +40,4 @@ def vgg16_features(inputs, *, dropout: float, width_multiplier: float):
                 name=f"block{block}_conv{conv}",
             )(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    if tuple(x.shape[1:3]) == (7, 7):
-        x = layers.Flatten(name="flatten")(x)
-    else:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    x = layers.Dense(4096, activation="relu", name="fc1")(x)
-    if dropout > 0:
-        x = layers.Dropout(dropout, name="drop1")(x)
-    return layers.Dense(4096, activation="relu", name="fc2")(x)
+    return fully_connected_top(x, 7, ("fc1", "fc2"), dropout)
