@@ -10,14 +10,35 @@ epochs = int_field(form, "epochs", errors, low=1, high=1000)
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
-__all__ = ["int_field", "float_field", "choice_field", "text_field"]
+from vispipe.ui.settings import UnsafeInputError, check_name
+
+__all__ = ["int_field", "float_field", "choice_field", "text_field", "new_folder_field"]
 
 
 def text_field(form: Mapping[str, Any], name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
+
+
+def new_folder_field(form: Mapping[str, Any], parent: str, what: str,
+                     errors: dict[str, str]) -> tuple[str, str]:
+    """The form's "name" as a new folder under `parent`: `(name, folder)`.
+
+    An unsafe name or one already taken is a message in `errors["name"]`,
+    and then the name and folder returned are empty.
+    """
+    try:
+        name = check_name(text_field(form, "name"), "name")
+    except UnsafeInputError as error:
+        errors["name"] = str(error)
+        return "", ""
+    folder = os.path.join(parent, name)
+    if os.path.exists(folder):
+        errors["name"] = f"a {what} named {name!r} already exists; choose another name"
+    return name, folder
 
 
 def int_field(form: Mapping[str, Any], name: str, errors: dict[str, str], *,

@@ -19,9 +19,9 @@ from fastapi.responses import RedirectResponse, Response
 from vispipe.configs import ENCODINGS, RESIZE_MODES
 from vispipe.registry import Registry
 from vispipe.ui.app import render
-from vispipe.ui.forms import choice_field, float_field, int_field, text_field
+from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
 from vispipe.ui.jobs import log_tail
-from vispipe.ui.settings import UnsafeInputError, check_name, confine
+from vispipe.ui.settings import UnsafeInputError, confine
 from vispipe.ui.views import jobs_by_target
 
 __all__ = ["router"]
@@ -54,13 +54,7 @@ def parse_dataset_form(form, settings) -> tuple[list[str], str, str, dict[str, s
         when errors is empty.
     """
     errors: dict[str, str] = {}
-    try:
-        name = check_name(text_field(form, "name"), "name")
-    except UnsafeInputError as error:
-        errors["name"], name = str(error), ""
-    output = os.path.join(settings.folder("datasets"), name) if name else ""
-    if output and os.path.exists(output):
-        errors["name"] = f"a dataset named {name!r} already exists; choose another name"
+    name, output = new_folder_field(form, settings.folder("datasets"), "dataset", errors)
     kind = choice_field(form, "source_kind", SOURCE_KINDS, errors, "folder")
     argv = ["dataset", "create", "--output", output]
     for field in _PATH_FIELDS.get(kind, ()):

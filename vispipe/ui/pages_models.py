@@ -21,8 +21,7 @@ from vispipe.configs import LR_POLICIES, OPTIMIZERS
 from vispipe.models import list_models
 from vispipe.registry import Registry
 from vispipe.ui.app import render
-from vispipe.ui.forms import choice_field, float_field, int_field, text_field
-from vispipe.ui.settings import UnsafeInputError, check_name
+from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
 
 __all__ = ["router", "parse_train_form"]
 
@@ -77,13 +76,7 @@ def parse_train_form(form, settings, registry: Registry) -> tuple[list[str], str
         (argv, name, run folder, errors by field).
     """
     errors: dict[str, str] = {}
-    try:
-        name = check_name(text_field(form, "name"), "name")
-    except UnsafeInputError as error:
-        errors["name"], name = str(error), ""
-    out = os.path.join(settings.folder("runs"), name) if name else ""
-    if out and os.path.exists(out):
-        errors["name"] = f"a model named {name!r} already exists; choose another name"
+    name, out = new_folder_field(form, settings.folder("runs"), "model", errors)
     datasets, runs = _choices(registry)
     dataset = next((d for d in datasets if str(d.id) == text_field(form, "dataset")), None)
     if dataset is None:

@@ -10,7 +10,6 @@ format_duration(307)  # "5 minutes, 7 seconds"
 from __future__ import annotations
 
 import datetime as _dt
-import os
 from dataclasses import dataclass
 
 from vispipe.registry import Entry, Registry
