@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -349,6 +354,25 @@ def test_interrupted_creation_leaves_no_dataset(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         _create(_config(tmp_path, source=source, output=str(tmp_path / "new")))
     assert sorted(os.listdir(tmp_path)) == ["ds", "src"]
+
+
+def test_sigterm_during_creation_leaves_no_partial_folder(tmp_path, mnist_archive):
+    # Kubernetes and the UI's abort stop jobs with SIGTERM, not Ctrl-C.
+    output = tmp_path / "mnist"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vispipe.cli", "dataset", "create", "--archive", mnist_archive,
+         "--source", "mnist-png/train", "--output", str(output), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not glob.glob(f"{output}.partial-*/*.partial") and proc.poll() is None:
+        assert time.monotonic() < deadline, "no shard was started within 120 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("encoding", ["png", "jpeg", "raw"])

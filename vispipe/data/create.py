@@ -63,6 +63,7 @@ from vispipe.data.format import (
 from vispipe.data.images import ImageError, encode_image, load_image
 from vispipe.data.sources import Source, SourceImage, load_source
 from vispipe.fileio import replace_folder
+from vispipe.interrupts import sigterm_as_interrupt
 
 __all__ = [
     "MEAN_IMAGE_FILE",
@@ -418,7 +419,7 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
     The folder holds the shards of each split, `labels.txt`, `mean.npy`
     (float32 mean training image), `mean.png`, `rejected.csv` and, written
     last, `dataset.json`. It is built as `<output>.partial-<random>` and
-    renamed into place when complete; on any error or interruption the
+    renamed into place when complete; on any error, Ctrl-C or SIGTERM the
     partial folder is removed (and an existing dataset is left untouched).
 
     Args:
@@ -451,31 +452,33 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
         )
     from vispipe.data.archive import resolve_archive
 
-    source = load_source(resolve_archive(config))
-    try:
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        partial = f"{output}.partial-{secrets.token_hex(4)}"
-        os.makedirs(partial)
+    # SIGTERM (kubectl delete, the UI's abort) cleans up like Ctrl-C.
+    with sigterm_as_interrupt():
+        source = load_source(resolve_archive(config))
         try:
-            fields = _write_dataset(config, source, partial, progress)
-            info = DatasetInfo(
-                path=output,
-                source=source.description,
-                options=dataclasses.asdict(config),
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"
-                ),
-                duration_s=round(time.perf_counter() - start, 3),
-                **fields,
-            )
-            info_tmp = os.path.join(partial, INFO_FILE + ".tmp")
-            with open(info_tmp, "w", encoding="utf-8") as f:
-                json.dump(info.to_json(), f, indent=2)
-            os.replace(info_tmp, os.path.join(partial, INFO_FILE))
-            replace_folder(partial, output)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-    finally:
-        source.cleanup()
+            os.makedirs(os.path.dirname(output), exist_ok=True)
+            partial = f"{output}.partial-{secrets.token_hex(4)}"
+            os.makedirs(partial)
+            try:
+                fields = _write_dataset(config, source, partial, progress)
+                info = DatasetInfo(
+                    path=output,
+                    source=source.description,
+                    options=dataclasses.asdict(config),
+                    created=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                    duration_s=round(time.perf_counter() - start, 3),
+                    **fields,
+                )
+                info_tmp = os.path.join(partial, INFO_FILE + ".tmp")
+                with open(info_tmp, "w", encoding="utf-8") as f:
+                    json.dump(info.to_json(), f, indent=2)
+                os.replace(info_tmp, os.path.join(partial, INFO_FILE))
+                replace_folder(partial, output)
+            except BaseException:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
+        finally:
+            source.cleanup()
     return info
