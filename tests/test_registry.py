@@ -1,5 +1,7 @@
 """The SQLite registry that the CLI writes and later stages read."""
 
+import os
+
 import pytest
 
 from vispipe.registry import Registry
@@ -39,3 +41,17 @@ def test_bad_kind_status_and_id(tmp_path):
         reg.finish(entry, "done", {})
     with pytest.raises(KeyError, match="No registry entry with id 999"):
         reg.get(999)
+
+
+def test_delete_removes_only_that_entry(tmp_path):
+    path = str(tmp_path / "r.db")
+    reg = Registry.open(path)
+    (tmp_path / "b").mkdir()
+    keep = reg.add("run", "keep", str(tmp_path / "a"), {})
+    gone = reg.add("run", "gone", str(tmp_path / "b"), {"epochs": 3})
+    assert reg.delete(gone).params == {"epochs": 3}
+    # Another connection (another process) no longer sees it.
+    assert [e.id for e in Registry.open(path).list()] == [keep]
+    with pytest.raises(KeyError, match=f"No registry entry with id {gone}"):
+        reg.delete(gone)
+    assert os.path.isdir(tmp_path / "b")  # The folder is the caller's to remove.

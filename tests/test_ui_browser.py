@@ -1,5 +1,8 @@
 """The web UI in headless Chromium: dataset -> LeNet with a live chart -> classify -> TF.js.
 
+Also: dataset sample images, the custom network's layer table, classify many
+(an archive upload, its results page) and the home page at phone width.
+
 Screenshots (1280x800 and phone width) go to `test-artifacts/ui/` (or
 `$VISPIPE_TEST_ARTIFACTS/ui`).
 """
@@ -10,6 +13,7 @@ import os
 import socket
 import threading
 import time
+import zipfile
 
 import pytest
 
@@ -64,7 +68,18 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
 
 
-def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
+def _digit_archive(mnist_small: str, tmp_path) -> str:
+    """A zip of 2 test digits per class, in class sub-folders under one top folder."""
+    path = os.path.join(tmp_path, "digits.zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        for digit in range(10):
+            folder = os.path.join(mnist_small, "test", str(digit))
+            for name in sorted(os.listdir(folder))[:2]:
+                archive.write(os.path.join(folder, name), f"digits/{digit}/{name}")
+    return path
+
+
+def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_path):
     page.goto(server + "/datasets/new")
     _shot(page, "01-new-dataset")
     page.fill("#name", "digits")
@@ -72,9 +87,25 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
     page.click("#create")
     page.wait_for_selector("#class-counts")
     assert page.locator("#class-counts tbody tr").count() == 11  # 10 digits + total
+    page.wait_for_function("[...document.querySelectorAll('img.sample')].every("
+                           "(i) => i.complete && i.naturalWidth === 28)")
+    assert page.locator("img.sample").count() == 40
     _shot(page, "02-dataset")
 
     page.click("text=Train a model on it")
+    page.check("#net-custom")
+    page.fill("#custom-code", "import keras\n\ndef build(input_shape, num_classes):\n"
+              "    inputs = keras.Input(input_shape)\n"
+              "    x = keras.layers.Conv2D(8, 5, activation='relu')(inputs)\n"
+              "    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))\n"
+              "    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))\n")
+    page.click("#visualize-network")
+    page.wait_for_selector("#network-layers", timeout=120_000)
+    params = (5 * 5 * 8 + 8) + (12 * 12 * 8 * 10 + 10)  # conv + dense
+    assert page.get_attribute("#network-preview", "data-params") == str(params)
+    assert "(None, 24, 24, 8)" in page.inner_text("#network-layers")
+    page.locator("#network-preview").screenshot(path=os.path.join(ARTIFACTS, "03a-network.png"))
+    page.check("#net-lenet")
     page.fill("input[name=epochs]", "2")
     page.fill("input[name=batch_size]", "16")
     page.fill("input[name=steps_per_epoch]", "3")
@@ -100,6 +131,17 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
     page.wait_for_selector("#classify-result .bar")
     assert page.locator("#classify-result .bar").count() == 5
     _shot(page, "06-classified")
+
+    archive = _digit_archive(mnist_small, tmp_path)
+    page.set_input_files("#classify-many-file", archive)
+    with page.expect_navigation(url="**/classify/*"):
+        page.click("#classify-many-button")
+    page.wait_for_selector("#confusion-matrix")  # The page reloads when the job is done.
+    page.wait_for_function("[...document.querySelectorAll('.thumb img')].every("
+                           "(i) => i.complete && i.naturalWidth > 0)")
+    assert "of 20 labelled images" in page.inner_text("#accuracy")
+    _shot(page, "06a-classify-many")
+    page.go_back()
     page.set_viewport_size({"width": 390, "height": 844})
     _shot(page, "07-model-phone")
     page.goto(server + "/")
@@ -119,6 +161,43 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small):
     page.set_input_files("#tfjs-file", digit)
     page.wait_for_selector("#server-result[data-top1]")
     page.wait_for_selector("#browser-result[data-top1]")
+    page.wait_for_selector("#compare[data-max-diff]")
     _shot(page, "10-tfjs")
     assert (page.get_attribute("#browser-result", "data-top1")
             == page.get_attribute("#server-result", "data-top1"))
+    # Both sides classify the file's own pixels with float32 weights: the
+    # probabilities agree to float rounding, not merely in the top class.
+    assert float(page.get_attribute("#compare", "data-max-diff")) < 1e-4
+    assert page.locator("#compare tbody tr").count() == 10
+
+    # A drawing: both sides get it at the model's 28x28.
+    page.click("#clear")
+    box = page.locator("#draw").bounding_box()
+    page.mouse.move(box["x"] + 98, box["y"] + 40)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 98, box["y"] + 160, steps=8)
+    page.evaluate("document.getElementById('compare').removeAttribute('data-max-diff')")
+    page.mouse.up()
+    page.wait_for_selector("#compare[data-max-diff]")
+    assert float(page.get_attribute("#compare", "data-max-diff")) < 1e-4
+    _shot(page, "11-tfjs-drawn")
+
+
+def test_home_fits_a_phone_screen(server, page, tmp_path):
+    from vispipe.registry import Registry
+
+    registry = Registry.open()
+    for kind, name in (("dataset", "digits-" + "x" * 60), ("run", "LeNetWithAVeryLongName" * 3)):
+        folder = tmp_path / kind
+        folder.mkdir()
+        entry = registry.add(kind, name, str(folder), {})
+        registry.finish(entry, "completed", {})
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(server + "/")
+    buttons = page.locator("button:has-text('Delete')")
+    assert buttons.count() == 2
+    for i in range(2):
+        box = buttons.nth(i).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, "12-home-phone-long-names")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -9,6 +10,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from vispipe.registry import Registry
 from vispipe.train.run_folder import RunFolder
@@ -70,6 +72,12 @@ def test_dataset_train_abort_resume_classify(mnist_small):
         dataset = _entry("dataset", job.target)
         page = client.get(f"/jobs/{dataset_job}").text  # Redirects to the dataset page.
         assert "Dataset digits &lt;1&gt;" in page and 'id="class-counts"' in page
+        # Sample images of each class, read from the train shards.
+        assert page.count('class="sample"') == 40  # 10 digits x 4
+        sample = client.get(f"/datasets/{dataset.id}/sample/7/3.png")
+        assert sample.status_code == 200
+        assert Image.open(io.BytesIO(sample.content)).size == (28, 28)
+        assert client.get(f"/datasets/{dataset.id}/sample/7/4.png").status_code == 404
 
         response = client.post("/models/new", data=_train_form(dataset.id, "lenet & co", 200),
                                follow_redirects=False)
@@ -113,6 +121,25 @@ def test_dataset_train_abort_resume_classify(mnist_small):
         assert {label for label, _ in result["top"]} <= {str(d) for d in range(10)}
         assert sum(p for _, p in result["top"]) <= 1.0001
 
+        # Classify many: a list with labels, relative to the data root, as a background job.
+        listing = [f"test/{d}/{name} {d}" for d in range(10)
+                   for name in sorted(os.listdir(os.path.join(mnist_small, "test", str(d))))[:3]]
+        response = client.post(f"/runs/{run.id}/classify-many", files={
+            "inputs": ("digits.txt", "\n".join(listing).encode(), "text/plain")},
+            follow_redirects=False)
+        assert response.status_code == 303, response.text
+        many_job = int(response.headers["location"].rsplit("/", 1)[1])
+        job = _wait("the classification", lambda: _finished(many_job))
+        assert job.status == "completed", open(job.log_path).read()
+        page = client.get(response.headers["location"]).text
+        with open(os.path.join(job.target, "predictions.csv")) as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 30 and all(r["label"] and r["predicted"] for r in rows)
+        right = sum(r["label"] == r["predicted"] for r in rows)
+        assert f"{100 * right / 30:.2f}% of 30 labelled images" in page
+        assert 'id="confusion-matrix"' in page and page.count('class="thumb') >= 10
+        assert f"/runs/{run.id}/classify/{many_job}" in client.get(f"/runs/{run.id}").text
+
 
 def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, tmp_path):
     settings = UISettings(data_roots=[mnist_small], max_jobs=1)
@@ -144,3 +171,30 @@ def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, 
     assert resume_argv(_job(ids[0])) == ["train", "--resume", runs[0]]
     assert _job(ids[1]).status == "queued"
     assert second.abort(ids[1]).status == "aborted"
+
+
+def test_network_preview_builds_the_custom_network_for_the_dataset(tmp_path):
+    code = (
+        "import keras\n"
+        "def build(input_shape, num_classes):\n"
+        "    inputs = keras.Input(input_shape)\n"
+        "    a = keras.layers.Conv2D(4, 3, name='left')(inputs)\n"
+        "    b = keras.layers.Conv2D(4, 3, name='right')(inputs)\n"
+        "    x = keras.layers.Flatten()(keras.layers.Add(name='join')([a, b]))\n"
+        "    return keras.Model(inputs, keras.layers.Dense(num_classes, name='logits')(x))\n")
+    settings = UISettings(data_roots=[str(tmp_path)])
+    with TestClient(create_app(settings, start_jobs=False)) as client:
+        body = client.post("/models/network-preview", data={"custom_code": code}).json()
+        layers = {layer["name"]: layer for layer in body["layers"]}
+        assert layers["join"]["inputs"] == ["left", "right"]
+        assert layers["left"]["output_shape"] == [None, 26, 26, 4]  # 28x28x1 without a dataset
+        assert layers["logits"]["params"] == 26 * 26 * 4 * 10 + 10
+        assert layers["predictions"]["type"] == "Activation"  # Appended softmax, as in training.
+        assert body["total_params"] == 2 * (9 * 4 + 4) + 26 * 26 * 4 * 10 + 10
+        assert body["built_for"].startswith("no dataset chosen")
+
+        wrong = client.post("/models/network-preview", data={"custom_code": code.replace(
+            "Dense(num_classes", "Dense(3")})
+        assert wrong.status_code == 400
+        assert "expected (None, 10) for 10 classes" in wrong.json()["errors"]["custom_code"]
+        assert Registry.open().list("job") == []

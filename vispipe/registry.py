@@ -11,6 +11,7 @@ reg = Registry.open()
 entry_id = reg.add("dataset", "mnist", "datasets/mnist", {"size": 28})
 reg.finish(entry_id, "completed", {"images": 70000})
 print(reg.list("dataset"))
+reg.delete(entry_id)
 ```
 """
 
@@ -119,6 +120,15 @@ class Registry:
         if row is None:
             raise KeyError(f"No registry entry with id {entry_id} in {self.path}.")
         return _to_entry(row)
+
+    def delete(self, entry_id: int) -> Entry:
+        """Removes the entry with this id and returns it; `KeyError` if there is none.
+
+        Only the row goes: the folder it names is the caller's to remove.
+        """
+        entry = self.get(entry_id)
+        self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+        return entry
 
     def list(self, kind: str | None = None) -> list[Entry]:
         """Entries, newest first, optionally of one kind."""

@@ -71,7 +71,7 @@ def create_app(settings: UISettings, *, start_jobs: bool = True) -> FastAPI:
         assert client.get("/").status_code == 200
     ```
     """
-    from vispipe.ui import pages_datasets, pages_home, pages_models, pages_runs
+    from vispipe.ui import pages_classify, pages_datasets, pages_home, pages_models, pages_runs
 
     queue = JobQueue(settings)
 
@@ -118,6 +118,6 @@ def create_app(settings: UISettings, *, start_jobs: bool = True) -> FastAPI:
                 "TF.js is not installed: run `bash vispipe/ui/js/install.sh`.", status_code=404)
         return FileResponse(TFJS_FILE, media_type="text/javascript")
 
-    for module in (pages_home, pages_datasets, pages_models, pages_runs):
+    for module in (pages_home, pages_datasets, pages_models, pages_runs, pages_classify):
         app.include_router(module.router)
     return app

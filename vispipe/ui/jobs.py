@@ -1,7 +1,7 @@
 """The job queue: `vispipe` CLI verbs run in worker processes.
 
 A job is a registry entry of kind "job" (name: its title, path: its job
-folder, params: `{"verb", "argv", "target", "target_kind"}`) plus, in the job
+folder, params: `{"verb", "argv", "target", "target_kind", "launcher"}`) plus, in the job
 folder, `job.json` (`{"state": "queued"|"running"|"done", "pid", "abort"}`)
 and `log.txt` (the process's output). Nothing lives only in memory: a new
 `JobQueue` on the same registry picks up queued jobs and marks the jobs that
@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -116,8 +117,20 @@ def resume_argv(job: Job, epochs: int | None = None) -> list[str] | None:
     return ["train", "--resume", job.target] + (["--epochs", str(epochs)] if epochs else [])
 
 
+# TensorFlow's start-up messages that TF_CPP_MIN_LOG_LEVEL cannot silence: absl
+# writes them before its logging is initialised. They are harmless (a CUDA
+# plugin registered twice), so the pages leave them out; log.txt keeps them.
+_STARTUP_NOISE = re.compile(
+    r"Unable to register cu(DNN|BLAS|FFT) factory|computation placer already registered"
+    r"|All log messages before absl::InitializeLog\(\) is called")
+
+
 def log_tail(job: Job, lines: int = 30) -> str:
-    """The last `lines` lines of the job's output (progress-bar redraws folded)."""
+    """The last `lines` lines of the job's output.
+
+    Progress-bar redraws are folded and TensorFlow's start-up registration
+    noise is left out.
+    """
     try:
         with open(job.log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -127,7 +140,8 @@ def log_tail(job: Job, lines: int = 30) -> str:
         return ""
     # A tqdm bar redraws with "\r": keep only its latest state per line.
     rows = [row.rsplit("\r", 1)[-1] for row in text.replace("\r\n", "\n").split("\n")]
-    return "\n".join([row for row in rows if row.strip()][-lines:])
+    kept = [row for row in rows if row.strip() and not _STARTUP_NOISE.search(row)]
+    return "\n".join(kept[-lines:])
 
 
 def _alive(pid: int) -> bool:
@@ -215,7 +229,7 @@ class JobQueue:
     # --- API ---------------------------------------------------------------
 
     def submit(self, title: str, verb: str, argv: list[str], *, target: str = "",
-               target_kind: str = "") -> int:
+               target_kind: str = "", launcher: list[str] | None = None) -> int:
         """Queues `python -m vispipe ARGV`; returns the job id.
 
         Args:
@@ -224,7 +238,10 @@ class JobQueue:
                 "export", "lr-find", "serve").
             argv: Arguments after `vispipe`.
             target: The folder the job writes (dataset, run or export).
-            target_kind: "dataset", "run", "export", "lr" or "serve".
+            target_kind: "dataset", "run", "export", "lr", "serve", "eval"
+                or "classify".
+            launcher: A command that runs the job's command, e.g.
+                `["horovodrun", "-np", "2", ...]` (default: none).
         """
         job_dir = os.path.join(self.settings.folder("jobs"),
                                f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
@@ -233,7 +250,8 @@ class JobQueue:
         registry = Registry.open()
         try:
             return registry.add("job", title, job_dir, {
-                "verb": verb, "argv": list(argv), "target": target, "target_kind": target_kind})
+                "verb": verb, "argv": list(argv), "target": target, "target_kind": target_kind,
+                "launcher": list(launcher or [])})
         finally:
             registry.close()
 
@@ -299,9 +317,11 @@ class JobQueue:
         env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
         if self.settings.token:
             env["VISPIPE_SERVE_AUTH_TOKEN"] = self.settings.token
-        argv = [self.python, "-m", "vispipe", *job.entry.params["argv"]]
+        launcher = job.entry.params.get("launcher") or []
+        argv = [*launcher, self.python, "-m", "vispipe", *job.entry.params["argv"]]
         with open(job.log_path, "ab") as log:
-            log.write(("$ vispipe " + " ".join(job.entry.params["argv"]) + "\n").encode())
+            log.write(("$ " + " ".join(launcher + ["vispipe"] + job.entry.params["argv"])
+                       + "\n").encode())
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=env,

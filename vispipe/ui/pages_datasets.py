@@ -22,13 +22,16 @@ from vispipe.ui.app import render
 from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
 from vispipe.ui.jobs import log_tail
 from vispipe.ui.settings import UnsafeInputError, confine
-from vispipe.ui.views import jobs_by_target
+from vispipe.ui.views import entry_or_404, jobs_by_target, load_entry
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 SOURCE_KINDS = ("folder", "folders", "lists")
+SAMPLES_PER_CLASS = 4
+# Classes beyond this many get no sample row (the count table still lists them).
+SAMPLE_CLASSES = 100
 _PATH_FIELDS = {
     "folder": ("source",),
     "folders": ("train_dir", "val_dir", "test_dir"),
@@ -136,12 +139,7 @@ def dataset_page(request: Request, entry_id: int):
 
     registry = Registry.open()
     try:
-        try:
-            entry = registry.get(entry_id)
-        except KeyError as error:
-            raise HTTPException(404, str(error)) from None
-        if entry.kind != "dataset":
-            raise HTTPException(404, f"Registry entry {entry_id} is a {entry.kind}, not a dataset.")
+        entry = entry_or_404(registry, entry_id, "dataset")
         job = jobs_by_target(registry).get(entry.path)
     finally:
         registry.close()
@@ -151,5 +149,36 @@ def dataset_page(request: Request, entry_id: int):
             info = read_dataset_info(entry.path)
         except (FileNotFoundError, ValueError) as error:
             problem = str(error)
+    split = _sample_split(info) if info else None
+    samples = [(label, name, min(SAMPLES_PER_CLASS, info.class_counts.get(split, {}).get(name, 0)))
+               for label, name in enumerate(info.classes[:SAMPLE_CLASSES])] if split else []
     return render(request, "dataset.html", entry=entry, info=info, problem=problem, job=job,
-                  log=log_tail(job) if job else "")
+                  log=log_tail(job) if job else "", split=split, samples=samples,
+                  more_classes=max(0, len(info.classes) - SAMPLE_CLASSES) if info else 0)
+
+
+def _sample_split(info) -> str | None:
+    """The split whose images the page shows: train, else the first there is."""
+    return "train" if "train" in info.splits else next(iter(info.splits), None)
+
+
+@router.get("/datasets/{entry_id}/sample/{label}/{index}.png")
+def sample_image(entry_id: int, label: int, index: int):
+    """Image `index` of class `label` as stored in the dataset (read from its shards)."""
+    from vispipe.data.format import read_dataset_info
+    from vispipe.ui.samples import sample_index, sample_png
+
+    entry = load_entry(entry_id)
+    if entry.kind != "dataset" or entry.status != "completed":
+        raise HTTPException(404, f"Registry entry {entry_id} is not a completed dataset.")
+    try:
+        info = read_dataset_info(entry.path)
+        split = _sample_split(info)
+        found = sample_index(info, split, SAMPLES_PER_CLASS).get(label, []) if split else []
+        png = sample_png(*found[index]) if 0 <= index < len(found) else None
+    except (OSError, ValueError, KeyError) as error:
+        raise HTTPException(404, f"Dataset {entry_id}: cannot read the sample: {error}") from None
+    if png is None:
+        raise HTTPException(404, f"Class {label} has no sample {index} among the first records "
+                                 f"of the {split} split.")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})

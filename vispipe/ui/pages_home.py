@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from vispipe.registry import Registry
 from vispipe.ui.app import render
 from vispipe.ui.jobs import log_tail, read_job, resume_argv
-from vispipe.ui.views import home_items
+from vispipe.ui.views import entry_or_404, home_items
 
 __all__ = ["router"]
 
@@ -45,6 +45,9 @@ def home(request: Request):
 
 def _target_url(registry: Registry, job) -> str | None:
     """The page of what the job writes, once the CLI has registered it."""
+    if job.target_kind == "classify":  # Its results page shows its progress too.
+        run = _entry_for(registry, "run", os.path.dirname(job.target))
+        return f"/runs/{run.id}/classify/{job.id}" if run else None
     kind = {"run": "run", "dataset": "dataset"}.get(job.target_kind)
     entry = _entry_for(registry, kind, job.target) if kind else None
     if entry is None or (entry.id < job.id and job.verb != "resume"):
@@ -124,32 +127,55 @@ async def resume(request: Request, job_id: int):
     if argv is None:
         raise HTTPException(409, f"Job {job_id} ({job.status}) cannot be resumed: "
                                  "expected an interrupted or aborted training job with a checkpoint.")
+    # A Horovod run resumes under the same launcher, with as many ranks.
     new_id = request.app.state.queue.submit(f"Resume {job.entry.name}", "resume", argv,
-                                            target=job.target, target_kind="run")
+                                            target=job.target, target_kind="run",
+                                            launcher=job.entry.params.get("launcher"))
     return RedirectResponse(f"/jobs/{new_id}", status_code=303)
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder + os.sep)
 
 
 @router.post("/delete/{entry_id}")
 def delete(request: Request, entry_id: int):
-    """Deletes the folder of a finished dataset or run that the UI wrote."""
+    """Deletes a finished dataset or run that the UI wrote.
+
+    Its folder goes, and with it every registry entry of that folder and the
+    jobs (with their job folders) that wrote into it: training, evaluation,
+    classification.
+    """
+    settings = request.app.state.settings
+    parents = [os.path.realpath(settings.folder(kind)) for kind in ("datasets", "runs")]
     registry = Registry.open()
     try:
-        try:
-            entry = registry.get(entry_id)
-        except KeyError as error:
-            raise HTTPException(404, str(error)) from None
+        entry = entry_or_404(registry, entry_id)
         path = entry.params.get("target") if entry.kind == "job" else entry.path
-        busy = [j for j in map(read_job, registry.list("job"))
-                if j.target == path and j.status in ("queued", "running")]
+        if not path or os.path.dirname(os.path.realpath(path)) not in parents:
+            raise HTTPException(403, "Only datasets and models the UI created (in "
+                                     f"{' or '.join(parents)}) can be deleted; got {path!r}.")
+        jobs = [j for j in map(read_job, registry.list("job"))
+                if j.target and _within(j.target, path)]
+        busy = [j for j in jobs if j.status in ("queued", "running")]
+        if busy:
+            raise HTTPException(409, f"{path} is in use by job {busy[0].id}: abort it first.")
+        jobs_folder = os.path.realpath(settings.folder("jobs"))
+        folders = [path] + [j.entry.path for j in jobs
+                            if os.path.dirname(os.path.realpath(j.entry.path)) == jobs_folder]
+        for folder in folders:
+            try:
+                shutil.rmtree(folder)
+            except FileNotFoundError:
+                pass  # Already gone: its entries still go.
+            except OSError as error:
+                raise HTTPException(500, f"Cannot delete {folder}: {error}") from None
+        for stale in [e for e in registry.list() if e.kind != "job" and e.path == path]:
+            registry.delete(stale.id)
+        for job in jobs:
+            registry.delete(job.id)
     finally:
         registry.close()
-    if busy:
-        raise HTTPException(409, f"{path} is in use by job {busy[0].id}: abort it first.")
-    home = request.app.state.settings.home
-    if not path or not os.path.realpath(path).startswith(home + os.sep):
-        raise HTTPException(403, f"Only folders the UI wrote (under {home}) can be deleted; "
-                                 f"got {path!r}.")
-    shutil.rmtree(path, ignore_errors=True)
     return RedirectResponse("/", status_code=303)
 
 

@@ -21,6 +21,7 @@ from vispipe.configs import LR_POLICIES, OPTIMIZERS
 from vispipe.models import list_models
 from vispipe.registry import Registry
 from vispipe.ui.app import render
+from vispipe.ui.devices import capabilities, horovod_launcher
 from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
 
 __all__ = ["router", "parse_train_form"]
@@ -45,9 +46,10 @@ def _page(request: Request, form: dict, errors: dict, status_code: int = 200):
         datasets, runs = _choices(registry)
     finally:
         registry.close()
+    caps = capabilities()
     return render(request, "model_new.html", status_code=status_code, form=form, errors=errors,
                   datasets=datasets, runs=runs, networks=list_models(), policies=LR_POLICIES,
-                  optimizers=OPTIMIZERS)
+                  optimizers=OPTIMIZERS, caps=caps, processes=_processes_range(caps.gpus))
 
 
 @router.get("/models/new")
@@ -69,11 +71,28 @@ def _check_custom_code(code: str) -> str | None:
     return None
 
 
-def parse_train_form(form, settings, registry: Registry) -> tuple[list[str], str, str, dict[str, str]]:
+def _save_network(settings, code: str) -> str:
+    """Writes custom network code to `<home>/networks/<content hash>.py`; returns the path."""
+    path = os.path.join(settings.folder("networks"),
+                        hashlib.sha256(code.encode()).hexdigest()[:16] + ".py")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(code)
+    return path
+
+
+def _processes_range(gpus: int) -> tuple[int, int]:
+    """(most, default) Horovod ranks: one per GPU, else up to one per CPU core."""
+    most = gpus if gpus >= 2 else max(2, os.cpu_count() or 2)
+    return most, (most if gpus >= 2 else 2)
+
+
+def parse_train_form(form, settings, registry: Registry
+                     ) -> tuple[list[str], list[str], str, str, dict[str, str]]:
     """The `vispipe train` arguments of a submitted New-model form.
 
     Returns:
-        (argv, name, run folder, errors by field).
+        (argv, launcher, name, run folder, errors by field); the launcher
+        (`horovodrun ...`) prefixes the job's command, empty for one process.
     """
     errors: dict[str, str] = {}
     name, out = new_folder_field(form, settings.folder("runs"), "model", errors)
@@ -91,11 +110,7 @@ def parse_train_form(form, settings, registry: Registry) -> tuple[list[str], str
         if problem:
             errors["custom_code"] = problem
         else:
-            folder = settings.folder("networks")
-            path = os.path.join(folder, hashlib.sha256(code.encode()).hexdigest()[:16] + ".py")
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(code)
-            argv += ["--set", f"model.custom_path={path}"]
+            argv += ["--set", f"model.custom_path={_save_network(settings, code)}"]
     start = text_field(form, "weights_run")
     if start:
         run = next((r for r in runs if str(r.id) == start), None)
@@ -125,7 +140,19 @@ def parse_train_form(form, settings, registry: Registry) -> tuple[list[str], str
     steps = int_field(form, "steps_per_epoch", errors, low=0, high=10**7, default=0)
     if steps:
         argv += ["--set", f"train.steps_per_epoch={steps}"]
-    return argv, name, out, errors
+    caps = capabilities()
+    mixed = choice_field(form, "mixed_precision", caps.mixed_precision, errors, "auto")
+    if mixed != "auto":
+        argv += ["--set", f"train.mixed_precision={mixed}"]
+    distributed = choice_field(form, "distributed", caps.distributed, errors, "none")
+    launcher: list[str] = []
+    if distributed != "none" and "distributed" not in errors:
+        argv += ["--distributed", distributed]
+    if distributed == "horovod" and "distributed" not in errors:
+        most, default = _processes_range(caps.gpus)
+        launcher = horovod_launcher(int_field(form, "processes", errors, low=2, high=most,
+                                              default=default))
+    return argv, launcher, name, out, errors
 
 
 @router.post("/models/new")
@@ -134,7 +161,7 @@ async def create_model(request: Request):
     form = await request.form()
     registry = Registry.open()
     try:
-        argv, name, out, errors = parse_train_form(form, settings, registry)
+        argv, launcher, name, out, errors = parse_train_form(form, settings, registry)
     finally:
         registry.close()
     if form.get("action") == "lr-find" and "dataset" not in errors:
@@ -147,9 +174,51 @@ async def create_model(request: Request):
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
     if errors:
         return _page(request, dict(form), errors, status_code=400)
-    job_id = request.app.state.queue.submit(f"Train {name}", "train", argv,
-                                            target=out, target_kind="run")
+    job_id = request.app.state.queue.submit(f"Train {name}", "train", argv, target=out,
+                                            target_kind="run", launcher=launcher)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+# Without a dataset chosen, the network is built for MNIST-sized inputs.
+_PREVIEW_SHAPE, _PREVIEW_CLASSES = (28, 28, 1), 10
+
+
+@router.post("/models/network-preview")
+async def network_preview(request: Request):
+    """The layer graph of the custom network text, built for the chosen dataset (JSON).
+
+    No job is started: the network is built in a short-lived child process
+    (`vispipe.ui.network_summary`) with the same checks training applies.
+    """
+    from vispipe.data.format import read_dataset_info
+    from vispipe.ui.network_summary import describe_network
+
+    form = await request.form()
+    code = text_field(form, "custom_code")
+    problem = _check_custom_code(code)
+    if problem:
+        return JSONResponse({"errors": {"custom_code": problem}}, status_code=400)
+    registry = Registry.open()
+    try:
+        datasets, _ = _choices(registry)
+    finally:
+        registry.close()
+    chosen = next((d for d in datasets if str(d.id) == text_field(form, "dataset")), None)
+    shape, classes = _PREVIEW_SHAPE, _PREVIEW_CLASSES
+    for_what = f"no dataset chosen: {'x'.join(map(str, shape))} images, {classes} classes"
+    if chosen is not None:
+        try:
+            info = read_dataset_info(chosen.path)
+        except (FileNotFoundError, ValueError) as error:
+            return JSONResponse({"errors": {"dataset": str(error)}}, status_code=400)
+        shape, classes = info.image_shape, info.num_classes
+        for_what = (f"dataset {chosen.name}: {'x'.join(map(str, shape))} images, "
+                    f"{classes} classes")
+    summary = await describe_network(_save_network(request.app.state.settings, code), shape,
+                                     classes)
+    if "error" in summary:
+        return JSONResponse({"errors": {"custom_code": summary["error"]}}, status_code=400)
+    return JSONResponse(dict(summary, built_for=for_what))
 
 
 @router.get("/api/lr-preview")
@@ -158,7 +227,7 @@ def lr_preview(request: Request):
     import numpy as np
 
     from vispipe.configs import LRPolicyConfig
-    from vispipe.train.schedules import lr_at
+    from vispipe.train.policies import lr_at
 
     errors: dict[str, str] = {}
     q = request.query_params

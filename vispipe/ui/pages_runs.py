@@ -25,10 +25,11 @@ from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Res
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
 from vispipe.ui.app import render
+from vispipe.ui.forms import int_field
 from vispipe.ui.jobs import Job, log_tail, read_job, resume_argv
-from vispipe.ui.views import entry_status
+from vispipe.ui.views import entry_or_404, entry_status, load_entry
 
-__all__ = ["router", "save_upload"]
+__all__ = ["router", "save_upload", "read_limited"]
 
 router = APIRouter()
 
@@ -40,18 +41,9 @@ _models: dict[tuple[str, float], object] = {}
 _models_lock = threading.Lock()
 
 
-def _run_entry(registry: Registry, entry_id: int) -> Entry:
-    try:
-        entry = registry.get(entry_id)
-    except KeyError as error:
-        raise HTTPException(404, str(error)) from None
-    if entry.kind != "run":
-        raise HTTPException(404, f"Registry entry {entry_id} is a {entry.kind}, not a run.")
-    return entry
-
-
 def _jobs_of(registry: Registry, path: str) -> list[Job]:
-    """The jobs of a run: training, evaluations, exports and servers, newest first."""
+    """The jobs of a run: training, evaluations, classifications, exports and servers,
+    newest first."""
     jobs = []
     for job in map(read_job, registry.list("job")):
         if (job.target == path or os.path.dirname(job.target) == path
@@ -71,7 +63,7 @@ def export_available() -> bool:
 def run_page(request: Request, entry_id: int):
     registry = Registry.open()
     try:
-        entry = _run_entry(registry, entry_id)
+        entry = entry_or_404(registry, entry_id, "run")
         jobs = _jobs_of(registry, entry.path)
     finally:
         registry.close()
@@ -99,17 +91,14 @@ def run_page(request: Request, entry_id: int):
                   evaluating=[j for j in jobs if j.verb == "evaluate"
                               and j.status in ("queued", "running")],
                   serving=[j for j in jobs if j.verb == "serve"],
+                  classifications=[j for j in jobs if j.verb == "classify"],
                   export_formats=_EXPORT_FORMATS, export_ok=export_available())
 
 
 @router.get("/runs/{entry_id}/events")
 async def run_events(request: Request, entry_id: int):
     """Server-sent events: each metrics.jsonl record ("metric"), then the status ("status")."""
-    registry = Registry.open()
-    try:
-        entry = _run_entry(registry, entry_id)
-    finally:
-        registry.close()
+    entry = load_entry(entry_id, "run")
     run = RunFolder(entry.path)
 
     async def stream():
@@ -177,7 +166,8 @@ def save_upload(upload: UploadFile, settings, data: bytes) -> str:
     return path
 
 
-async def _read_limited(upload: UploadFile, limit: int) -> bytes:
+async def read_limited(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes; HTTP 413 past `limit` (reads at most `limit + 1` bytes)."""
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, f"Upload {upload.filename!r} is over {limit} bytes.")
@@ -200,20 +190,25 @@ def _cached_model(run_dir: str):
 
 @router.post("/runs/{entry_id}/classify")
 async def classify_one(request: Request, entry_id: int, image: UploadFile):
-    """Top-5 of one uploaded image (JSON); `visualize=1` adds per-layer statistics."""
+    """The most probable classes of one uploaded image (JSON).
+
+    Form fields: `top` (classes to return, default 5; the TF.js page asks
+    for all of them) and `visualize=1` (adds per-layer statistics).
+    """
     settings = request.app.state.settings
-    registry = Registry.open()
-    try:
-        entry = _run_entry(registry, entry_id)
-    finally:
-        registry.close()
-    data = await _read_limited(image, settings.max_upload_bytes)
-    path = save_upload(image, settings, data)
+    entry = load_entry(entry_id, "run")
     form = await request.form()
-    return await asyncio.to_thread(_classify_sync, entry.path, path, bool(form.get("visualize")))
+    errors: dict[str, str] = {}
+    top = int_field(form, "top", errors, low=1, high=10_000, default=5)
+    if errors:
+        raise HTTPException(400, f"top: {errors['top']}.")
+    data = await read_limited(image, settings.max_upload_bytes)
+    path = save_upload(image, settings, data)
+    return await asyncio.to_thread(_classify_sync, entry.path, path, top,
+                                   bool(form.get("visualize")))
 
 
-def _classify_sync(run_dir: str, path: str, with_layers: bool) -> JSONResponse:
+def _classify_sync(run_dir: str, path: str, top: int, with_layers: bool) -> JSONResponse:
     from vispipe.evaluate.classify import classify, run_image_options
 
     info = RunFolder(run_dir).read_info()
@@ -222,7 +217,7 @@ def _classify_sync(run_dir: str, path: str, with_layers: bool) -> JSONResponse:
     except FileNotFoundError as error:
         raise HTTPException(409, str(error)) from None
     started = time.perf_counter()
-    prediction = classify(model, path, top_k=5, classes=info["classes"],
+    prediction = classify(model, path, top_k=top, classes=info["classes"],
                           image_options=run_image_options(run_dir), progress=False)[0]
     body = {"top": prediction.top, "error": prediction.error, "note": prediction.note,
             "ms": round(1000 * (time.perf_counter() - started), 1)}
@@ -240,11 +235,7 @@ def _classify_sync(run_dir: str, path: str, with_layers: bool) -> JSONResponse:
 async def evaluate(request: Request, entry_id: int):
     form = await request.form()
     split = form.get("split") if form.get("split") in ("test", "val", "train") else "test"
-    registry = Registry.open()
-    try:
-        entry = _run_entry(registry, entry_id)
-    finally:
-        registry.close()
+    entry = load_entry(entry_id, "run")
     request.app.state.queue.submit(f"Evaluate {entry.name} ({split})", "evaluate",
                                    ["evaluate", entry.path, "--split", split],
                                    target=os.path.join(entry.path, f"eval-{split}"),
@@ -261,11 +252,7 @@ _RUN_FILES = {"curves.png", "eval-test/confusion_matrix.png", "eval-val/confusio
 def run_file(entry_id: int, name: str):
     if name not in _RUN_FILES:
         raise HTTPException(404, f"Not a file the model page shows: {name!r}.")
-    registry = Registry.open()
-    try:
-        entry = _run_entry(registry, entry_id)
-    finally:
-        registry.close()
+    entry = load_entry(entry_id, "run")
     path = os.path.join(entry.path, name)
     if not os.path.isfile(path):
         raise HTTPException(404, f"{name} does not exist (yet).")
@@ -280,11 +267,7 @@ async def export(request: Request, entry_id: int):
         raise HTTPException(400, f"Export: expected at least one format of {_EXPORT_FORMATS}.")
     if not export_available():
         raise HTTPException(409, "The export stage is not installed (`vispipe export` is missing).")
-    registry = Registry.open()
-    try:
-        entry = _run_entry(registry, entry_id)
-    finally:
-        registry.close()
+    entry = load_entry(entry_id, "run")
     out = os.path.join(request.app.state.settings.folder("exports"),
                        f"{entry_id}-{time.strftime('%Y%m%d-%H%M%S')}")
     argv = ["export", entry.path, "--formats", ",".join(formats), "--out", out]

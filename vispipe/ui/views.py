@@ -12,10 +12,13 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 
+from fastapi import HTTPException
+
 from vispipe.registry import Entry, Registry
 from vispipe.ui.jobs import Job, read_job
 
-__all__ = ["format_duration", "HomeItem", "home_items", "jobs_by_target", "entry_status"]
+__all__ = ["format_duration", "HomeItem", "home_items", "jobs_by_target", "entry_status",
+           "entry_or_404", "load_entry"]
 
 _STATUS_WORDS = {"completed": "Done", "failed": "Failed", "aborted": "Aborted",
                  "interrupted": "Interrupted"}
@@ -108,3 +111,23 @@ def home_items(registry: Registry, kind: str) -> list[HomeItem]:
     return items
 
 
+
+
+def entry_or_404(registry: Registry, entry_id: int, kind: str | None = None) -> Entry:
+    """Registry entry `entry_id`; HTTP 404 when there is none or it is not a `kind`."""
+    try:
+        entry = registry.get(entry_id)
+    except KeyError as error:
+        raise HTTPException(404, str(error)) from None
+    if kind and entry.kind != kind:
+        raise HTTPException(404, f"Registry entry {entry_id} is a {entry.kind}, not a {kind}.")
+    return entry
+
+
+def load_entry(entry_id: int, kind: str | None = None) -> Entry:
+    """`entry_or_404` on a registry opened for this call alone."""
+    registry = Registry.open()
+    try:
+        return entry_or_404(registry, entry_id, kind)
+    finally:
+        registry.close()

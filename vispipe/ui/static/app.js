@@ -192,11 +192,65 @@ const vispipe = (() => {
     update();
   }
 
+  // The custom network's layers, built on the server without starting a job.
+  function networkPreview(form, button, out) {
+    const shape = (s) => (Array.isArray(s) ? "(" + s.map((d) => (d === null ? "None" : d)).join(", ") + ")" : String(s));
+    button.addEventListener("click", async () => {
+      const data = new FormData();
+      data.set("custom_code", form.elements.custom_code.value);
+      data.set("dataset", form.elements.dataset ? form.elements.dataset.value : "");
+      out.replaceChildren(el("p", { class: "muted" }, "Building the network…"));
+      button.disabled = true;
+      try {
+        const r = await fetch("/models/network-preview", { method: "POST", body: data });
+        const body = await r.json();
+        if (!r.ok) { out.replaceChildren(el("p", { class: "error", role: "alert" }, Object.values(body.errors || {}).join("; ") || "HTTP " + r.status)); return; }
+        const table = el("table", { class: "list", id: "network-layers" });
+        const head = el("tr");
+        for (const h of ["Layer", "Type", "Output shape", "Parameters", "Inputs"]) head.appendChild(el("th", {}, h));
+        table.appendChild(el("thead")).appendChild(head);
+        const rows = table.appendChild(el("tbody"));
+        for (const l of body.layers) {
+          const tr = el("tr");
+          for (const v of [l.name, l.type, shape(l.output_shape), l.params.toLocaleString("en-US"), l.inputs.join(", ") || "-"]) tr.appendChild(el("td", {}, v));
+          rows.appendChild(tr);
+        }
+        const box = el("div", { class: "scroll" }); box.appendChild(table);
+        out.replaceChildren(el("p", {}, `${body.layers.length} layers, ${body.total_params.toLocaleString("en-US")} parameters (${body.trainable_params.toLocaleString("en-US")} trainable); built for ${body.built_for}.`), box);
+        out.dataset.params = String(body.total_params);
+      } catch (err) { out.replaceChildren(el("p", { class: "error" }, err.message)); }
+      finally { button.disabled = false; }
+    });
+  }
+
+  // Probabilities of both sides, class by class, and the largest difference.
+  function showComparison(target, labels, browser, server) {
+    const table = el("table", { class: "list" }), head = el("tr");
+    for (const h of ["Class", "Browser", "Server", "Difference"]) head.appendChild(el("th", {}, h));
+    table.appendChild(el("thead")).appendChild(head);
+    const body = table.appendChild(el("tbody"));
+    let largest = 0;
+    browser.forEach((p, i) => {
+      const q = server[i], d = Math.abs(p - q);
+      largest = Math.max(largest, d);
+      const tr = el("tr");
+      for (const v of [labels[i], (100 * p).toFixed(3) + "%", (100 * q).toFixed(3) + "%", (100 * d).toFixed(3) + "%"]) tr.appendChild(el("td", {}, v));
+      body.appendChild(tr);
+    });
+    const box = el("div", { class: "scroll" }); box.appendChild(table);
+    target.replaceChildren(el("h3", {}, "All probabilities"), el("p", { class: "muted" }, `Largest difference: ${(100 * largest).toFixed(3)} percentage points`), box);
+    target.dataset.maxDiff = String(largest);
+  }
+
+  // Browser and server classify the same pixels: an uploaded file as decoded at
+  // its own size (the server gets the file's bytes), a drawing scaled to the
+  // model's input size (the server gets that as a PNG), so neither side resizes it.
   function tfjsPage(base, serverUrl) {
     const canvas = document.getElementById("draw"), ctx = canvas.getContext("2d");
     const browserOut = document.getElementById("browser-result"), serverOut = document.getElementById("server-result");
-    let model = null, meta = null;
-    function clear() { ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+    const compareOut = document.getElementById("compare");
+    let model = null, meta = null, upload = null;  // upload: {file, image} of the chosen file.
+    function clear() { upload = null; ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height); }
     clear();
     async function load() {
       const variant = document.getElementById("variant").value;
@@ -206,11 +260,41 @@ const vispipe = (() => {
       browserOut.textContent = `Model loaded (${variant}, backend ${tf.getBackend()}).`;
       document.body.dataset.modelReady = "1";
     }
+    // The upload at its own size, composited on white as the server does.
+    function uploadPixels() {
+      const { image } = upload, flat = document.createElement("canvas");
+      flat.width = image.naturalWidth; flat.height = image.naturalHeight;
+      const c = flat.getContext("2d");
+      c.fillStyle = "#fff"; c.fillRect(0, 0, flat.width, flat.height); c.drawImage(image, 0, 0);
+      return flat;
+    }
+    function inputTensor(source, channels) {
+      return tf.tidy(() => {
+        const rgb = tf.browser.fromPixels(source, 3);
+        // Pillow's RGB->L: (19595 R + 38470 G + 7471 B + 2^15) >> 16.
+        const pixels = channels === 1 ? rgb.mul(tf.tensor1d([19595, 38470, 7471], "int32")).sum(-1, true).add(32768).floorDiv(65536) : rgb;
+        return pixels.expandDims(0);
+      });
+    }
+    function drawingPixels() {
+      const [, height, width] = (meta.input && meta.input.shape) || [];
+      if (!height || !width) return canvas;
+      const small = document.createElement("canvas");
+      small.width = width; small.height = height;
+      const c = small.getContext("2d");
+      c.imageSmoothingQuality = "high"; c.drawImage(canvas, 0, 0, width, height);
+      return small;
+    }
+    function serverBlob(source) {
+      if (upload) return Promise.resolve([upload.file, upload.file.name]);
+      return new Promise((resolve) => source.toBlob((blob) => resolve([blob, "canvas.png"]), "image/png"));
+    }
     async function predict() {
       if (!model) return;
       const channels = meta.input ? meta.input.shape[3] : 1;
       const labels = meta.labels || [];
-      const input = tf.tidy(() => tf.browser.fromPixels(canvas, channels === 1 ? 1 : 3).expandDims(0));
+      const source = upload ? uploadPixels() : drawingPixels();
+      const input = inputTensor(source, channels);
       const sig = model.executor && model.executor._signature;
       const outName = sig && sig.outputs && sig.outputs.probabilities ? sig.outputs.probabilities.name : undefined;
       const inName = sig && sig.inputs && sig.inputs.images ? sig.inputs.images.name : model.inputs[0].name;
@@ -218,22 +302,38 @@ const vispipe = (() => {
       if (Array.isArray(out)) out = out[0];
       const probs = Array.from(await out.data());
       tf.dispose([input, out]);
-      const top = probs.map((p, i) => [labels[i] !== undefined ? String(labels[i]) : String(i), p]).sort((a, b) => b[1] - a[1]).slice(0, 5);
+      const names = probs.map((_, i) => (labels[i] !== undefined ? String(labels[i]) : String(i)));
+      const top = probs.map((p, i) => [names[i], p]).sort((a, b) => b[1] - a[1]).slice(0, 5);
       showTop(browserOut, "", top);
       browserOut.dataset.top1 = top[0][0];
-      if (serverUrl) {
-        canvas.toBlob(async (blob) => {
-          try {
-            const body = await classifyBlob(serverUrl, blob, "canvas.png", false);
-            showTop(serverOut, "", body.top, `${body.ms} ms on the server`);
-            serverOut.dataset.top1 = body.top[0][0];
-          } catch (err) { serverOut.textContent = err.message; }
-        }, "image/png");
-      }
+      compareOut.replaceChildren();
+      if (!serverUrl) return;
+      try {
+        const [blob, name] = await serverBlob(source);
+        const data = new FormData();
+        data.append("image", blob, name);
+        data.append("top", String(probs.length));
+        const r = await fetch(serverUrl, { method: "POST", body: data });
+        const body = await r.json();
+        if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
+        if (body.error) throw new Error(body.error);
+        showTop(serverOut, "", body.top.slice(0, 5), `${body.ms} ms on the server` + (body.note ? " · " + body.note : ""));
+        serverOut.dataset.top1 = body.top[0][0];
+        const byName = new Map(body.top);
+        showComparison(compareOut, names, probs, names.map((n) => byName.get(n) || 0));
+        const [, height, width] = (meta.input && meta.input.shape) || [];
+        if (upload && height && (source.width !== width || source.height !== height)) {
+          compareOut.appendChild(el("p", { class: "muted" }, `The image is ${source.width}x${source.height} and the model takes ${width}x${height}: ` +
+            "TF.js resizes it bilinearly inside the graph and the server as the dataset was made, so the lists may differ slightly."));
+        }
+      } catch (err) { serverOut.textContent = err.message; }
     }
     let drawing = false;
     const pos = (e) => { const r = canvas.getBoundingClientRect(); return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height]; };
-    canvas.addEventListener("pointerdown", (e) => { drawing = true; const [x, y] = pos(e); ctx.beginPath(); ctx.moveTo(x, y); });
+    canvas.addEventListener("pointerdown", (e) => {
+      if (upload) clear();  // Drawing starts over on a blank canvas.
+      drawing = true; const [x, y] = pos(e); ctx.beginPath(); ctx.moveTo(x, y);
+    });
     canvas.addEventListener("pointermove", (e) => { if (!drawing) return; const [x, y] = pos(e); ctx.strokeStyle = "#fff"; ctx.lineWidth = 16; ctx.lineCap = "round"; ctx.lineTo(x, y); ctx.stroke(); });
     window.addEventListener("pointerup", () => { if (drawing) { drawing = false; predict(); } });
     document.getElementById("clear").addEventListener("click", clear);
@@ -241,12 +341,16 @@ const vispipe = (() => {
     document.getElementById("variant").addEventListener("change", () => load().then(predict));
     document.getElementById("tfjs-file").addEventListener("change", (e) => {
       const file = e.target.files[0]; if (!file) return;
-      const img = new Image();
-      img.onload = () => { clear(); ctx.drawImage(img, 0, 0, canvas.width, canvas.height); URL.revokeObjectURL(img.src); predict(); };
-      img.src = URL.createObjectURL(file);
+      if (upload) URL.revokeObjectURL(upload.image.src);
+      const image = new Image();
+      image.onload = () => {
+        clear(); ctx.drawImage(image, 0, 0, canvas.width, canvas.height);  // Shown scaled; classified at its own size.
+        upload = { file, image }; predict();
+      };
+      image.src = URL.createObjectURL(file);
     });
     load().catch((err) => { browserOut.textContent = "Cannot load the model: " + err.message; });
   }
 
-  return { lineChart, followJob, reloadWhenDone, followRun, classifyForm, lrPreview, tfjsPage };
+  return { lineChart, followJob, reloadWhenDone, followRun, classifyForm, lrPreview, networkPreview, tfjsPage };
 })();
