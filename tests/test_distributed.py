@@ -2,17 +2,22 @@
 
 The Horovod tests launch `horovodrun -np 2 --gloo -H localhost:2 vispipe train`
 on a real MNIST subset; they skip when horovod is not built
-(`make horovod` builds it with scripts/build_horovod.sh).
+(`make horovod` builds it with scripts/build_horovod.sh). The multi-worker
+test starts two `vispipe train` processes with a two-worker `TF_CONFIG` on
+free local ports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import keras
 import numpy as np
@@ -24,6 +29,7 @@ from conftest import extract_subset
 from test_train import write_pattern_dataset
 from vispipe.cli import main
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
+from vispipe.registry import Registry
 from vispipe.train import train
 from vispipe.train.distributed import Replicas, ReplicaScaledSchedule, setup
 from vispipe.train.run_folder import RunFolder
@@ -32,6 +38,13 @@ HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 # Ranks see different batches than one process (each reads its own shard), so
 # the curves agree statistically, not bit for bit.
 LOSS_TOLERANCE = 0.25
+# Multi-worker replicas split the very batches one process trains on: the
+# first step's loss agrees to rounding, later ones drift apart slowly (the
+# summation order differs).
+FIRST_STEP_TOLERANCE = 1e-4
+MULTIWORKER_DRIFT = 0.01
+# fp16 keeps 11 significant bits of each allreduced gradient.
+FP16_LOSS_TOLERANCE = 0.01
 TIMEOUT_S = 240
 
 
@@ -58,17 +71,50 @@ def _config(path, **train) -> str:
     return str(path)
 
 
-def _horovodrun(args: list[str], **popen) -> subprocess.Popen:
+def _horovodrun(args: list[str], hosts: tuple[str, ...] = ("-H", "localhost:2"),
+                **popen) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [HOROVODRUN, "-np", "2", "--gloo", "-H", "localhost:2",
+        [HOROVODRUN, "-np", "2", "--gloo", *hosts,
          sys.executable, "-m", "vispipe", "train", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
-    output, _ = proc.communicate(timeout=TIMEOUT_S)
+    try:
+        output, _ = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"{proc.args} ran past {TIMEOUT_S} s:\n{output[-3000:]}")
     return proc.returncode, output
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _multiworker(args: list[str], homes: list) -> list[subprocess.Popen]:
+    """One `vispipe train` process per worker of a local `TF_CONFIG` cluster.
+
+    Each worker gets its own `VISPIPE_HOME` (registry), as on separate hosts.
+    """
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(len(homes))]}
+    workers = []
+    for index, home in enumerate(homes):
+        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "VISPIPE_HOME": str(home),
+               "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "vispipe", "train", *args, "--quiet"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return workers
 
 
 @pytest.fixture(scope="module")
@@ -84,47 +130,74 @@ def mnist_dataset(mnist_archive, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def horovod_run(mnist_dataset, tmp_path_factory):
+def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
+    """`run(compression)`: a 3-epoch two-rank run, trained once per module."""
     if _horovod_skip_reason():
         pytest.skip(_horovod_skip_reason())
-    work = tmp_path_factory.mktemp("hvd-run")
-    cfg = _config(work / "cfg.yaml", epochs=3, distributed="horovod")
-    code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--out",
-                                        str(work / "run"), "--config", cfg]))
-    assert code == 0, output[-3000:]
-    return RunFolder(str(work / "run"))
+    runs: dict[str, RunFolder] = {}
+
+    def run(compression: str) -> RunFolder:
+        if compression not in runs:
+            work = tmp_path_factory.mktemp(f"hvd-{compression}")
+            cfg = _config(work / "cfg.yaml", epochs=3, distributed="horovod",
+                          gradient_compression=compression)
+            code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--out",
+                                                str(work / "run"), "--config", cfg]))
+            assert code == 0, output[-3000:]
+            runs[compression] = RunFolder(str(work / "run"))
+        return runs[compression]
+
+    return run
 
 
 @needs_horovod
-def test_two_horovod_ranks_complete_with_identical_weights(horovod_run):
-    info = horovod_run.read_info()
+@pytest.mark.parametrize("compression", ["none", "fp16"])
+def test_two_horovod_ranks_complete_with_identical_weights(horovod_runs, compression):
+    run = horovod_runs(compression)
+    info = run.read_info()
     assert info["status"] == "completed"
     assert info["epochs_completed"] == 3
     dist = info["distributed"]
     assert dist["mode"] == "horovod" and dist["size"] == 2
+    assert dist["compression"] == compression
     # Each rank hashed its own weights after training.
     assert len(dist["weight_digests"]) == 2
     assert dist["weight_digests"][0] == dist["weight_digests"][1]
     # 320 records, 160 per rank, 16 per rank-batch (global 32): 10 steps.
     assert info["steps_per_epoch"] == 10
-    assert os.path.isfile(horovod_run.model_path)
+    assert os.path.isfile(run.model_path)
 
 
 @needs_horovod
 def test_horovod_loss_curve_matches_one_process_with_the_same_global_batch(
-    horovod_run, mnist_dataset, tmp_path
+    horovod_runs, mnist_dataset, tmp_path
 ):
-    cfg = yaml.safe_load(open(horovod_run.file("config.yaml")))
+    run = horovod_runs("none")
+    cfg = yaml.safe_load(open(run.file("config.yaml")))
     single_cfg = TrainConfig(**{**cfg["train"], "distributed": "none",
                                 "lr": LRPolicyConfig(**cfg["train"]["lr"])})
     single_cfg = dataclasses.replace(single_cfg, augment=TrainConfig().augment)
     single = train(mnist_dataset, str(tmp_path / "single"), ModelConfig(name="lenet"),
                    single_cfg, progress=False)
-    multi = horovod_run.read_metrics("epoch")
+    multi = run.read_metrics("epoch")
     assert [r["epoch"] for r in multi] == [r["epoch"] for r in single.history] == [1, 2, 3]
     for one, two in zip(single.history, multi):
         assert abs(one["loss"] - two["loss"]) <= LOSS_TOLERANCE, (single.history, multi)
     assert multi[-1]["loss"] < multi[0]["loss"]
+
+
+@needs_horovod
+def test_fp16_gradient_compression_trains_like_full_precision(horovod_runs):
+    full = horovod_runs("none")
+    half = horovod_runs("fp16")
+    full_curve = [r["loss"] for r in full.read_metrics("epoch")]
+    half_curve = [r["loss"] for r in half.read_metrics("epoch")]
+    assert half_curve == pytest.approx(full_curve, abs=FP16_LOSS_TOLERANCE)
+    # Same data, same ranks (uncompressed runs repeat bit for bit): only the
+    # rounding of the allreduced gradients differs, so different weights
+    # show that the compression took effect.
+    assert (half.read_info()["distributed"]["weight_digests"][0]
+            != full.read_info()["distributed"]["weight_digests"][0])
 
 
 def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
@@ -138,19 +211,25 @@ def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | Non
     return None
 
 
+def _kill_rank_1_when(launcher: subprocess.Popen, ready, what: str) -> None:
+    """SIGKILLs rank 1 once `ready()`; fails if the job ends or TIMEOUT_S passes first."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ready():
+        assert launcher.poll() is None, launcher.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no {what} in time"
+        time.sleep(0.05)
+    worker = _rank_process(launcher, 1)
+    assert worker is not None
+    worker.kill()
+
+
 @needs_horovod
 def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_path):
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=40, distributed="horovod", val_interval=0)
     launcher = _horovodrun(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg])
-    deadline = time.monotonic() + TIMEOUT_S
-    while run.latest_checkpoint() is None or run.latest_checkpoint().epoch < 2:
-        assert launcher.poll() is None, launcher.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.2)
-    worker = _rank_process(launcher, 1)
-    assert worker is not None
-    worker.kill()
+    _kill_rank_1_when(launcher, lambda: run.latest_checkpoint() is not None
+                      and run.latest_checkpoint().epoch >= 2, "the epoch-2 checkpoint")
     # The job ends on its own, well before the timeout: no hang.
     code, output = _finish(launcher)
     assert code != 0
@@ -166,6 +245,94 @@ def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_p
     assert info["status"] == "completed" and info["epochs_completed"] == 40
     assert info["distributed"]["weights_identical"]
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 41))
+
+
+def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
+    mnist_dataset, tmp_path
+):
+    run = RunFolder(str(tmp_path / "run"))
+    cfg = _config(tmp_path / "cfg.yaml", epochs=2, distributed="multiworker", log_every_steps=1)
+    homes = [tmp_path / "home0", tmp_path / "home1"]
+    workers = _multiworker(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg],
+                           homes)
+    try:
+        for code, output in [_finish(worker) for worker in workers]:
+            assert code == 0, output[-3000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+    info = run.read_info()
+    assert info["status"] == "completed" and info["epochs_completed"] == 2
+    dist = info["distributed"]
+    assert (dist["mode"], dist["size"], dist["replicas"]) == ("multiworker", 2, 2)
+    # Each worker hashed its own weights after training.
+    assert len(dist["weight_digests"]) == 2
+    assert dist["weight_digests"][0] == dist["weight_digests"][1]
+    # The workers split each global batch: 320 records, 32 a step.
+    assert info["steps_per_epoch"] == 10
+    # One writer: one record and one checkpoint per epoch, one registry entry.
+    multi = run.read_metrics("epoch")
+    assert [r["epoch"] for r in multi] == [1, 2]
+    assert sorted(os.listdir(run.checkpoint_dir)) == [
+        "epoch-0001.keras", "epoch-0002.keras", "latest.json"]
+    registry = Registry.open(str(homes[0] / "registry.db"))
+    assert [(e.path, e.status) for e in registry.list("run")] == [(run.path, "completed")]
+    registry.close()
+    assert not os.path.exists(homes[1] / "registry.db")
+
+    # The same global batches as one process, in the same order.
+    single_cfg = TrainConfig(epochs=2, batch_size=32, mixed_precision="off", optimizer="sgd",
+                             momentum=0.9, lr=LRPolicyConfig(policy="fixed", base_lr=0.01),
+                             log_every_steps=1)
+    single = RunFolder(train(mnist_dataset, str(tmp_path / "single"), ModelConfig(name="lenet"),
+                             single_cfg, progress=False).run_dir)
+    first_steps = [r.read_metrics("step")[0]["loss"] for r in (single, run)]
+    assert first_steps[1] == pytest.approx(first_steps[0], abs=FIRST_STEP_TOLERANCE)
+    single_curve = [r["loss"] for r in single.read_metrics("epoch")]
+    assert [r["loss"] for r in multi] == pytest.approx(single_curve, abs=MULTIWORKER_DRIFT)
+    assert multi[-1]["loss"] < multi[0]["loss"]
+
+
+@needs_horovod
+def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
+    mnist_dataset, tmp_path
+):
+    # Horovod blames a failed worker's host and stops the workers on it, so
+    # each worker gets a host name of its own (both name this machine).
+    discovery = tmp_path / "hosts.sh"
+    discovery.write_text("#!/bin/sh\necho localhost:1\necho 127.0.0.1:1\n")
+    discovery.chmod(0o755)
+    run = RunFolder(str(tmp_path / "run"))
+    # 320 records, global batch 8: 40 steps an epoch, a step record every 2.
+    cfg = _config(tmp_path / "cfg.yaml", epochs=8, batch_size=8,
+                  lr={"policy": "fixed", "base_lr": 0.003}, distributed="horovod",
+                  elastic=True, val_interval=0, log_every_steps=2)
+    launcher = _horovodrun(
+        ["--dataset", mnist_dataset, "--out", run.path, "--config", cfg, "--quiet"],
+        hosts=("--min-np", "1", "--max-np", "2", "--host-discovery-script", str(discovery)))
+    # Rank 1 dies in the first half of epoch 3, which the chief has begun to log.
+    _kill_rank_1_when(launcher, lambda: any(2 < r["epoch"] < 2.5 for r in run.read_metrics("step")),
+                      "the start of epoch 3")
+
+    code, output = _finish(launcher)
+    assert code == 0, output[-3000:]
+    # Back to the state committed after epoch 2, on one rank.
+    assert "Horovod elastic: 1 rank(s) now, training on from epoch 3/8." in output
+    info = run.read_info()
+    assert info["status"] == "completed" and info["epochs_completed"] == 8
+    assert (info["distributed"]["size"], info["distributed"]["elastic"]) == (1, True)
+    # Epoch 3 was redone once: the records of its first attempt are gone.
+    assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 9))
+    steps = [r["step"] for r in run.read_metrics("step")]
+    assert steps == list(range(2, 8 * 40 + 1, 2))
+    losses = [r["loss"] for r in run.read_metrics("epoch")]
+    assert losses[-1] < losses[0] / 2
+
+
+def test_elastic_mode_refuses_a_frozen_head_phase(mnist_dataset, tmp_path):
+    with pytest.raises(ValueError, match="model.freeze_epochs: expected 0 with train.elastic"):
+        train(mnist_dataset, str(tmp_path / "run"), ModelConfig(name="lenet", freeze_epochs=1),
+              TrainConfig(distributed="horovod", elastic=True), progress=False)
 
 
 def test_replica_scaled_lr_warms_up_linearly_and_survives_saving(tmp_path):
@@ -189,6 +356,11 @@ def test_horovod_batch_must_split_evenly_and_modes_are_checked():
         setup("nccl")
     with pytest.raises(ValueError, match="gradient_compression: expected one of"):
         setup("none", compression="int8")
+    with pytest.raises(ValueError, match="train.elastic: needs train.distributed 'horovod'"):
+        setup("mirrored", elastic=True)
+    # Elastic mode needs the elastic driver of horovodrun, not a plain launch.
+    with pytest.raises(RuntimeError, match="not started by an elastic horovodrun"):
+        Replicas("horovod", elastic=True).run_elastic(None, print, print)
 
 
 def test_mirrored_strategy_trains_and_records_its_replicas(tmp_path):

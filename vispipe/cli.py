@@ -221,11 +221,16 @@ def _train_result_json(result: Any) -> dict[str, Any]:
 
 
 def _is_chief_process() -> bool:
-    """False on every Horovod/MPI rank but 0, so one summary is printed per job."""
+    """False on every Horovod/MPI rank but 0 and every multi-worker task but the
+    chief, so one summary is printed per job."""
     for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         if os.environ.get(variable, "0") != "0":
             return False
-    return True
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
+    if "chief" in tf_config.get("cluster", {}):
+        return task.get("type") == "chief"
+    return int(task.get("index", 0)) == 0
 
 
 def _train(args: argparse.Namespace) -> int:

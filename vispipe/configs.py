@@ -236,6 +236,10 @@ class TrainConfig:
             linearly from the single-replica LR to the scaled one (0: none).
         gradient_compression: Horovod allreduce compression: "none" or
             "fp16".
+        elastic: Horovod elastic mode (`horovodrun --min-np/--max-np
+            --host-discovery-script`): workers may leave and join between
+            epochs; an epoch that loses a worker is redone from the last
+            epoch end.
     """
 
     epochs: int = 10
@@ -260,6 +264,7 @@ class TrainConfig:
     scale_lr: bool = False
     warmup_epochs: float = 0.0
     gradient_compression: str = "none"
+    elastic: bool = False
 
 
 @dataclass

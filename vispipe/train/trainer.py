@@ -24,6 +24,13 @@ How a run proceeds:
   rank 0 writes the run folder, the registry and the console. All ranks
   must see the run folder on a shared file system: `resume` reloads the
   last rank-0 checkpoint on every rank.
+- Horovod elastic mode (`TrainConfig.elastic`): the epoch loop survives
+  workers leaving and joining. An epoch that loses a worker is redone from
+  the state committed at the previous epoch end (its metrics records are
+  dropped) by the ranks left, with their new shards and, under `scale_lr`,
+  the LR of the new replica count; a worker that joins gets rank 0's state
+  at the next epoch end. `batch_size` stays the global batch: fewer ranks
+  take larger shares of it.
 - Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
   re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
   reloads the latest checkpoint (model and optimizer state) and drops the
@@ -40,18 +47,15 @@ result = resume("runs/mnist", epochs=10)  # train 5 more epochs
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import logging
 import os
-import signal
 import sqlite3
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
@@ -61,6 +65,7 @@ from vispipe.config_io import from_dict
 from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
 from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
+from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
 from vispipe.train.callbacks import (
     BestModelSaver,
@@ -79,6 +84,9 @@ from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RUN_FORMAT_VERSION, RunFolder, write_text_atomic
 from vispipe.train.schedules import make_schedule, validate_policy
+
+if TYPE_CHECKING:
+    from horovod.common.elastic import State
 
 __all__ = ["TrainResult", "train", "resume"]
 
@@ -161,6 +169,11 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          cfg.gradient_compression in COMPRESSIONS, f"one of {COMPRESSIONS}"),
         ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
          "an integer >= 0"),
+        # The head-only phase has its own optimizer, which an elastic
+        # state would have to swap back on restore.
+        ("model.freeze_epochs", model_cfg.freeze_epochs,
+         not (cfg.elastic and model_cfg.freeze_epochs),
+         "0 with train.elastic"),
         ("model.finetune_lr_factor", model_cfg.finetune_lr_factor,
          model_cfg.finetune_lr_factor > 0, "a number > 0"),
     )
@@ -271,28 +284,54 @@ def _lr_scale(model_cfg: ModelConfig, epoch: int) -> float:
     return 1.0
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Turns SIGTERM into KeyboardInterrupt (main thread only, where signals land)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"received signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _setup(cfg: TrainConfig) -> Replicas:
+    return setup(cfg.distributed, compression=cfg.gradient_compression,
+                 elastic=cfg.elastic)
 
 
 def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks) -> None:
-    """Trains epochs `start_epoch .. epochs-1`, switching phase when due."""
+    """Trains epochs `start_epoch .. epochs-1`; under Horovod elastic, across world changes."""
+    if not session.replicas.elastic:
+        _fit_epochs(model, session, start_epoch, extra_callbacks)
+        return
+    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False,
+                                           registry_id=session.registry_id)
+
+    def attempt(state: State) -> None:
+        # After the sync: a new rank 0 learns the registry entry, and an epoch
+        # that a lost worker cut short leaves no records.
+        session.registry_id = state.registry_id
+        if session.replicas.is_chief:
+            session.run.truncate_metrics(state.epoch)
+        if not state.stopped:
+            _fit_epochs(model, session, state.epoch, extra_callbacks, state)
+
+    session.replicas.run_elastic(state, attempt,
+                                 on_reset=lambda: _rejoin(model, session, state.epoch))
+
+
+def _rejoin(model: keras.Model, session: _Session, epoch: int) -> None:
+    """Adapts to the Horovod world after an elastic reset: rank, shard, LR."""
+    session.replicas = session.replicas.rejoined()
+    session.steps = _steps_per_epoch(session.info, session.train_cfg, session.replicas)
+    session.train_records = None  # Decoded for the previous shard.
+    model.optimizer.learning_rate = _schedule(session, 1.0)  # No head-only phase here.
+    session.replicas.distribute_model(model)  # Retraces with the new schedule.
+    if session.replicas.is_chief:
+        print(f"Horovod elastic: {session.replicas.size} rank(s) now, training on from epoch "
+              f"{epoch + 1}/{session.train_cfg.epochs}.", flush=True)
+
+
+def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks,
+                state: State | None = None) -> None:
+    """Trains epochs `start_epoch .. epochs-1`, switching phase when due.
+
+    With an elastic `state`, commits the epoch count after every epoch.
+    """
     run, cfg, model_cfg = session.run, session.train_cfg, session.model_cfg
     chief = session.replicas.is_chief
-    history = run.read_metrics("epoch")
+    # Filtered: under elastic mode rank 0 may not have dropped them yet.
+    history = [r for r in run.read_metrics("epoch") if r["epoch"] <= start_epoch]
     val_history = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
     images_per_epoch = min(session.steps * cfg.batch_size, session.info.split_counts["train"])
     meter = ThroughputMeter(cfg.batch_size, images_per_epoch)
@@ -325,15 +364,22 @@ def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callback
         validate = val_ds is not None and (
             (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
         )
-        with session.replicas.scope():
-            model.fit(
-                _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
-                validation_data=val_ds if validate else None, callbacks=callbacks,
-                verbose=0, shuffle=False,  # The pipeline shuffles, seeded per epoch.
-            )
+        # Outside the strategy scope (Keras uses the model's strategy anyway):
+        # in it, a checkpoint saved by the chief alone creates variables,
+        # which a multi-worker strategy initialises with a collective that
+        # the other workers never join.
+        model.fit(
+            _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
+            validation_data=val_ds if validate else None, callbacks=callbacks,
+            verbose=0, shuffle=False,  # The pipeline shuffles, seeded per epoch.
+        )
         if chief:
             run.update_info(epochs_completed=epoch + 1)
-        if early is not None and early.stopped:
+        stopped = early is not None and early.stopped
+        if state is not None:
+            state.epoch, state.stopped = epoch + 1, stopped
+            state.commit()
+        if stopped:
             if chief:
                 print(f"Early stopping after epoch {epoch + 1}: no better val accuracy "
                       f"in {cfg.early_stopping} validations.")
@@ -416,7 +462,7 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
     run = session.run
     start = time.perf_counter()
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             _fit(model, session, start_epoch, callbacks)
             return _finish(model, session, time.perf_counter() - start)
     except KeyboardInterrupt:
@@ -505,9 +551,11 @@ def train(
     ```
     """
     run = RunFolder(run_dir)
-    _check_new_run_folder(run)
     _check_settings(model_cfg, train_cfg)
-    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression)
+    replicas = _setup(train_cfg)
+    if replicas.is_chief or not replicas.elastic:
+        # A worker that joins an elastic job later finds rank 0's folder.
+        _check_new_run_folder(run)
     info = read_dataset_info(dataset_dir)
     steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
@@ -614,7 +662,7 @@ def resume(
             f"epochs > {done_epochs} to train it longer."
         )
     _check_settings(model_cfg, train_cfg)
-    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression)
+    replicas = _setup(train_cfg)
     info = read_dataset_info(data["dataset_dir"])
     steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
