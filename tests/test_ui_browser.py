@@ -1,6 +1,6 @@
 """The web UI in headless Chromium: dataset -> LeNet with a live chart -> classify -> TF.js.
 
-Also: dataset sample images, the custom network's layer table, classify many
+Also: dataset sample images, the custom network's layer graph and table, classify many
 (an archive upload, its results page) and the home page at phone width.
 
 Screenshots (1280x800 and phone width) go to `test-artifacts/ui/` (or
@@ -97,13 +97,24 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.fill("#custom-code", "import keras\n\ndef build(input_shape, num_classes):\n"
               "    inputs = keras.Input(input_shape)\n"
               "    x = keras.layers.Conv2D(8, 5, activation='relu')(inputs)\n"
+              "    s = keras.layers.Conv2D(8, 5, name='<img src=x onerror=alert(1)>')(inputs)\n"
+              "    x = keras.layers.Add(name='merge')([x, s])\n"
               "    x = keras.layers.Flatten()(keras.layers.MaxPooling2D()(x))\n"
               "    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))\n")
     page.click("#visualize-network")
     page.wait_for_selector("#network-layers", timeout=120_000)
-    params = (5 * 5 * 8 + 8) + (12 * 12 * 8 * 10 + 10)  # conv + dense
+    params = 2 * (5 * 5 * 8 + 8) + (12 * 12 * 8 * 10 + 10)  # 2 convs + dense
     assert page.get_attribute("#network-preview", "data-params") == str(params)
     assert "(None, 24, 24, 8)" in page.inner_text("#network-layers")
+    # The layer graph: a box per layer, the two branches' arrows meeting at the Add,
+    # the user's layer name shown as text, not markup.
+    graph = page.locator("#network-graph svg")
+    assert graph.locator("g.layer").count() == page.locator("#network-layers tbody tr").count()
+    assert graph.locator("path.edge[data-to=merge]").count() == 2
+    assert page.locator("#network-graph img").count() == 0
+    assert "<img src=x onerror=alert(1)>" in graph.locator("g.layer text").all_text_contents()
+    box = graph.bounding_box()
+    assert box["width"] > 300 and box["height"] > 300  # Drawn at its natural size.
     page.locator("#network-preview").screenshot(path=os.path.join(ARTIFACTS, "03a-network.png"))
     page.check("#net-lenet")
     page.fill("input[name=epochs]", "2")

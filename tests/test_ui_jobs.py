@@ -192,6 +192,13 @@ def test_network_preview_builds_the_custom_network_for_the_dataset(tmp_path):
         assert layers["predictions"]["type"] == "Activation"  # Appended softmax, as in training.
         assert body["total_params"] == 2 * (9 * 4 + 4) + 26 * 26 * 4 * 10 + 10
         assert body["built_for"].startswith("no dataset chosen")
+        # The drawn graph: both branches one row below the input, arrows into the Add.
+        svg = body["graph_svg"]
+        assert svg.startswith("<svg") and svg.count('class="layer"') == len(body["layers"])
+        for name, depth in (("left", 1), ("right", 1), ("join", 2)):
+            assert f'data-layer="{name}" data-depth="{depth}"' in svg
+        assert 'data-from="left" data-to="join"' in svg
+        assert 'data-from="right" data-to="join"' in svg
 
         wrong = client.post("/models/network-preview", data={"custom_code": code.replace(
             "Dense(num_classes", "Dense(3")})

@@ -400,6 +400,117 @@ def test_network_preview_reports_a_syntax_error_without_building(roots):
     assert Registry.open().list("job") == []
 
 
+def _layer(name: str, kind: str, inputs: list[str], params: int = 0) -> dict:
+    return {"name": name, "type": kind, "output_shape": [None, 8, 8, 4], "params": params,
+            "inputs": inputs}
+
+
+def _layer_graph(svg: str):
+    """The SVG parsed as XML (as the browser does): {name: layer group}, {(from, to): path}."""
+    from xml.etree import ElementTree
+
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    root = ElementTree.fromstring(svg)
+    layers = {g.get("data-layer"): g for g in root.iterfind(".//s:g[@class='layer']", ns)}
+    edges = {(p.get("data-from"), p.get("data-to")): p
+             for p in root.iterfind(".//s:path[@class='edge']", ns)}
+    return root, layers, edges
+
+
+def test_layer_graph_rows_follow_the_longest_path_and_merges_read_every_branch():
+    from vispipe.ui.layer_graph import BOX_W, layer_graph_svg, layout_layers
+
+    layers = [_layer("in", "InputLayer", []),
+              _layer("left", "Conv2D", ["in"], 40), _layer("left2", "Conv2D", ["left"], 40),
+              _layer("right", "Conv2D", ["in"], 40),
+              _layer("join", "Add", ["left2", "right"]),
+              _layer("cat", "Concatenate", ["join", "in", "in"]),  # A shortcut, read twice.
+              _layer("logits", "Dense", ["cat"], 90)]
+    graph = layout_layers(layers)
+    assert graph.depth == {"in": 0, "left": 1, "left2": 2, "right": 1, "join": 3, "cat": 4,
+                           "logits": 5}
+    assert sorted(graph.edges) == sorted([
+        ("in", "left"), ("left", "left2"), ("in", "right"), ("left2", "join"),
+        ("right", "join"), ("join", "cat"), ("in", "cat"), ("cat", "logits")])
+    # The in -> cat shortcut runs beside the boxes of the three rows it skips.
+    shortcut = graph.paths[("in", "cat")]
+    assert len(shortcut) == 2 + 2 * 3
+    for x, y in shortcut[1:-1]:
+        for name, (cx, cy) in graph.centers.items():
+            if name not in ("in", "cat") and abs(cy - y) < 30:
+                assert abs(cx - x) > BOX_W / 2, (name, x, y)
+    # Every arrow ends on the top edge of its target's box.
+    for (_, target), points in graph.paths.items():
+        cx, _ = graph.centers[target]
+        assert abs(points[-1][0] - cx) < BOX_W / 2
+
+    _, boxes, arrows = _layer_graph(layer_graph_svg(layers))
+    assert list(boxes) == [layer["name"] for layer in layers]
+    assert boxes["join"].get("data-depth") == "3"
+    assert set(arrows) == set(graph.edges)
+    assert "Conv2D · 40 params" in [t.text for t in boxes["left"]]
+
+
+def test_layer_graph_escapes_user_supplied_names():
+    from vispipe.ui.layer_graph import layer_graph_svg
+
+    evil = '<script>alert(1)</script>" onload="x'
+    svg = layer_graph_svg([_layer("in", "InputLayer", []), _layer(evil, "Dense\x07", ["in"])])
+    assert "<script" not in svg and 'onload="x' not in svg
+    root, boxes, arrows = _layer_graph(svg)
+    assert not [e for e in root.iter() if e.tag.endswith("script")]
+    assert list(boxes) == ["in", evil]
+    assert set(arrows) == {("in", evil)}
+    label = [t.text for t in boxes[evil] if t.tag.endswith("text")][0]
+    assert label == evil[:29] + "…"  # Long names are cut; the tooltip has all of it.
+    assert evil in boxes[evil][0].text
+
+
+def test_layer_graph_of_a_200_layer_residual_network_is_quick_and_boxes_do_not_overlap():
+    from vispipe.ui.layer_graph import BOX_H, BOX_W, layer_graph_svg, layout_layers
+
+    layers, x = [_layer("input", "InputLayer", [])], "input"
+    for block in range(28):  # conv-bn-relu x2 beside a shortcut conv, joined by Add.
+        names = [f"b{block}_{part}" for part in ("c1", "n1", "r1", "c2", "n2", "short", "add")]
+        chain = x
+        for name, kind in zip(names[:5], ("Conv2D", "BatchNormalization", "ReLU", "Conv2D",
+                                          "BatchNormalization")):
+            layers.append(_layer(name, kind, [chain], 100))
+            chain = name
+        layers += [_layer(names[5], "Conv2D", [x], 100), _layer(names[6], "Add", [chain, names[5]])]
+        x = names[6]
+    layers.append(_layer("logits", "Dense", [x], 10))
+    assert len(layers) == 198
+
+    start = time.perf_counter()
+    svg = layer_graph_svg(layers)
+    assert time.perf_counter() - start < 1.0
+    graph = layout_layers(layers)
+    assert graph.depth["logits"] == 28 * 6 + 1
+    boxes = sorted(graph.centers.values())
+    for i, (ax, ay) in enumerate(boxes):
+        for bx, by in boxes[i + 1:]:
+            assert abs(ax - bx) >= BOX_W or abs(ay - by) >= BOX_H
+    assert f'width="{graph.width:.0f}"' in svg and graph.width < 2 * BOX_W + 100
+
+
+def test_network_preview_returns_the_layer_graph_with_names_escaped(roots, monkeypatch):
+    from vispipe.ui import network_summary
+
+    async def built(path, shape, classes):  # Stands in for the TensorFlow child process.
+        return {"layers": [_layer("in", "InputLayer", []), _layer(EVIL, "Dense", ["in"], 50)],
+                "total_params": 50, "trainable_params": 50}
+
+    monkeypatch.setattr(network_summary, "describe_network", built)
+    response = _client(roots).post("/models/network-preview", data={
+        "custom_code": "def build(input_shape, num_classes):\n    pass\n"})
+    assert response.status_code == 200
+    svg = response.json()["graph_svg"]
+    assert "<img" not in svg
+    _, boxes, arrows = _layer_graph(svg)
+    assert list(boxes) == ["in", EVIL] and set(arrows) == {("in", EVIL)}
+
+
 # --- devices ----------------------------------------------------------------------
 
 def test_gpus_are_counted_from_the_driver_and_cuda_visible_devices(tmp_path):

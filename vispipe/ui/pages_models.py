@@ -189,8 +189,11 @@ async def network_preview(request: Request):
 
     No job is started: the network is built in a short-lived child process
     (`vispipe.ui.network_summary`) with the same checks training applies.
+    The reply is that summary plus `built_for` and `graph_svg`, the layer
+    graph drawn by `vispipe.ui.layer_graph`.
     """
     from vispipe.data.format import read_dataset_info
+    from vispipe.ui.layer_graph import layer_graph_svg
     from vispipe.ui.network_summary import describe_network
 
     form = await request.form()
@@ -218,7 +221,8 @@ async def network_preview(request: Request):
                                      classes)
     if "error" in summary:
         return JSONResponse({"errors": {"custom_code": summary["error"]}}, status_code=400)
-    return JSONResponse(dict(summary, built_for=for_what))
+    return JSONResponse(dict(summary, built_for=for_what,
+                             graph_svg=layer_graph_svg(summary["layers"])))
 
 
 @router.get("/api/lr-preview")

@@ -1,6 +1,7 @@
 // vispipe web UI: line charts on canvas, live training (server-sent events),
-// job polling, classify forms, LR preview and the TF.js page. No dependencies;
-// user text is only ever inserted with textContent.
+// job polling, classify forms, LR preview, the network's layer graph and the TF.js
+// page. No dependencies; user text is only ever inserted with textContent, or in
+// the server's escaped layer-graph SVG, parsed as XML.
 "use strict";
 const vispipe = (() => {
   const COLORS = { loss: "#1f6feb", val_loss: "#d97706", val_accuracy: "#2e7d32", accuracy: "#7c3aed", lr: "#c62828" };
@@ -192,6 +193,16 @@ const vispipe = (() => {
     update();
   }
 
+  // The server's layer-graph SVG (labels escaped there), parsed as XML rather than
+  // HTML so nothing in it can become markup, in a box that scrolls both ways.
+  function layerGraph(svgText) {
+    const box = el("div", { class: "network-graph", id: "network-graph", tabindex: "0" });
+    const doc = new DOMParser().parseFromString(svgText, "image/svg+xml");
+    if (doc.documentElement.localName === "svg" && !doc.querySelector("parsererror")) box.appendChild(document.importNode(doc.documentElement, true));
+    else box.appendChild(el("p", { class: "error" }, "Cannot draw the layer graph."));
+    return box;
+  }
+
   // The custom network's layers, built on the server without starting a job.
   function networkPreview(form, button, out) {
     const shape = (s) => (Array.isArray(s) ? "(" + s.map((d) => (d === null ? "None" : d)).join(", ") + ")" : String(s));
@@ -215,8 +226,10 @@ const vispipe = (() => {
           for (const v of [l.name, l.type, shape(l.output_shape), l.params.toLocaleString("en-US"), l.inputs.join(", ") || "-"]) tr.appendChild(el("td", {}, v));
           rows.appendChild(tr);
         }
-        const box = el("div", { class: "scroll" }); box.appendChild(table);
-        out.replaceChildren(el("p", {}, `${body.layers.length} layers, ${body.total_params.toLocaleString("en-US")} parameters (${body.trainable_params.toLocaleString("en-US")} trainable); built for ${body.built_for}.`), box);
+        const view = el("div", { class: "network-view" });
+        view.appendChild(layerGraph(body.graph_svg));
+        view.appendChild(el("div", { class: "network-table" })).appendChild(table);
+        out.replaceChildren(el("p", {}, `${body.layers.length} layers, ${body.total_params.toLocaleString("en-US")} parameters (${body.trainable_params.toLocaleString("en-US")} trainable); built for ${body.built_for}.`), view);
         out.dataset.params = String(body.total_params);
       } catch (err) { out.replaceChildren(el("p", { class: "error" }, err.message)); }
       finally { button.disabled = false; }
