@@ -211,14 +211,14 @@ def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | Non
     return None
 
 
-def _kill_rank_1_when(launcher: subprocess.Popen, ready, what: str) -> None:
-    """SIGKILLs rank 1 once `ready()`; fails if the job ends or TIMEOUT_S passes first."""
+def _kill_rank_when(launcher: subprocess.Popen, rank: int, ready, what: str) -> None:
+    """SIGKILLs `rank` once `ready()`; fails if the job ends or TIMEOUT_S passes first."""
     deadline = time.monotonic() + TIMEOUT_S
     while not ready():
         assert launcher.poll() is None, launcher.communicate()[0][-3000:]
         assert time.monotonic() < deadline, f"no {what} in time"
         time.sleep(0.05)
-    worker = _rank_process(launcher, 1)
+    worker = _rank_process(launcher, rank)
     assert worker is not None
     worker.kill()
 
@@ -228,8 +228,8 @@ def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_p
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=40, distributed="horovod", val_interval=0)
     launcher = _horovodrun(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg])
-    _kill_rank_1_when(launcher, lambda: run.latest_checkpoint() is not None
-                      and run.latest_checkpoint().epoch >= 2, "the epoch-2 checkpoint")
+    _kill_rank_when(launcher, 1, lambda: run.latest_checkpoint() is not None
+                    and run.latest_checkpoint().epoch >= 2, "epoch-2 checkpoint")
     # The job ends on its own, well before the timeout: no hang.
     code, output = _finish(launcher)
     assert code != 0
@@ -294,8 +294,9 @@ def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
 
 
 @needs_horovod
+@pytest.mark.parametrize("lost_rank", [1, 0], ids=["worker", "chief"])
 def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
-    mnist_dataset, tmp_path
+    mnist_dataset, tmp_path, lost_rank
 ):
     # Horovod blames a failed worker's host and stops the workers on it, so
     # each worker gets a host name of its own (both name this machine).
@@ -310,9 +311,11 @@ def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
     launcher = _horovodrun(
         ["--dataset", mnist_dataset, "--out", run.path, "--config", cfg, "--quiet"],
         hosts=("--min-np", "1", "--max-np", "2", "--host-discovery-script", str(discovery)))
-    # Rank 1 dies in the first half of epoch 3, which the chief has begun to log.
-    _kill_rank_1_when(launcher, lambda: any(2 < r["epoch"] < 2.5 for r in run.read_metrics("step")),
-                      "the start of epoch 3")
+    # A rank dies in the first half of epoch 3, which the chief has begun to
+    # log. Without the chief, the other worker becomes rank 0 and carries on.
+    _kill_rank_when(launcher, lost_rank,
+                    lambda: any(2 < r["epoch"] < 2.5 for r in run.read_metrics("step")),
+                    "start of epoch 3")
 
     code, output = _finish(launcher)
     assert code == 0, output[-3000:]

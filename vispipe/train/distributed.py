@@ -80,9 +80,12 @@ COMPRESSIONS = ("none", "fp16")
 # pending or later op reports it. `horovod.tensorflow.elastic.run` looks for
 # the op type only, but TensorFlow 2.19 may name the node instead ("Detected
 # at node vispipe.metrics"), and then it swallows the error and returns None
-# as though training had finished.
+# as though training had finished. The op in flight when the peer died may
+# report Gloo's own socket error instead ("pair.cc: Read error ...
+# Connection reset by peer"), as the survivor of a lost rank 0 sees.
 _PEER_LOST = re.compile(
-    r"Horovod has been shut down|HorovodAllreduce|HorovodAllgather|HorovodBroadcast")
+    r"Horovod has been shut down|HorovodAllreduce|HorovodAllgather|HorovodBroadcast"
+    r"|gloo/transport/tcp/pair\.cc")
 
 
 @functools.lru_cache(maxsize=1)
