@@ -74,11 +74,8 @@ async def classify_many(request: Request, entry_id: int, inputs: UploadFile):
 
 
 def _request_job(registry: Registry, entry: Entry, job_id: int) -> Job:
-    try:
-        job = read_job(registry.get(job_id))
-    except KeyError as error:
-        raise HTTPException(404, str(error)) from None
-    if (job.entry.kind != "job" or job.verb != "classify"
+    job = read_job(entry_or_404(registry, job_id, "job"))
+    if (job.verb != "classify"
             or os.path.dirname(job.target) != entry.path):
         raise HTTPException(404, f"Job {job_id} is not a classification of model {entry.id}.")
     return job

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from vispipe.registry import Registry
 from vispipe.ui.app import render
 from vispipe.ui.jobs import log_tail, read_job, resume_argv
+from vispipe.ui.settings import is_within
 from vispipe.ui.views import entry_or_404, home_items
 
 __all__ = ["router"]
@@ -134,10 +135,6 @@ async def resume(request: Request, job_id: int):
     return RedirectResponse(f"/jobs/{new_id}", status_code=303)
 
 
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder + os.sep)
-
-
 @router.post("/delete/{entry_id}")
 def delete(request: Request, entry_id: int):
     """Deletes a finished dataset or run that the UI wrote.
@@ -156,7 +153,7 @@ def delete(request: Request, entry_id: int):
             raise HTTPException(403, "Only datasets and models the UI created (in "
                                      f"{' or '.join(parents)}) can be deleted; got {path!r}.")
         jobs = [j for j in map(read_job, registry.list("job"))
-                if j.target and _within(j.target, path)]
+                if j.target and is_within(j.target, path)]
         busy = [j for j in jobs if j.status in ("queued", "running")]
         if busy:
             raise HTTPException(409, f"{path} is in use by job {busy[0].id}: abort it first.")

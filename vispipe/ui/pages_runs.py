@@ -27,6 +27,7 @@ from vispipe.train.run_folder import RunFolder
 from vispipe.ui.app import render
 from vispipe.ui.forms import int_field
 from vispipe.ui.jobs import Job, log_tail, read_job, resume_argv
+from vispipe.ui.settings import is_within
 from vispipe.ui.views import entry_or_404, entry_status, load_entry
 
 __all__ = ["router", "save_upload", "read_limited"]
@@ -292,11 +293,8 @@ def _set_run(job_id: int, run_dir: str) -> None:
 
 
 def _export_job(registry: Registry, job_id: int) -> Job:
-    try:
-        job = read_job(registry.get(job_id))
-    except KeyError as error:
-        raise HTTPException(404, str(error)) from None
-    if job.entry.kind != "job" or job.verb != "export":
+    job = read_job(entry_or_404(registry, job_id, "job"))
+    if job.verb != "export":
         raise HTTPException(404, f"Job {job_id} is not an export.")
     return job
 
@@ -304,7 +302,7 @@ def _export_job(registry: Registry, job_id: int) -> Job:
 def _export_path(job: Job, name: str) -> str:
     root = os.path.realpath(job.target)
     path = os.path.realpath(os.path.join(root, name))
-    if not path.startswith(root + os.sep) or not os.path.isfile(path):
+    if path == root or not is_within(path, root) or not os.path.isfile(path):
         raise HTTPException(404, f"Export {job.id} has no file {name!r}.")
     return path
 

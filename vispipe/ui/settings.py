@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["UISettings", "UnsafeInputError", "confine", "check_name"]
+__all__ = ["UISettings", "UnsafeInputError", "confine", "check_name", "is_within"]
 
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
 
@@ -95,10 +95,15 @@ def confine(path: str, roots: list[str], what: str = "path") -> str:
     candidate = path if os.path.isabs(path) else os.path.join(roots[0], path)
     real = os.path.realpath(candidate)
     for root in roots:
-        if real == root or real.startswith(root + os.sep):
+        if is_within(real, root):
             return real
     raise UnsafeInputError(
         f"{what}: {path!r} is outside the data roots {roots}; expected a path inside one of them.")
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or inside it (both already resolved with realpath)."""
+    return path == folder or path.startswith(folder + os.sep)
 
 
 def check_name(name: str, what: str = "name") -> str:
