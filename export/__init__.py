@@ -1,14 +1,14 @@
 """Export stage: a trained run to SavedModel (TF Serving), TFLite, pruned TFLite, CoreML and TF.js.
 
-Every artifact keeps one contract (`export.contract`): uint8 pixels in, the
+Every artifact keeps one contract (`vispipe.export.contract`): uint8 pixels in, the
 run's resize and normalization inside, probabilities and top labels out,
 with the labels and preprocessing beside it. Each is then run by its own
-runtime and compared with the Keras model (`export.verify`).
+runtime and compared with the Keras model (`vispipe.export.verify`).
 
 Example:
 
 ```python
-from export import export_model
+from vispipe.export import export_model
 report = export_model("runs/mnist", "exports/mnist")
 print(report["markdown"])
 ```
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 __all__ = ["FORMATS", "ExportOptions", "export_model"]
 
-# Here, not in `export.api`, so the CLI can list them without loading TensorFlow.
+# Here, not in `vispipe.export.api`, so the CLI can list them without loading TensorFlow.
 FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
 
 
 def __getattr__(name: str):
     # TensorFlow and the converters load only when an export runs.
     if name in ("ExportOptions", "export_model"):
-        from export import api
+        from vispipe.export import api
 
         return getattr(api, name)
-    raise AttributeError(f"module 'export' has no attribute {name!r}")
+    raise AttributeError(f"module 'vispipe.export' has no attribute {name!r}")

@@ -36,9 +36,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from export import FORMATS
-from export.contract import IncompleteRunError, RunSpec, load_run
-from export.verify import FormatResult, artifact_size, measure, write_report
+from vispipe.export import FORMATS
+from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
+from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
 from vispipe.fileio import replace_folder
 
@@ -110,8 +110,8 @@ def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
 
 
 def _check_options(options: ExportOptions) -> None:
-    from export.coreml import COREML_WEIGHTS
-    from export.tfjs import TFJS_QUANTIZATIONS
+    from vispipe.export.coreml import COREML_WEIGHTS
+    from vispipe.export.tfjs import TFJS_QUANTIZATIONS
 
     bad = [s for s in options.sparsities if not 0.0 < s < 1.0]
     if bad or not options.sparsities:
@@ -147,7 +147,7 @@ def _check_output(out_dir: str, overwrite: bool) -> str:
 
 def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
     """(calibration images, train images, train labels, verify images, verify labels, split)."""
-    from export.tflite import MIN_CALIBRATION_SAMPLES
+    from vispipe.export.tflite import MIN_CALIBRATION_SAMPLES
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
     from vispipe.data.pipeline import load_arrays
 
@@ -255,7 +255,7 @@ class _Exporter:
         path = {"final": run.model_path, "best": run.best_path}.get(
             self.options.which, run.model_path)
         size, gz = artifact_size(path) if os.path.isfile(path) else (None, None)
-        from export.verify import median_latency_ms
+        from vispipe.export.verify import median_latency_ms
 
         self.results.append(FormatResult(
             format="keras", status="passed", path=path, size_bytes=size, gzip_bytes=gz,
@@ -265,7 +265,7 @@ class _Exporter:
             reason="reference (the trained model)"))
 
     def savedmodel(self, keep: bool) -> None:
-        from export.savedmodel import savedmodel_runner, write_models_config, write_savedmodel
+        from vispipe.export.savedmodel import savedmodel_runner, write_models_config, write_savedmodel
 
         folder = self._path("savedmodel", "") if keep else self._path(".savedmodel", "")
 
@@ -289,7 +289,7 @@ class _Exporter:
 
     def tflite(self, model, prefix: str, variants: Sequence[str], details: dict[str, Any],
                subdir: str = "tflite", max_drop: float | None = None) -> None:
-        from export.tflite import attach_files, convert_tflite, tflite_runner
+        from vispipe.export.tflite import attach_files, convert_tflite, tflite_runner
 
         files = {LABELS_FILE: _labels_text(self.spec).encode(),
                  "export.json": json.dumps(self.spec.to_json(), indent=2).encode()}
@@ -308,7 +308,7 @@ class _Exporter:
                          max_drop=max_drop)
 
     def pruned(self) -> None:
-        from export.pruning import prune_model
+        from vispipe.export.pruning import prune_model
 
         for sparsity in self.options.sparsities:
             tag = f"pruned{round(sparsity * 100)}"
@@ -329,7 +329,7 @@ class _Exporter:
                         max_drop=self.options.prune_max_drop)
 
     def coreml(self) -> None:
-        from export.coreml import (
+        from vispipe.export.coreml import (
             convert_coreml,
             coreml_runner,
             image_scale_bias,
@@ -358,7 +358,7 @@ class _Exporter:
                     f"spec verified; numeric parity needs macOS (this is {platform.system()})"))
 
     def tfjs(self) -> None:
-        from export.tfjs import convert_tfjs, tfjs_runner
+        from vispipe.export.tfjs import convert_tfjs, tfjs_runner
 
         if not self.savedmodel_dir:
             self.results.append(FormatResult(

@@ -40,7 +40,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         0 when every format passed, 1 when any failed (the others are still
         written), and raises on bad input (the CLI prints it as an error).
     """
-    from export.api import ExportOptions, export_model
+    from vispipe.export.api import ExportOptions, export_model
 
     options = ExportOptions(
         name=args.name, version=args.version, which=args.which, top_k=args.top_k,
@@ -72,7 +72,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The `export` sub-parser.
     """
-    from export import FORMATS
+    from vispipe.export import FORMATS
 
     parser = subparsers.add_parser(
         "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js) "

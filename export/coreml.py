@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export.contract import RunSpec
+from vispipe.export.contract import RunSpec
 
 __all__ = [
     "COREML_WEIGHTS",

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from export.contract import (
+from vispipe.export.contract import (
     INPUT_EXAMPLES,
     INPUT_IMAGES,
     OUTPUT_PROBABILITIES,

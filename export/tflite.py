@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
-from export.contract import (
+from vispipe.export.contract import (
     OUTPUT_LABEL_IDS,
     OUTPUT_PROBABILITIES,
     OUTPUT_SCORES,

@@ -3,6 +3,6 @@
 Imports only TensorFlow, FastAPI, gRPC and tensorflow-serving-api (no export tools).
 """
 
-from serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
 
 __all__ = ["BatchingConfig", "LimitsConfig", "ModelSpec", "ServerConfig", "VersionPolicy"]

@@ -1,7 +1,7 @@
-"""`python -m serving ...`: the same flags as `vispipe serve`."""
+"""`python -m vispipe.serving ...`: the same flags as `vispipe serve`."""
 
 import sys
 
-from serving.cli import main
+from vispipe.serving.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 
 ```
 vispipe serve --model-base-path models/lenet --port 8501 --grpc-port 8500
-VISPIPE_SERVE_MODEL_BASE_PATH=models/lenet uvicorn --factory serving.app:create_app --port 8501
+VISPIPE_SERVE_MODEL_BASE_PATH=models/lenet uvicorn --factory vispipe.serving.app:create_app --port 8501
 ```
 """
 
@@ -18,10 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import uvicorn
 from fastapi import FastAPI
 
-from serving.config import ServerConfig
-from serving.metrics import ServingMetrics
-from serving.model_store import ModelStore
-from serving.rest import build_rest_app
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.metrics import ServingMetrics
+from vispipe.serving.model_store import ModelStore
+from vispipe.serving.rest import build_rest_app
 
 __all__ = ["create_app", "serve"]
 
@@ -33,7 +33,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     Args:
         config: the server settings; None reads them from VISPIPE_SERVE_* variables
-            (`uvicorn --factory serving.app:create_app`).
+            (`uvicorn --factory vispipe.serving.app:create_app`).
 
     Returns:
         The FastAPI app (`app.state.store`, `app.state.metrics`, and once started
@@ -57,7 +57,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         grpc_server = None
         store.start(config.poll_interval_s)
         if config.grpc_port is not None:
-            from serving.grpc_server import start_grpc_server
+            from vispipe.serving.grpc_server import start_grpc_server
 
             grpc_server, app.state.grpc_port = start_grpc_server(store, config, metrics)
         try:

@@ -18,8 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from serving.config import BatchingConfig
-from serving.errors import ServingError
+from vispipe.serving.config import BatchingConfig
+from vispipe.serving.errors import ServingError
 
 __all__ = ["Batcher"]
 

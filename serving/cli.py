@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
 
 __all__ = ["add_serve_parser", "config_from_args", "main"]
 
@@ -57,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     Example:
     >>> config_from_args(parser.parse_args(["serve", "--model-base-path", "models/lenet"]))  # doctest: +SKIP
     """
-    from serving.model_store import read_model_config_file
+    from vispipe.serving.model_store import read_model_config_file
 
     if args.model_config_file:
         if args.model_name or args.version_label:
@@ -96,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from serving.app import serve
+    from vispipe.serving.app import serve
 
     return serve(config_from_args(args))
 
@@ -121,8 +121,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m serving` entry point (the flags of `vispipe serve`)."""
-    parser = argparse.ArgumentParser(prog="python -m serving", description="vispipe model server")
+    """`python -m vispipe.serving` entry point (the flags of `vispipe serve`)."""
+    parser = argparse.ArgumentParser(prog="python -m vispipe.serving", description="vispipe model server")
     _add_arguments(parser)
     args = parser.parse_args(argv)
     try:

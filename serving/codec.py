@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import ServingError
-from serving.servable import SignatureInfo
+from vispipe.serving.errors import ServingError
+from vispipe.serving.servable import SignatureInfo
 
 __all__ = [
     "check_inputs",

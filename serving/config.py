@@ -219,7 +219,7 @@ class ServerConfig:
         >>> ServerConfig.from_env().models[0].name  # doctest: +SKIP
         'lenet'
         """
-        from serving.model_store import read_model_config_file
+        from vispipe.serving.model_store import read_model_config_file
 
         env = os.environ
         config_file = env.get("VISPIPE_SERVE_MODEL_CONFIG_FILE")

@@ -27,13 +27,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.codec import check_inputs, classification_results
-from serving.config import ServerConfig
-from serving.errors import ServingError, grpc_status, http_status
-from serving.metrics import ServingMetrics
-from serving.model_store import ModelStore
-from serving.protos import arrays_from_tensor_protos, examples_from_input, tensor_protos_from_arrays
-from serving.servable import Servable
+from vispipe.serving.codec import check_inputs, classification_results
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.errors import ServingError, grpc_status, http_status
+from vispipe.serving.metrics import ServingMetrics
+from vispipe.serving.model_store import ModelStore
+from vispipe.serving.protos import arrays_from_tensor_protos, examples_from_input, tensor_protos_from_arrays
+from vispipe.serving.servable import Servable
 
 __all__ = ["start_grpc_server"]
 

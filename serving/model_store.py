@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from serving.config import BatchingConfig, ModelSpec, VersionPolicy
-from serving.errors import ServingError
-from serving.servable import DEFAULT_SIGNATURE, WARMUP_FILE, Servable
+from vispipe.serving.config import BatchingConfig, ModelSpec, VersionPolicy
+from vispipe.serving.errors import ServingError
+from vispipe.serving.servable import DEFAULT_SIGNATURE, WARMUP_FILE, Servable
 
 __all__ = ["VersionStatus", "ModelStore", "parse_model_config", "read_model_config_file"]
 
@@ -335,8 +335,8 @@ class ModelStore:
 
 def _warm_up(servable: Servable) -> None:
     """Replays the export's warm-up records, else one synthetic row through serving_default."""
-    from serving.codec import check_inputs
-    from serving.protos import arrays_from_tensor_protos, examples_from_input, warmup_requests
+    from vispipe.serving.codec import check_inputs
+    from vispipe.serving.protos import arrays_from_tensor_protos, examples_from_input, warmup_requests
 
     path = os.path.join(servable.path, WARMUP_FILE)
     if os.path.isfile(path):

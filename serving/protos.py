@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import tensorflow as tf
 
-from serving.errors import ServingError
+from vispipe.serving.errors import ServingError
 
 __all__ = ["arrays_from_tensor_protos", "tensor_protos_from_arrays", "examples_from_input", "warmup_requests"]
 

@@ -28,13 +28,13 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from serving import codec
-from serving.config import ServerConfig
-from serving.errors import ServingError, http_status
-from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
-from serving.middleware import GuardMiddleware
-from serving.model_store import ModelStore
-from serving.servable import DEFAULT_SIGNATURE, Servable, SignatureInfo
+from vispipe.serving import codec
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.errors import ServingError, http_status
+from vispipe.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
+from vispipe.serving.middleware import GuardMiddleware
+from vispipe.serving.model_store import ModelStore
+from vispipe.serving.servable import DEFAULT_SIGNATURE, Servable, SignatureInfo
 
 __all__ = ["build_rest_app"]
 
@@ -156,7 +156,7 @@ def build_rest_app(config: ServerConfig, store: ModelStore, metrics: ServingMetr
         config: limits, auth and CORS settings.
         store: the loaded models.
         metrics: where requests are counted.
-        lifespan: FastAPI lifespan (starts/stops the store and gRPC; see serving.app).
+        lifespan: FastAPI lifespan (starts/stops the store and gRPC; see vispipe.serving.app).
 
     Returns:
         The app, with `app.state.store` and `app.state.metrics` set.

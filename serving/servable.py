@@ -19,9 +19,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.batcher import Batcher
-from serving.config import BatchingConfig
-from serving.errors import ServingError
+from vispipe.serving.batcher import Batcher
+from vispipe.serving.config import BatchingConfig
+from vispipe.serving.errors import ServingError
 
 __all__ = ["SignatureInfo", "Servable", "DEFAULT_SIGNATURE", "WARMUP_FILE"]
 

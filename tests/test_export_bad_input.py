@@ -18,13 +18,13 @@ def tiny_run(tmp_path_factory):
 
 
 def _export(run_dir, out, formats="tflite", **options):
-    from export import ExportOptions, export_model
+    from vispipe.export import ExportOptions, export_model
 
     return export_model(run_dir, out, formats, options=ExportOptions(progress=False, **options))
 
 
 def test_folder_without_run_json(tmp_path):
-    from export.contract import IncompleteRunError
+    from vispipe.export.contract import IncompleteRunError
 
     with pytest.raises(IncompleteRunError, match="run.json is missing"):
         _export(str(tmp_path), str(tmp_path / "out"))
@@ -33,7 +33,7 @@ def test_folder_without_run_json(tmp_path):
 def test_run_from_another_format_version(tiny_run, tmp_path):
     import shutil
 
-    from export.contract import IncompleteRunError
+    from vispipe.export.contract import IncompleteRunError
 
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run[1], run)
@@ -47,7 +47,7 @@ def test_run_from_another_format_version(tiny_run, tmp_path):
 def test_incomplete_run(tiny_run, tmp_path, problem):
     import shutil
 
-    from export.contract import IncompleteRunError
+    from vispipe.export.contract import IncompleteRunError
 
     run = str(tmp_path / "run")
     shutil.copytree(tiny_run[1], run)
@@ -72,7 +72,7 @@ def test_unknown_format(tiny_run, tmp_path):
 
 
 def test_existing_output_needs_overwrite(tiny_run, tmp_path):
-    from export import ExportOptions, export_model
+    from vispipe.export import ExportOptions, export_model
 
     out = tmp_path / "out"
     out.mkdir()
@@ -90,7 +90,7 @@ def test_existing_output_needs_overwrite(tiny_run, tmp_path):
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
                     reason="root can write into read-only folders")
 def test_unwritable_output(tiny_run, tmp_path):
-    from export.api import UnwritableOutputError
+    from vispipe.export.api import UnwritableOutputError
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -103,7 +103,7 @@ def test_unwritable_output(tiny_run, tmp_path):
 
 
 def test_output_under_a_file_is_unwritable(tiny_run, tmp_path):
-    from export.api import UnwritableOutputError
+    from vispipe.export.api import UnwritableOutputError
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -119,7 +119,7 @@ def test_representative_set_too_small(tiny_run, tmp_path):
 def test_cli_reports_bad_input_as_an_error(tiny_run, tmp_path, capsys):
     import argparse
 
-    from export.cli import add_export_parser
+    from vispipe.export.cli import add_export_parser
 
     parser = argparse.ArgumentParser(prog="vispipe")
     add_export_parser(parser.add_subparsers(dest="verb"))

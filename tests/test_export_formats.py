@@ -51,7 +51,7 @@ def make_tiny_run(root: str, *, status: str = "completed", epochs: int = 25) -> 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """One export of every format (shared: the converters are slow to load)."""
-    from export import ExportOptions, export_model
+    from vispipe.export import ExportOptions, export_model
 
     root = str(tmp_path_factory.mktemp("export"))
     dataset_dir, run_dir = make_tiny_run(root)
@@ -107,7 +107,7 @@ def test_savedmodel_serving_layout_signatures_and_warmup(exported):
     from tensorflow.core.protobuf import saved_model_pb2
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from export.savedmodel import classify_examples
+    from vispipe.export.savedmodel import classify_examples
 
     version_dir = os.path.join(exported["out"], "savedmodel", "tiny", "1")
     proto = saved_model_pb2.SavedModel()
@@ -140,7 +140,7 @@ def test_savedmodel_serving_layout_signatures_and_warmup(exported):
 def test_tflite_int8_is_uint8_in_and_out_with_packed_labels(exported):
     from ai_edge_litert.interpreter import Interpreter
 
-    from export.tflite import attached_files
+    from vispipe.export.tflite import attached_files
 
     rows = exported["rows"]
     path = os.path.join(exported["out"], rows["tflite_int8"]["path"])
@@ -182,8 +182,8 @@ def test_coreml_spec_has_image_input_labels_and_metadata(exported):
 @pytest.mark.skipif(platform.system() != "Darwin",
                     reason="coremltools has no prediction runtime outside macOS")
 def test_coreml_predictions_match_keras_on_macos(exported):
-    from export.contract import load_run
-    from export.coreml import coreml_runner
+    from vispipe.export.contract import load_run
+    from vispipe.export.coreml import coreml_runner
 
     spec, model = load_run(exported["run"])
     images, _ = _test_images(exported["dataset"])
@@ -206,14 +206,14 @@ def test_tfjs_model_json_carries_metadata_and_node_agrees(exported):
 
 def test_same_raw_image_gives_same_label_in_every_runtime(exported):
     """The preprocessing contract: raw uint8 pixels in, the same top label out."""
-    from export.savedmodel import savedmodel_runner
-    from export.tfjs import tfjs_runner
-    from export.tflite import tflite_runner
+    from vispipe.export.savedmodel import savedmodel_runner
+    from vispipe.export.tfjs import tfjs_runner
+    from vispipe.export.tflite import tflite_runner
 
     out = exported["out"]
     images, _ = _test_images(exported["dataset"])
     images = images[:8]
-    from export.contract import load_run
+    from vispipe.export.contract import load_run
 
     _, model = load_run(exported["run"])
     expected = model.predict(images.astype("float32"), verbose=0).argmax(1)

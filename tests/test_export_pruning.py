@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from export.pruning import (  # noqa: E402
+from vispipe.export.pruning import (  # noqa: E402
     PolynomialDecay,
     magnitude_mask,
     prune_model,

@@ -7,14 +7,14 @@ import base64
 import numpy as np
 import pytest
 
-savedmodel = pytest.importorskip("export.savedmodel", reason="the export stage (export/) is not importable here")
-contract = pytest.importorskip("export.contract", reason="the export stage (export/) is not importable here")
+savedmodel = pytest.importorskip("vispipe.export.savedmodel", reason="the export stage (export/) is not importable here")
+contract = pytest.importorskip("vispipe.export.contract", reason="the export stage (export/) is not importable here")
 import keras
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.config import ModelSpec, ServerConfig
-from serving.testing import encode_png
+from vispipe.serving.app import create_app
+from vispipe.serving.config import ModelSpec, ServerConfig
+from vispipe.serving.testing import encode_png
 
 
 def test_real_export_is_served_over_rest(tmp_path):

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from serving.app import create_app
-from serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
-from serving.testing import write_test_model
+from vispipe.serving.app import create_app
+from vispipe.serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.testing import write_test_model
 
 
 def _app(tmp_path_factory):

@@ -18,9 +18,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.app import create_app
-from serving.config import ModelSpec, ServerConfig, VersionPolicy
-from serving.testing import encode_png, write_test_model
+from vispipe.serving.app import create_app
+from vispipe.serving.config import ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.testing import encode_png, write_test_model
 
 TOKEN = "grpc-secret"
 

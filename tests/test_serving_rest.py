@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the serving extra (fastapi) is not installed")
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
-from serving.testing import encode_png, write_test_model
+from vispipe.serving.app import create_app
+from vispipe.serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.testing import encode_png, write_test_model
 
 BLANK = np.zeros((4, 4, 1), np.uint8).tolist()
 

@@ -15,10 +15,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.cli import add_serve_parser, config_from_args
-from serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig
-from serving.testing import write_test_model
+from vispipe.serving.app import create_app
+from vispipe.serving.cli import add_serve_parser, config_from_args
+from vispipe.serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig
+from vispipe.serving.testing import write_test_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLANK = np.zeros((4, 4, 1), np.uint8).tolist()
@@ -150,12 +150,13 @@ def test_serving_runs_without_the_export_tools(base):
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('coremltools', 'tensorflowjs', 'jax', 'jaxlib', 'export'):
+        if (name.split('.')[0] in ('coremltools', 'tensorflowjs', 'jax', 'jaxlib')
+                or name.startswith('vispipe.export')):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, Block())
 from fastapi.testclient import TestClient
-from serving.app import create_app
-from serving.config import ModelSpec, ServerConfig
+from vispipe.serving.app import create_app
+from vispipe.serving.config import ModelSpec, ServerConfig
 app = create_app(ServerConfig(models=[ModelSpec('toy', {base!r})], grpc_port=0, poll_interval_s=0))
 with TestClient(app) as client:
     assert app.state.store.wait_ready(60)

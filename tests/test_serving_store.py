@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 
-from serving.batcher import Batcher
-from serving.config import BatchingConfig, ModelSpec, VersionPolicy, validate_model_name
-from serving.errors import ServingError
-from serving.model_store import ModelStore, parse_model_config, read_model_config_file
-from serving.testing import write_broken_version, write_test_model
+from vispipe.serving.batcher import Batcher
+from vispipe.serving.config import BatchingConfig, ModelSpec, VersionPolicy, validate_model_name
+from vispipe.serving.errors import ServingError
+from vispipe.serving.model_store import ModelStore, parse_model_config, read_model_config_file
+from vispipe.serving.testing import write_broken_version, write_test_model
 
 BLANK = np.zeros((1, 4, 4, 1), np.uint8)
 
