@@ -19,8 +19,11 @@ ARG CUDA_BASE=nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04
 ARG SERVE_LEAVES_OUT=keras,tensorboard,h5py,libclang,tensorflow-io-gcs-filesystem,setuptools,wheel
 
 # ---- CPU TensorFlow in /opt/venv (shared by serve and train-cpu) ----------
+# The wheels install_deps.py downloads stay in a build cache, so TensorFlow's
+# is fetched once for all images; pip keeps no cache of its own in a layer.
 FROM ${PYTHON_BASE} AS cpu-tensorflow
 ARG SERVE_LEAVES_OUT
+ARG PIP_NO_CACHE_DIR=1
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -28,24 +31,25 @@ WORKDIR /opt/vispipe
 COPY pyproject.toml constraints.txt ./
 COPY scripts/install_deps.py scripts/
 # No pip in the venv: the base image's pip installs into it.
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     python -m venv --without-pip /opt/venv \
-    && python scripts/install_deps.py --python /opt/venv/bin/python --without "$SERVE_LEAVES_OUT"
+    && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels \
+        --python /opt/venv/bin/python --without "$SERVE_LEAVES_OUT"
 
 # ---- serve ------------------------------------------------------------------
 FROM cpu-tensorflow AS serve
 ARG SERVE_LEAVES_OUT
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python scripts/install_deps.py --python /opt/venv/bin/python --extras serve \
-        --without "$SERVE_LEAVES_OUT"
+ARG PIP_NO_CACHE_DIR=1
+RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
+    python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels \
+        --python /opt/venv/bin/python --extras serve --without "$SERVE_LEAVES_OUT"
 COPY README.md ./
 COPY vispipe/ vispipe/
 COPY export/ export/
 COPY serving/ serving/
 COPY scripts/serve_entrypoint.sh /usr/local/bin/vispipe-serve
 COPY scripts/serve_healthcheck.py /usr/local/bin/vispipe-healthcheck
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -m pip --python /opt/venv/bin/python install --quiet --no-deps . \
+RUN python -m pip --python /opt/venv/bin/python install --quiet --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info \
     && useradd --create-home --uid 1000 --user-group vispipe
 ENV VIRTUAL_ENV=/opt/venv \
@@ -64,23 +68,22 @@ CMD ["--host", "0.0.0.0", "--model-base-path", "/models/model"]
 
 # ---- train-cpu --------------------------------------------------------------
 FROM cpu-tensorflow AS train-cpu
+ARG PIP_NO_CACHE_DIR=1
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 COPY scripts/train_image.sh scripts/build_horovod.sh scripts/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     scripts/train_image.sh pip system \
-    && python scripts/install_deps.py --extras train
+    && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
 # extra): the longest step, rebuilt only when the dependencies change.
 # hadolint ignore=DL3059
-RUN --mount=type=cache,target=/root/.cache/pip \
-    scripts/train_image.sh horovod user
+RUN scripts/train_image.sh horovod user
 COPY README.md ./
 COPY vispipe/ vispipe/
 COPY export/ export/
 COPY serving/ serving/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --quiet --no-deps . \
+RUN pip install --quiet --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
 USER 1000:1000
 WORKDIR /home/vispipe
@@ -91,6 +94,7 @@ CMD ["--help"]
 
 # ---- train (CUDA) -------------------------------------------------------------
 FROM ${CUDA_BASE} AS train
+ARG PIP_NO_CACHE_DIR=1
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
@@ -109,23 +113,21 @@ RUN apt-get update -qq \
     && python3.11 -m venv /opt/venv
 COPY pyproject.toml constraints.txt ./
 COPY scripts/install_deps.py scripts/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python scripts/install_deps.py --extras gpu
+RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
+    python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras gpu
 COPY scripts/train_image.sh scripts/build_horovod.sh scripts/
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     scripts/train_image.sh pip system \
-    && python scripts/install_deps.py --extras train
+    && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
 # extra): the longest step, rebuilt only when the dependencies change.
 # hadolint ignore=DL3059
-RUN --mount=type=cache,target=/root/.cache/pip \
-    scripts/train_image.sh horovod user
+RUN scripts/train_image.sh horovod user
 COPY README.md ./
 COPY vispipe/ vispipe/
 COPY export/ export/
 COPY serving/ serving/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --quiet --no-deps . \
+RUN pip install --quiet --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info
 USER 1000:1000
 WORKDIR /home/vispipe

@@ -30,7 +30,8 @@ engine() {
             return 0
         fi
     done
-    echo "no container engine: neither podman nor docker is installed (make containers installs podman as root)" >&2
+    echo "no container engine: neither podman nor docker is installed" \
+        "(make containers installs podman as root)" >&2
     return 1
 }
 
@@ -64,7 +65,7 @@ base() {
 }
 
 build() {
-    local target image start flags=(--network host)
+    local target image start size flags=(--network host)
     if [ "$ENGINE" = podman ]; then
         flags+=(--format docker)  # OCI images drop HEALTHCHECK
         [ -f "$CA_BUNDLE" ] && flags+=(--volume "$CA_BUNDLE:$CA_BUNDLE:ro")
@@ -76,7 +77,8 @@ build() {
         "$ENGINE" build "${flags[@]}" \
             --build-arg "PYTHON_BASE=$(base serve)" --build-arg "CUDA_BASE=$(base train)" \
             --target "$target" --tag "$image" --file Dockerfile .
-        echo "built $image in $(( $(date +%s) - start )) s: $("$ENGINE" image inspect --format '{{.Size}}' "$image") bytes" >&2
+        size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
+        echo "built $image in $(( $(date +%s) - start )) s: $size bytes" >&2
     done
 }
 

@@ -38,7 +38,8 @@ from conftest import REPO_ROOT
 
 __all__ = [
     "BuiltImage", "Container", "ENGINE", "Volumes", "base_image", "build_image", "find",
-    "free_ports", "image_size", "run_container", "run_once", "skip_reason", "wait_for",
+    "free_ports", "host_path", "image_size", "run_container", "run_once", "skip_reason",
+    "wait_for",
 ]
 
 ENGINE = shutil.which("podman") or shutil.which("docker") or ""
@@ -97,7 +98,8 @@ def skip_reason(target: str) -> str | None:
         if (_engine("image", "inspect", base).returncode != 0
                 and _engine("pull", base, timeout=600).returncode != 0):
             reason = (f"base image {base} is not available: no registry reachable and no local "
-                      f"stand-in localhost/{base} (../shared/containers/setup-podman.sh builds one)")
+                      f"stand-in localhost/{base} "
+                      "(../shared/containers/setup-podman.sh builds one)")
     _skip[target] = reason
     return reason
 
@@ -242,6 +244,30 @@ def _rewrite_network(argv: list[str], ports: dict[int, int]) -> list[str]:
     return out
 
 
+def _volume_folder(volume: dict[str, Any], mount: dict[str, Any], volumes: Volumes) -> str:
+    """The host folder standing in for a mounted volume (not for an emptyDir)."""
+    if "persistentVolumeClaim" in volume:
+        claim = volume["persistentVolumeClaim"]["claimName"]
+        return os.path.join(volumes.claims[claim], mount.get("subPath", ""))
+    if "configMap" in volume:
+        return volumes.config_map(volume["configMap"]["name"])
+    if "secret" in volume:
+        return volumes.secrets[volume["secret"]["secretName"]]
+    raise ValueError(f"volume {volume['name']}: no host folder for a {sorted(volume)} volume")
+
+
+def host_path(pod: dict[str, Any], volumes: Volumes, container_path: str) -> str:
+    """Where `container_path`, under one of the pod's volume mounts, is on this host."""
+    container = pod["containers"][0]
+    by_name = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
+        root = mount["mountPath"].rstrip("/")
+        if container_path == root or container_path.startswith(root + "/"):
+            folder = _volume_folder(by_name[mount["name"]], mount, volumes)
+            return os.path.normpath(os.path.join(folder, os.path.relpath(container_path, root)))
+    raise ValueError(f"{container_path}: under none of the pod's volume mounts")
+
+
 def _chgrp_writable(path: str, gid: int) -> None:
     """What the kubelet does to a volume for fsGroup: group gid, writable, setgid dirs."""
     for root, dirs, files in os.walk(path):
@@ -298,7 +324,8 @@ def run_container(
     if hostname:
         argv += ["--hostname", hostname]
     if "runAsUser" in security:
-        argv += ["--user", f"{security['runAsUser']}:{security.get('runAsGroup', security['runAsUser'])}"]
+        user = security["runAsUser"]
+        argv += ["--user", f"{user}:{security.get('runAsGroup', user)}"]
     if security.get("runAsNonRoot"):
         assert security.get("runAsUser", 0) != 0, "runAsNonRoot with runAsUser 0"
     fs_group = pod_security.get("fsGroup")
@@ -322,25 +349,19 @@ def run_container(
     by_name = {v["name"]: v for v in pod.get("volumes", [])}
     for mount in container.get("volumeMounts", []):
         volume = by_name[mount["name"]]
-        read_only = mount.get("readOnly", False)
-        if "persistentVolumeClaim" in volume:
-            claim = volume["persistentVolumeClaim"]
-            source = os.path.join(volumes.claims[claim["claimName"]], mount.get("subPath", ""))
-            os.makedirs(source, exist_ok=True)
-            read_only = read_only or claim.get("readOnly", False) or read_only_claims
-            if fs_group is not None and not read_only:
-                _chgrp_writable(source, fs_group)
-        elif "configMap" in volume:
-            source, read_only = volumes.config_map(volume["configMap"]["name"]), True
-        elif "secret" in volume:
-            source, read_only = volumes.secrets[volume["secret"]["secretName"]], True
-        elif "emptyDir" in volume:
+        if "emptyDir" in volume:
             size = volume["emptyDir"].get("sizeLimit")
             options = f"rw,mode=1777{',size=' + _memory(size) if size else ''}"
             argv += ["--tmpfs", f"{mount['mountPath']}:{options}"]
             continue
-        else:
-            raise ValueError(f"volume {volume['name']}: unsupported kind {sorted(volume)}")
+        source = _volume_folder(volume, mount, volumes)
+        read_only = mount.get("readOnly", False) or "persistentVolumeClaim" not in volume
+        if "persistentVolumeClaim" in volume:
+            os.makedirs(source, exist_ok=True)
+            read_only = (read_only or read_only_claims
+                         or volume["persistentVolumeClaim"].get("readOnly", False))
+            if fs_group is not None and not read_only:
+                _chgrp_writable(source, fs_group)
         argv += ["--volume", f"{source}:{mount['mountPath']}:{'ro' if read_only else 'rw'}"]
     for source, target in extra_mounts:
         argv += ["--volume", f"{source}:{target}:ro"]

@@ -33,8 +33,8 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import extract_subset
-from k8s_podman import (Volumes, base_image, build_image, find, free_ports, image_size,
-                        run_container, run_once, wait_for)
+from k8s_podman import (Volumes, base_image, build_image, find, free_ports, host_path,
+                        image_size, run_container, run_once, wait_for)
 from vispipe.cli import main
 from vispipe.deploy import render
 from vispipe.serving.app import create_app
@@ -54,22 +54,6 @@ IMAGES = 8
 @pytest.fixture(scope="module")
 def serve_image():
     return build_image("serve")
-
-
-@pytest.fixture(scope="module")
-def deployment():
-    """The Deployment's pod spec, the model its arguments serve, and its named containerPorts."""
-    docs = render(overlay="cpu")
-    pod = find(docs, "Deployment", "vispipe-serve")["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    # The image takes TF Serving's command line, or `serve` and the same flags.
-    args = container["args"]
-    flags = args[1:] if args and args[0] == "serve" else args
-    parser = argparse.ArgumentParser()
-    add_serve_parser(parser.add_subparsers(dest="verb"))
-    (model,) = config_from_args(parser.parse_args(["serve", *flags])).models
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    return docs, pod, model, ports
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +77,26 @@ def mnist_export(mnist_archive, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def volume(deployment, mnist_export, tmp_path_factory):
-    """The shared volume with the export where the Deployment's --model-base-path points."""
-    docs, pod, model, _ = deployment
-    container = pod["containers"][0]
-    mount = next(m for m in container["volumeMounts"]
-                 if model.base_path.startswith(m["mountPath"] + "/"))
-    claim = next(v for v in pod["volumes"] if v["name"] == mount["name"])["persistentVolumeClaim"]
-    root = tmp_path_factory.mktemp("pvc")
-    relative = os.path.relpath(model.base_path, mount["mountPath"])
-    shutil.copytree(mnist_export[0], root / mount.get("subPath", "") / relative)
-    return Volumes(claims={claim["claimName"]: str(root)}, docs=docs,
-                   work_dir=str(tmp_path_factory.mktemp("volumes")))
+def deployment(mnist_export, tmp_path_factory):
+    """The Deployment's pod, its volumes with the export where it serves from, the model."""
+    docs = render(overlay="cpu")
+    pod = find(docs, "Deployment", "vispipe-serve")["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    volumes = Volumes(claims=dict.fromkeys(claims, str(tmp_path_factory.mktemp("pvc"))),
+                      docs=docs, work_dir=str(tmp_path_factory.mktemp("volumes")))
+    # The container's args parsed by the server's own parser, with the files
+    # they name (the models.config ConfigMap) read from their host folders.
+    args = []
+    for arg in pod["containers"][0]["args"]:
+        flag, eq, value = arg.rpartition("=") if arg.startswith("-") else ("", "", arg)
+        on_mount = value.startswith("/") and value != "/"
+        args.append(flag + eq + (host_path(pod, volumes, value) if on_mount else value))
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="verb"))
+    (model,) = config_from_args(parser.parse_args(["serve", *args])).model_specs()
+    shutil.copytree(mnist_export[0], host_path(pod, volumes, model.base_path))
+    return pod, volumes, model
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +113,16 @@ def in_process(deployment, mnist_export):
 
 
 @pytest.fixture(scope="module")
-def server(serve_image, deployment, volume):
+def server(serve_image, deployment):
     """The serving container as the Deployment runs it, once ready; timing in `.timing`."""
-    docs, pod, _, named_ports = deployment
+    pod, volumes, _ = deployment
     container_spec = pod["containers"][0]
+    named_ports = {p["name"]: p["containerPort"] for p in container_spec["ports"]}
     local = dict(zip(named_ports, free_ports(len(named_ports))))
-    ports = {named_ports[name]: port for name, port in local.items()}
     # Network stand-in: the image binds $VISPIPE_SERVE_HOST (0.0.0.0, the pod's
     # own network); on the host's network, loopback.
-    container = run_container(pod, serve_image.tag, volume, role="serve", ports=ports,
+    container = run_container(pod, serve_image.tag, volumes, role="serve",
+                              ports={named_ports[n]: port for n, port in local.items()},
                               env={"VISPIPE_SERVE_HOST": "127.0.0.1"})
     probe = container_spec["readinessProbe"]["httpGet"]
 
@@ -210,9 +203,9 @@ def test_the_serving_image_holds_the_server_and_tensorflow_only(serve_image):
 
 
 def test_the_container_runs_non_root_with_a_read_only_export_and_turns_healthy(
-    server, deployment, serve_image
+    server, deployment
 ):
-    docs, pod, model, _ = deployment
+    pod, _, model = deployment
     assert server.exec("id", "-u").stdout.strip() == str(pod["securityContext"]["runAsUser"])
     write = server.exec("touch", os.path.join(model.base_path, "written"))
     assert write.returncode != 0 and "Read-only file system" in write.stderr

@@ -30,7 +30,8 @@ import pytest
 import yaml
 
 from conftest import extract_subset
-from k8s_podman import Volumes, build_image, find, free_ports, run_container, wait_for
+from k8s_podman import (Volumes, build_image, find, free_ports, host_path, run_container,
+                        wait_for)
 from vispipe.cli import main
 from vispipe.deploy import render
 from vispipe.train.run_folder import RunFolder
@@ -73,17 +74,6 @@ def _cluster(tmp_path, image: str, dataset: str, epochs: int) -> tuple[list, Vol
     return docs, volumes
 
 
-def _on_volume(volumes: Volumes, pod: dict, container_path: str) -> str:
-    """The host path of `container_path` on the pod's shared-volume mount."""
-    container = pod["containers"][0]
-    claim_volumes = {v["name"] for v in pod["volumes"]
-                     if v.get("persistentVolumeClaim", {}).get("claimName") == CLAIM}
-    mount = next(m for m in container["volumeMounts"] if m["name"] in claim_volumes)
-    relative = os.path.relpath(container_path, mount["mountPath"])
-    assert not relative.startswith(".."), f"{container_path} is not on {mount['mountPath']}"
-    return os.path.join(volumes.claims[CLAIM], mount.get("subPath", ""), relative)
-
-
 def _env(pod: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in pod["containers"][0].get("env", [])}
 
@@ -92,19 +82,19 @@ def test_the_training_job_completes_a_short_run(train_image, mnist_dataset, tmp_
     docs, volumes = _cluster(tmp_path, train_image.tag, mnist_dataset, epochs=2)
     pod = find(docs, "Job", "vispipe-train")["spec"]["template"]["spec"]
     env = _env(pod)
-    shutil.copytree(mnist_dataset, _on_volume(volumes, pod, env["VISPIPE_DATASET_DIR"]))
+    shutil.copytree(mnist_dataset, host_path(pod, volumes, env["VISPIPE_DATASET_DIR"]))
     job = run_container(pod, train_image.tag, volumes, role="train-job")
     try:
         code = job.wait(JOB_TIMEOUT_S)
         assert code == 0, job.logs()
     finally:
         job.remove()
-    run = RunFolder(_on_volume(volumes, pod, env["VISPIPE_RUN_DIR"]))
+    run = RunFolder(host_path(pod, volumes, env["VISPIPE_RUN_DIR"]))
     info = run.read_info()
     assert info["status"] == "completed" and info["epochs_completed"] == 2
     assert os.path.isfile(run.model_path)
     assert os.stat(run.info_path).st_uid == pod["securityContext"]["runAsUser"]
-    assert os.path.isdir(_on_volume(volumes, pod, env["VISPIPE_HOME"]))  # the registry
+    assert os.path.isdir(host_path(pod, volumes, env["VISPIPE_HOME"]))  # the registry
 
 
 class MPIJob:
@@ -202,9 +192,9 @@ def test_the_mpijob_trains_across_containers_survives_a_lost_worker_and_resumes(
     docs, volumes = _cluster(tmp_path, train_image.tag, mnist_dataset, epochs=epochs)
     job = MPIJob(docs, volumes, train_image.tag, tmp_path)
     env = _env(job.launcher_pod)
-    shutil.copytree(mnist_dataset, _on_volume(volumes, job.launcher_pod,
-                                              env["VISPIPE_DATASET_DIR"]))
-    run = RunFolder(_on_volume(volumes, job.launcher_pod, env["VISPIPE_RUN_DIR"]))
+    shutil.copytree(mnist_dataset,
+                    host_path(job.launcher_pod, volumes, env["VISPIPE_DATASET_DIR"]))
+    run = RunFolder(host_path(job.launcher_pod, volumes, env["VISPIPE_RUN_DIR"]))
     launchers = []
     try:
         for index in range(len(job.hosts)):
