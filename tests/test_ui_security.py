@@ -200,8 +200,6 @@ def test_a_pages_post_needs_its_session_csrf_token_and_origin(roots, tmp_path):
 # --- 2: DNS rebinding, security headers -------------------------------------------------
 
 def test_a_foreign_host_name_is_refused(roots):
-    from vispipe.ui.settings import LOCAL_HOSTS
-
     settings, app = _app(roots, token=None)
     client = _browser(app, settings)
     for host in ("evil.example:5055", "evil.example", "127.0.0.1.evil.example:5000"):
@@ -215,6 +213,8 @@ def test_a_foreign_host_name_is_refused(roots):
     assert _jobs() == []
     for host in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000", "LOCALHOST"):
         assert client.get("/", headers={"Host": host}).status_code == 200
+    from vispipe.ui.settings import LOCAL_HOSTS  # Names beyond those: --allowed-host.
+
     _, named = _app(roots, token=None, allowed_hosts=[*LOCAL_HOSTS, "gpu-box.lan"])
     assert TestClient(named).get("/", headers={"Host": "gpu-box.lan:5000"}).status_code == 200
     _, anything = _app(roots, token=None, allowed_hosts=["*"])
@@ -570,10 +570,13 @@ def test_the_ui_verb_prints_a_url_with_a_fresh_token(roots):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, VISPIPE_UI_TOKEN=""))
     try:
-        lines = [proc.stdout.readline() for _ in range(2)]
-        url = lines[1].strip()
-        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=[0-9a-f]{{48}}", url), lines
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
         deadline = time.monotonic() + 60
+        while not any("http://" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        url = next((line.strip() for line in lines if "http://" in line), "")
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/\?token=[0-9a-f]{{48}}", url), lines
         while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
