@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 
 from vispipe.serving.app import create_app
 from vispipe.serving.cli import add_serve_parser, config_from_args
-from vispipe.serving.config import BatchingConfig, LimitsConfig, ModelSpec, ServerConfig
+from vispipe.serving.config import BatchingConfig, LimitsConfig, ServerConfig
+from vispipe.serving.models_config import ModelSpec
 from vispipe.serving.testing import write_test_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +157,8 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 from fastapi.testclient import TestClient
 from vispipe.serving.app import create_app
-from vispipe.serving.config import ModelSpec, ServerConfig
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.models_config import ModelSpec
 app = create_app(ServerConfig(models=[ModelSpec('toy', {base!r})], grpc_port=0, poll_interval_s=0))
 with TestClient(app) as client:
     assert app.state.store.wait_ready(60)

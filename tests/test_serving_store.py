@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from vispipe.serving.batcher import Batcher
-from vispipe.serving.config import BatchingConfig, ModelSpec, VersionPolicy, validate_model_name
+from vispipe.serving.config import BatchingConfig
+from vispipe.serving.models_config import ModelSpec, VersionPolicy, parse_model_config, read_model_config_file, validate_model_name
 from vispipe.serving.errors import ServingError
-from vispipe.serving.model_store import ModelStore, parse_model_config, read_model_config_file
+from vispipe.serving.model_store import ModelStore
 from vispipe.serving.testing import write_broken_version, write_test_model
 
 BLANK = np.zeros((1, 4, 4, 1), np.uint8)
@@ -54,7 +55,9 @@ def test_labels_and_specific_versions_route_requests(three_versions):
     assert _top(store.get("toy", version=2)) == 2
     with pytest.raises(ServingError) as error:
         store.get("toy", label="beta")
-    assert error.value.code == "NOT_FOUND" and "beta" in error.value.message
+    # TF Serving (server_core.cc GetModelVersionForLabel): an unknown label is INVALID_ARGUMENT.
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert error.value.message == "Unrecognized servable version label: beta"
     with pytest.raises(ServingError, match="Specific"):
         store.get("toy", version=9)
     with pytest.raises(ServingError, match="Latest"):
