@@ -8,6 +8,7 @@ VISPIPE_SERVE_MODEL_BASE_PATH=models/lenet uvicorn --factory vispipe.serving.app
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -83,8 +84,13 @@ class ServerRuntime:
         self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
-        """Starts version polling, gRPC (if enabled) and the config file poller (if asked for)."""
+        """Loads the models (the first poll), then starts gRPC (if enabled) and the config file poller.
+
+        As in TF Serving, the ports open once the initial load is done, so a client (or a
+        Kubernetes probe) that reaches them finds the models loaded.
+        """
         self.store.start(self.config.poll_interval_s)
+        self.store.wait_polled()
         if self.config.grpc_port is not None:
             self.grpc_server, self.grpc_port = start_grpc_server(self.store, self.config, self.metrics)
         if self.config.model_config_file and self.config.model_config_poll_s > 0:
@@ -140,7 +146,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime.start()
+        await asyncio.to_thread(runtime.start)
         app.state.grpc_port = runtime.grpc_port
         try:
             yield

@@ -126,6 +126,10 @@ class ModelStore:
         self._thread = threading.Thread(target=loop, name="model-poller", daemon=True)
         self._thread.start()
 
+    def wait_polled(self, timeout: float | None = None) -> bool:
+        """Waits for the first poll (the initial load) to finish; returns whether it did."""
+        return self._polled.wait(timeout)
+
     def wait_ready(self, timeout: float) -> bool:
         """Waits for the first poll to finish; returns whether every model has a version available."""
         self._polled.wait(timeout)
