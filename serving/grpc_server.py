@@ -99,6 +99,13 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
         except ServingError as error:
             code = error.code
             context.abort(grpc_status(error.code), error.message)
+        except MemoryError:
+            code = "RESOURCE_EXHAUSTED"
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "the request needs more memory than the server has")
+        except Exception:  # a bug, not the client's input: logged, answered INTERNAL (never UNKNOWN)
+            log.exception("unhandled error in %s", api)
+            code = "INTERNAL"
+            context.abort(grpc.StatusCode.INTERNAL, "internal server error")
         finally:
             if self._metrics is not None:
                 self._metrics.observe_request(spec.name, served, api, code, time.perf_counter() - started, "GRPC")
