@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from vispipe.serving.batcher import Batcher
 from vispipe.serving.config import BatchingConfig
@@ -108,12 +108,14 @@ class _SessionRunner:
         key = (sig.name, feeds, outputs)
         with self._lock:
             if key not in self._callables:
-                # A callable skips the Python-side static shape check of Session.run: the
-                # graph's own ops decide, as in TF Serving's C++ Session::Run.
-                self._callables[key] = self._session.make_callable(
-                    [self._graph.get_tensor_by_name(sig.output_tensors[o]) for o in outputs],
-                    feed_list=[self._graph.get_tensor_by_name(sig.input_tensors[i]) for i in feeds],
+                # A callable made from CallableOptions runs like TF Serving's C++ Session::Run:
+                # Python's Session.run would refuse to feed x:0 a shape its static shape excludes,
+                # the session itself lets the graph's ops decide.
+                options = config_pb2.CallableOptions(
+                    feed=[sig.input_tensors[name] for name in feeds],
+                    fetch=[sig.output_tensors[name] for name in outputs],
                 )
+                self._callables[key] = self._session._make_callable_from_options(options)
             return self._callables[key]
 
     def run(self, sig: SignatureInfo, inputs: Tensors, outputs: tuple[str, ...]) -> Tensors:

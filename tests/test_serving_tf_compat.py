@@ -42,27 +42,32 @@ TF1, TF2 = "half_plus_two", "tf2_module"
 
 
 def _write_tf1_half_plus_two(path: str) -> None:
-    """y = 0.5 x + 2 as a TF1 graph, as TF Serving's saved_model_half_plus_two.py writes it."""
+    """TF Serving's half_plus_two (testdata/saved_model_half_plus_two.py) plus an unshaped placeholder.
+
+    `x` is the parsed tf.Example feature (static shape [-1, 1]), as there; `unshaped_x` feeds a
+    placeholder without a shape whose signature still claims [-1, 1].
+    """
     v1 = tf.compat.v1
     with tf.Graph().as_default() as graph, v1.Session(graph=graph) as session:
         a, b, c = v1.Variable(0.5, name="a"), v1.Variable(2.0, name="b"), v1.Variable(3.0, name="c")
-        x = v1.placeholder(tf.float32, name="x")  # unshaped: the graph takes any shape
-        y = tf.identity(a * x + b, name="y")
         serialized = v1.placeholder(tf.string, shape=[None], name="tf_example")
-        parsed = v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})
-        y_example = tf.identity(a * parsed["x"] + b, name="y_example")
-        y2_example = tf.identity(a * parsed["x"] + c, name="y2_example")
+        x = tf.identity(v1.io.parse_example(serialized, {"x": v1.io.FixedLenFeature([1], tf.float32)})["x"], name="x")
+        y = tf.identity(a * x + b, name="y")
+        y2 = tf.identity(a * x + c, name="y2")
+        x_any = v1.placeholder(tf.float32, name="x_any")  # no shape at all
+        y_any = tf.identity(a * x_any + b, name="y_any")
         info = v1.saved_model.utils.build_tensor_info
-        x_info, y_info = info(x), info(y)
-        for tensor_info in (x_info, y_info):  # the signature claims [-1, 1]; the placeholder does not
+        claimed = {name: info(t) for name, t in (("x", x_any), ("y", y_any))}
+        for tensor_info in claimed.values():  # the signature claims [-1, 1]; the placeholder does not
             tensor_info.tensor_shape.CopyFrom(tf.TensorShape([None, 1]).as_proto())
         build = v1.saved_model.signature_def_utils.build_signature_def
+        examples = {"inputs": info(serialized)}
         signatures = {
-            "serving_default": build({"x": x_info}, {"y": y_info}, "tensorflow/serving/predict"),
-            "classify_x_to_y": build({"inputs": info(serialized)}, {"scores": info(y_example)}, "tensorflow/serving/classify"),
-            "tensorflow/serving/regress": build({"inputs": info(serialized)}, {"outputs": info(y_example)},
-                                                "tensorflow/serving/regress"),
-            "regress_x_to_y2": build({"inputs": info(serialized)}, {"outputs": info(y2_example)}, "tensorflow/serving/regress"),
+            "serving_default": build({"x": info(x)}, {"y": info(y)}, "tensorflow/serving/predict"),
+            "unshaped_x": build({"x": claimed["x"]}, {"y": claimed["y"]}, "tensorflow/serving/predict"),
+            "classify_x_to_y": build(examples, {"scores": info(y)}, "tensorflow/serving/classify"),
+            "tensorflow/serving/regress": build(examples, {"outputs": info(y)}, "tensorflow/serving/regress"),
+            "regress_x_to_y2": build(examples, {"outputs": info(y2)}, "tensorflow/serving/regress"),
         }
         session.run(v1.global_variables_initializer())
         builder = v1.saved_model.Builder(path)
@@ -231,11 +236,13 @@ def test_metadata_is_tf_servings_json_with_default_fields(server):
         "metadata": {"signature_def": {"signature_def": {
             "serving_default": _signature({"x": _tensor("DT_FLOAT", _dim(-1, 1), "x:0")},
                                           {"y": _tensor("DT_FLOAT", _dim(-1, 1), "y:0")}, "tensorflow/serving/predict"),
-            "classify_x_to_y": _signature(examples, {"scores": _tensor("DT_FLOAT", _dim(-1, 1), "y_example:0")},
+            "unshaped_x": _signature({"x": _tensor("DT_FLOAT", _dim(-1, 1), "x_any:0")},
+                                     {"y": _tensor("DT_FLOAT", _dim(-1, 1), "y_any:0")}, "tensorflow/serving/predict"),
+            "classify_x_to_y": _signature(examples, {"scores": _tensor("DT_FLOAT", _dim(-1, 1), "y:0")},
                                           "tensorflow/serving/classify"),
-            "tensorflow/serving/regress": _signature(examples, {"outputs": _tensor("DT_FLOAT", _dim(-1, 1), "y_example:0")},
+            "tensorflow/serving/regress": _signature(examples, {"outputs": _tensor("DT_FLOAT", _dim(-1, 1), "y:0")},
                                                      "tensorflow/serving/regress"),
-            "regress_x_to_y2": _signature(examples, {"outputs": _tensor("DT_FLOAT", _dim(-1, 1), "y2_example:0")},
+            "regress_x_to_y2": _signature(examples, {"outputs": _tensor("DT_FLOAT", _dim(-1, 1), "y2:0")},
                                           "tensorflow/serving/regress"),
         }}},
     }
@@ -271,13 +278,15 @@ def test_tf2_metadata_lists_the_init_op_as_tf_serving_does(server):
 
 
 def test_predict_row_format_lets_the_tf1_graph_decide_shapes(server):
-    # api_rest.md: {"instances": [1.0, 2.0, 5.0]} -> {"predictions": [2.5, 3.0, 4.5]}; the signature
-    # says [-1, 1] but the session is fed [3], as TF Serving's Session::Run is.
+    # api_rest.md: {"instances": [1.0, 2.0, 5.0]} -> {"predictions": [2.5, 3.0, 4.5]}; x:0 has the
+    # static shape [-1, 1] but the session is fed [3], as TF Serving's Session::Run is.
     response = server.post(f"/v1/models/{TF1}:predict", {"instances": [1.0, 2.0, 5.0]})
     assert response.status_code == 200, response.text
     assert response.json() == {"predictions": [2.5, 3.0, 4.5]}
     assert "3.0" in response.text  # json_tensor.cc WriteDecimal keeps ".0" on whole floats
     assert server.post(f"/v1/models/{TF1}:predict", {"instances": [2.0, 3.0, 4.0]}).json() == {"predictions": [3.0, 3.5, 4.0]}
+    any_shape = server.post(f"/v1/models/{TF1}:predict", {"signature_name": "unshaped_x", "instances": [[1.0, 2.0], [3.0, 4.0]]})
+    assert any_shape.json() == {"predictions": [[2.5, 3.0], [3.5, 4.0]]}
     assert server.post(f"/v1/models/{TF2}/versions/1:predict", {"instances": [1.0, 5.0]}).json() == {"predictions": [2.5, 4.5]}
 
 
