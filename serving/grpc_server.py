@@ -62,6 +62,11 @@ def _fill_classification(result: Any, rows: list[list[tuple[str, float]]]) -> No
             classifications.classes.add(label=label, score=score)
 
 
+def _fill_regression(result: Any, values: list[float]) -> None:
+    for value in values:
+        result.regressions.add(value=value)
+
+
 class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, store: ModelStore, config: ServerConfig, metrics: ServingMetrics | None):
         self._store = store
@@ -134,28 +139,31 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
 
         return self._call("predict", request.model_spec, context, work)
 
-    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> Any:
-        def work(servable: Servable) -> classification_pb2.ClassificationResponse:
-            plan = inference.classify_plan(servable, request.model_spec.signature_name, request.input, self._limits)
-            results = inference.classification_results(plan, self._wait(servable, plan, context))
-            response = classification_pb2.ClassificationResponse()
-            _fill_spec(response.model_spec, request.model_spec.name, servable.version, plan.signature.name)
-            _fill_classification(response.result, results)
+    def _examples_rpc(self, api: str, request: Any, context: grpc.ServicerContext, plan: Callable,
+                      answer: Callable[[inference.Plan, dict, Any], None], response: Any) -> Any:
+        """Classify or Regress: plan, run, and `answer(plan, outputs, response)` fills the result."""
+
+        def work(servable: Servable) -> Any:
+            checked = plan(servable, request.model_spec.signature_name, request.input, self._limits)
+            answer(checked, self._wait(servable, checked, context), response.result)
+            _fill_spec(response.model_spec, request.model_spec.name, servable.version, checked.signature.name)
             return response
 
-        return self._call("classify", request.model_spec, context, work)
+        return self._call(api, request.model_spec, context, work)
+
+    def Classify(self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext) -> Any:
+        return self._examples_rpc(
+            "classify", request, context, inference.classify_plan,
+            lambda plan, outputs, result: _fill_classification(result, inference.classification_results(plan, outputs)),
+            classification_pb2.ClassificationResponse(),
+        )
 
     def Regress(self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext) -> Any:
-        def work(servable: Servable) -> regression_pb2.RegressionResponse:
-            plan = inference.regress_plan(servable, request.model_spec.signature_name, request.input, self._limits)
-            values = inference.regression_results(plan, self._wait(servable, plan, context))
-            response = regression_pb2.RegressionResponse()
-            _fill_spec(response.model_spec, request.model_spec.name, servable.version, plan.signature.name)
-            for value in values:
-                response.result.regressions.add(value=value)
-            return response
-
-        return self._call("regress", request.model_spec, context, work)
+        return self._examples_rpc(
+            "regress", request, context, inference.regress_plan,
+            lambda plan, outputs, result: _fill_regression(result, inference.regression_results(plan, outputs)),
+            regression_pb2.RegressionResponse(),
+        )
 
     def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext) -> Any:
         def work(servable: Servable) -> inference_pb2.MultiInferenceResponse:
@@ -168,8 +176,7 @@ class _Services(prediction_service_pb2_grpc.PredictionServiceServicer, model_ser
                 if plan.method == CLASSIFY_METHOD:
                     _fill_classification(result.classification_result, inference.classification_results(plan, outputs))
                 else:
-                    for value in inference.regression_results(plan, outputs):
-                        result.regression_result.regressions.add(value=value)
+                    _fill_regression(result.regression_result, inference.regression_results(plan, outputs))
             return response
 
         spec = request.tasks[0].model_spec if request.tasks else inference_pb2.InferenceTask().model_spec

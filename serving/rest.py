@@ -226,30 +226,33 @@ async def predict(request: Request, target: Target) -> Response:
     return await _answer(request, target, "predict", work)
 
 
-async def classify(request: Request, target: Target) -> Response:
-    """Classify tf.Examples given as JSON: `{"examples": [{feature: value}], "context": {...}}`."""
+async def _examples_api(
+    request: Request, target: Target, api: str, plan: Callable, results: Callable, encode: Callable[[Any], str]
+) -> Response:
+    """Classify or regress: tf.Examples from JSON -> the API's plan -> run -> its JSON answer."""
 
     async def work(servable: Servable) -> str:
         limits = request.app.state.config.limits
         body = _parse_json(await request.body())
         signature = _signature_name(body)
-        plan = inference.classify_plan(servable, signature, codec.examples_from_json(body, limits.max_instances), limits)
-        return codec.classification_json(inference.classification_results(plan, await _run(request, servable, plan)))
+        checked = plan(servable, signature, codec.examples_from_json(body, limits.max_instances), limits)
+        return encode(results(checked, await _run(request, servable, checked)))
 
-    return await _answer(request, target, "classify", work)
+    return await _answer(request, target, api, work)
+
+
+async def classify(request: Request, target: Target) -> Response:
+    """Classify tf.Examples given as JSON: `{"examples": [{feature: value}], "context": {...}}`."""
+    return await _examples_api(
+        request, target, "classify", inference.classify_plan, inference.classification_results, codec.classification_json
+    )
 
 
 async def regress(request: Request, target: Target) -> Response:
     """Regress tf.Examples given as JSON: `{"examples": [{feature: value}], "context": {...}}`."""
-
-    async def work(servable: Servable) -> str:
-        limits = request.app.state.config.limits
-        body = _parse_json(await request.body())
-        signature = _signature_name(body)
-        plan = inference.regress_plan(servable, signature, codec.examples_from_json(body, limits.max_instances), limits)
-        return codec.regression_json(inference.regression_results(plan, await _run(request, servable, plan)))
-
-    return await _answer(request, target, "regress", work)
+    return await _examples_api(
+        request, target, "regress", inference.regress_plan, inference.regression_results, codec.regression_json
+    )
 
 
 async def _upload(request: Request) -> bytes:
