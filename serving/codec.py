@@ -46,31 +46,30 @@ def _bad(message: str) -> ServingError:
 # -- numbers as TF Serving writes them ---------------------------------------------------
 
 
-def _roundtrips(text: str, value: float, single: bool) -> bool:
-    try:
-        back = struct.unpack("f", struct.pack("f", float(text)))[0] if single else float(text)
-    except OverflowError:
-        return False
-    return back == value
+_FLOAT32 = struct.Struct("<f")
 
 
 def decimal_text(value: float, single: bool = True) -> str:
     """One float as json_tensor.cc's WriteDecimal writes it.
 
-    Six significant digits when they round-trip, else full precision; `.0` on
-    whole numbers; `NaN`, `Infinity`, `-Infinity` for non-finite values.
+    Six significant digits when they round-trip (as float32 for `single`), else full
+    precision; `.0` on whole numbers; `NaN`, `Infinity`, `-Infinity` for non-finite values.
 
     Example:
     >>> decimal_text(float(np.float32(0.1))), decimal_text(3.0), decimal_text(1e-05)
     ('0.1', '3.0', '1e-05')
     """
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "-Infinity" if value < 0 else "Infinity"
+    if not math.isfinite(value):
+        return "NaN" if value != value else ("-Infinity" if value < 0 else "Infinity")
     text = "%.6g" % value
-    if not _roundtrips(text, value, single):
-        text = ("%.9g" if single else "%.17g") % value
+    back = float(text)
+    if back != value:
+        try:
+            exact = single and _FLOAT32.unpack(_FLOAT32.pack(back))[0] == value
+        except OverflowError:
+            exact = False
+        if not exact:
+            text = ("%.9g" if single else "%.17g") % value
     if "." not in text and "e" not in text:
         text += ".0"
     return text
