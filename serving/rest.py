@@ -27,7 +27,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 import tensorflow as tf
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import UploadFile
@@ -115,13 +115,14 @@ def _malformed(request: Request) -> ServingError:
     return ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method} {request.url.path}")
 
 
-def _latest(request: Request, model_name: str) -> Target:
+# async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request.
+async def _latest(request: Request, model_name: str) -> Target:
     if ":" in model_name:  # TF Serving's URL pattern has no ':' in a model name
         raise _malformed(request)
     return Target(model_name)
 
 
-def _by_version(request: Request, model_name: str, version: str) -> Target:
+async def _by_version(request: Request, model_name: str, version: str) -> Target:
     if ":" in model_name or not (version.isascii() and version.isdigit()):
         raise _malformed(request)
     if int(version) >= 2**63:
@@ -129,13 +130,13 @@ def _by_version(request: Request, model_name: str, version: str) -> Target:
     return Target(model_name, version=int(version))
 
 
-def _by_label(request: Request, model_name: str, label: str) -> Target:
+async def _by_label(request: Request, model_name: str, label: str) -> Target:
     if ":" in model_name or ":" in label:
         raise _malformed(request)
     return Target(model_name, label=label)
 
 
-_FORMS: dict[str, Callable[..., Target]] = {"": _latest, "/versions/{version}": _by_version, "/labels/{label}": _by_label}
+_FORMS: dict[str, Callable[..., Awaitable[Target]]] = {"": _latest, "/versions/{version}": _by_version, "/labels/{label}": _by_label}
 
 
 # -- shared steps ------------------------------------------------------------------------
@@ -332,16 +333,21 @@ async def classify_image(request: Request, target: Target, top_k: int = 5) -> Re
     return await _answer(request, target, "classify_image", work)
 
 
-def _bind(handler: Callable[..., Awaitable[Response]], resolve: Callable[..., Target], suffix: str) -> Callable:
-    """`handler` as an endpoint whose `target` parameter is resolved from the URL form's path parameters."""
+def _bind(handler: Callable[..., Awaitable[Response]], resolve: Callable[..., Awaitable[Target]], suffix: str) -> Callable:
+    """`handler` as an endpoint of one URL form: its `target` comes from that form's path parameters.
+
+    The endpoint declares the path parameters itself (FastAPI documents and validates them)
+    and resolves the target in-line, without a per-request dependency.
+    """
+    path_params = [p for p in inspect.signature(resolve).parameters.values() if p.name != "request"]
+    names = [p.name for p in path_params]
 
     async def endpoint(**kwargs: Any) -> Response:
-        return await handler(**kwargs)
+        target = await resolve(kwargs["request"], **{name: kwargs.pop(name) for name in names})
+        return await handler(target=target, **kwargs)
 
-    signature = inspect.signature(handler)
-    endpoint.__signature__ = signature.replace(
-        parameters=[p.replace(default=Depends(resolve)) if p.name == "target" else p for p in signature.parameters.values()]
-    )
+    own = [p for p in inspect.signature(handler).parameters.values() if p.name != "target"]
+    endpoint.__signature__ = inspect.Signature(own[:1] + path_params + own[1:])
     endpoint.__name__ = handler.__name__ + suffix
     endpoint.__doc__ = handler.__doc__
     return endpoint
