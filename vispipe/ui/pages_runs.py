@@ -338,7 +338,9 @@ async def serve(request: Request, job_id: int):
     config = os.path.join(job.target, "savedmodel", "models.config")
     if not os.path.isfile(config):
         raise HTTPException(409, f"Export {job_id} has no SavedModel (savedmodel/models.config).")
-    argv = ["serve", "--model-config-file", config, "--port", port, "--grpc-port", "-1"]
+    # REST only, on this machine only, as the page's address says (TF Serving's flag names).
+    argv = ["serve", "--model_config_file", config, "--rest_api_port", port, "--port", "0",
+            "--host", "127.0.0.1"]
     serve_id = request.app.state.queue.submit(f"Serve export {job_id} on :{port}", "serve", argv,
                                               target=f"http://127.0.0.1:{port}",
                                               target_kind="serve")
