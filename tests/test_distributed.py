@@ -154,17 +154,17 @@ def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
 @pytest.mark.parametrize("compression", ["none", "fp16"])
 def test_two_horovod_ranks_complete_with_identical_weights(horovod_runs, compression):
     run = horovod_runs(compression)
-    info = run.read_info()
-    assert info["status"] == "completed"
-    assert info["epochs_completed"] == 3
-    dist = info["distributed"]
+    info = run.read_run_info()
+    assert info.status == "completed"
+    assert info.epochs_completed == 3
+    dist = info.distributed
     assert dist["mode"] == "horovod" and dist["size"] == 2
     assert dist["compression"] == compression
     # Each rank hashed its own weights after training.
     assert len(dist["weight_digests"]) == 2
     assert dist["weight_digests"][0] == dist["weight_digests"][1]
     # 320 records, 160 per rank, 16 per rank-batch (global 32): 10 steps.
-    assert info["steps_per_epoch"] == 10
+    assert info.steps_per_epoch == 10
     assert os.path.isfile(run.model_path)
 
 
@@ -196,8 +196,8 @@ def test_fp16_gradient_compression_trains_like_full_precision(horovod_runs):
     # Same data, same ranks (uncompressed runs repeat bit for bit): only the
     # rounding of the allreduced gradients differs, so different weights
     # show that the compression took effect.
-    assert (half.read_info()["distributed"]["weight_digests"][0]
-            != full.read_info()["distributed"]["weight_digests"][0])
+    assert (half.read_run_info().distributed["weight_digests"][0]
+            != full.read_run_info().distributed["weight_digests"][0])
 
 
 def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
@@ -233,17 +233,16 @@ def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_p
     # The job ends on its own, well before the timeout: no hang.
     code, output = _finish(launcher)
     assert code != 0
-    info = run.read_info()
-    assert info["status"] in ("failed", "interrupted")
+    assert run.read_run_info().status in ("failed", "interrupted")
     killed_at = run.latest_checkpoint().epoch
     assert killed_at < 40
 
     code, output = _finish(_horovodrun(["--resume", run.path]))
     assert code == 0, output[-3000:]
     assert f"at epoch {killed_at + 1}/40" in output
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 40
-    assert info["distributed"]["weights_identical"]
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 40
+    assert info.distributed["weights_identical"]
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 41))
 
 
@@ -261,15 +260,15 @@ def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
     finally:
         for worker in workers:
             worker.kill()
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 2
-    dist = info["distributed"]
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 2
+    dist = info.distributed
     assert (dist["mode"], dist["size"], dist["replicas"]) == ("multiworker", 2, 2)
     # Each worker hashed its own weights after training.
     assert len(dist["weight_digests"]) == 2
     assert dist["weight_digests"][0] == dist["weight_digests"][1]
     # The workers split each global batch: 320 records, 32 a step.
-    assert info["steps_per_epoch"] == 10
+    assert info.steps_per_epoch == 10
     # One writer: one record and one checkpoint per epoch, one registry entry.
     multi = run.read_metrics("epoch")
     assert [r["epoch"] for r in multi] == [1, 2]
@@ -321,9 +320,9 @@ def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
     assert code == 0, output[-3000:]
     # Back to the state committed after epoch 2, on one rank.
     assert "Horovod elastic: 1 rank(s) now, training on from epoch 3/8." in output
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 8
-    assert (info["distributed"]["size"], info["distributed"]["elastic"]) == (1, True)
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 8
+    assert (info.distributed["size"], info.distributed["elastic"]) == (1, True)
     # Epoch 3 was redone once: the records of its first attempt are gone.
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 9))
     steps = [r["step"] for r in run.read_metrics("step")]
@@ -371,8 +370,8 @@ def test_mirrored_strategy_trains_and_records_its_replicas(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=16, mixed_precision="off", distributed="mirrored",
                       scale_lr=True, warmup_epochs=0.5)
     result = train(data, str(tmp_path / "run"), ModelConfig(name="lenet"), cfg, progress=False)
-    info = RunFolder(result.run_dir).read_info()
-    assert info["status"] == "completed"
-    assert info["distributed"]["mode"] == "mirrored"
-    assert info["distributed"]["replicas"] >= 1
+    info = RunFolder(result.run_dir).read_run_info()
+    assert info.status == "completed"
+    assert info.distributed["mode"] == "mirrored"
+    assert info.distributed["replicas"] >= 1
     assert np.isfinite(result.history[-1]["loss"])

@@ -39,7 +39,7 @@ def test_run_from_another_format_version(tiny_run, tmp_path):
     shutil.copytree(tiny_run[1], run)
     info = json.load(open(os.path.join(run, "run.json")))
     json.dump({**info, "version": 7}, open(os.path.join(run, "run.json"), "w"))
-    with pytest.raises(IncompleteRunError, match="expected run format version 1, got 7"):
+    with pytest.raises(IncompleteRunError, match="expected run format version 2, got 7"):
         _export(run, str(tmp_path / "out"))
 
 

@@ -27,7 +27,7 @@ from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
 
 from vispipe.config_io import ConfigError, apply_overrides, from_dict
-from vispipe.configs import DatasetConfig, ModelConfig, PipelineConfig, TrainConfig
+from vispipe.configs import RESIZE_MODES, DatasetConfig, ModelConfig, PipelineConfig, TrainConfig
 from vispipe.tables import format_table
 
 __all__ = ["COMMAND_GROUP", "main", "build_parser"]
@@ -352,6 +352,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_run(args: argparse.Namespace) -> int:
+    from vispipe.train.run_folder import upgrade_run_folder
+
+    info = upgrade_run_folder(args.run, resize_mode=args.resize_mode)
+    image = info.image
+    print(f"Upgraded {info.path}/run.json to format {info.version}: images "
+          f"{image.height}x{image.width}x{image.channels}, resize mode {image.resize_mode}.")
+    return 0
+
+
 def _registry(args: argparse.Namespace) -> int:
     from vispipe.registry import Registry
 
@@ -494,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(run)
     _add_common(run)
     run.set_defaults(handler=_run)
+
+    upgrade = verbs.add_parser("upgrade-run", help="rewrite an older run folder's run.json "
+                                                   "in the current format")
+    upgrade.add_argument("--run", required=True, help="run folder")
+    upgrade.add_argument("--resize-mode", choices=RESIZE_MODES,
+                         help="how its images were resized (only when its dataset is gone)")
+    upgrade.set_defaults(handler=_upgrade_run)
 
     registry = verbs.add_parser("registry", help="list datasets, runs and jobs")
     registry.add_argument("--kind", choices=["dataset", "run", "job"])

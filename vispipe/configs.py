@@ -18,13 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
+    "CHOICES",
+    "choices",
+    "CHANNELS",
     "RESIZE_MODES",
     "ENCODINGS",
     "NORMALIZATIONS",
     "OPTIMIZERS",
     "LR_POLICIES",
+    "MIXED_PRECISION_MODES",
+    "CACHE_MODES",
+    "DISTRIBUTED_MODES",
+    "GRADIENT_COMPRESSIONS",
+    "SPLITS",
     "ImageOptions",
     "DatasetConfig",
     "AugmentConfig",
@@ -35,6 +44,7 @@ __all__ = [
     "PipelineConfig",
 ]
 
+CHANNELS = (1, 3)
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("png", "jpeg", "raw")
 NORMALIZATIONS = ("standardize", "pixel", "image", "scale", "none")
@@ -43,6 +53,30 @@ LR_POLICIES = (
     "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid",
     "cosine", "onecycle", "warmup",
 )
+MIXED_PRECISION_MODES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "memory", "none")
+DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
+GRADIENT_COMPRESSIONS = ("none", "fp16")
+SPLITS = ("train", "val", "test")
+
+CHOICES = "choices"  # dataclasses.Field.metadata key of a field's allowed values
+
+
+def choices(options: tuple, default: Any = dataclasses.MISSING, *,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose value (or, for a list, every item) must be one of `options`.
+
+    `vispipe.config_io.from_dict` checks it, and the CLI's help lists the
+    same options, so each set of allowed values is written once, here.
+
+    Example:
+
+    ```python
+    resize_mode: str = choices(RESIZE_MODES, "squash")
+    ```
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={CHOICES: tuple(options)})
 
 
 @dataclass
@@ -60,9 +94,9 @@ class ImageOptions:
 
     height: int = 28
     width: int = 28
-    channels: int = 1
-    resize_mode: str = "squash"
-    encoding: str = "png"
+    channels: int = choices(CHANNELS, 1)
+    resize_mode: str = choices(RESIZE_MODES, "squash")
+    encoding: str = choices(ENCODINGS, "png")
     jpeg_quality: int = 90
 
 
@@ -188,7 +222,7 @@ class LRPolicyConfig:
     `step_size` and `steps` are percentages of training, as in DIGITS.
     """
 
-    policy: str = "fixed"
+    policy: str = choices(LR_POLICIES, "fixed")
     base_lr: float = 0.01
     gamma: float = 0.1
     power: float = 1.0
@@ -196,7 +230,7 @@ class LRPolicyConfig:
     steps: list[float] = field(default_factory=lambda: [50.0, 75.0])
     min_lr: float = 0.0
     warmup_percent: float = 0.0
-    after_warmup: str = "fixed"
+    after_warmup: str = choices(tuple(p for p in LR_POLICIES if p != "warmup"), "fixed")
     max_lr_factor: float = 10.0
 
 
@@ -244,26 +278,26 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 64
-    optimizer: str = "sgd"
+    optimizer: str = choices(OPTIMIZERS, "sgd")
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     lr: LRPolicyConfig = field(default_factory=LRPolicyConfig)
-    normalization: str = "standardize"
+    normalization: str = choices(NORMALIZATIONS, "standardize")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     val_interval: int = 1
     snapshot_interval: int = 1
     early_stopping: int = 0
-    mixed_precision: str = "auto"
+    mixed_precision: str = choices(MIXED_PRECISION_MODES, "auto")
     seed: int = 42
     steps_per_epoch: int = 0
     label_smoothing: float = 0.0
     log_every_steps: int = 50
-    cache: str = "auto"
-    distributed: str = "none"
+    cache: str = choices(CACHE_MODES, "auto")
+    distributed: str = choices(DISTRIBUTED_MODES, "none")
     scale_lr: bool = False
     warmup_epochs: float = 0.0
-    gradient_compression: str = "none"
+    gradient_compression: str = choices(GRADIENT_COMPRESSIONS, "none")
     elastic: bool = False
 
 
@@ -277,7 +311,7 @@ class EvaluateConfig:
         batch_size: Inference batch size.
     """
 
-    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    splits: list[str] = choices(SPLITS, default_factory=lambda: ["val", "test"])
     top_losses: int = 16
     batch_size: int = 256
 

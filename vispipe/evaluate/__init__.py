@@ -20,12 +20,8 @@ from vispipe.evaluate.classify import (
     format_table,
     write_predictions_csv,
 )
-from vispipe.evaluate.evaluator import (
-    EvaluationResult,
-    evaluate_model,
-    evaluate_run,
-    predict_probabilities,
-)
+from vispipe.evaluate.evaluator import evaluate_model, evaluate_run, predict_probabilities
+from vispipe.evaluate.results import EvaluationResult
 from vispipe.evaluate.visualize import LayerStats, TensorStats, visualize
 
 __all__ = [

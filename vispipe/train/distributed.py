@@ -61,20 +61,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vispipe.configs import DISTRIBUTED_MODES, GRADIENT_COMPRESSIONS
+
 if TYPE_CHECKING:
     from horovod.common.elastic import State
 
 __all__ = [
-    "COMPRESSIONS",
-    "MODES",
     "Replicas",
     "ReplicaScaledSchedule",
     "setup",
     "weights_digest",
 ]
 
-MODES = ("none", "horovod", "mirrored", "multiworker")
-COMPRESSIONS = ("none", "fp16")
 
 # How a collective fails once a peer is gone: Horovod shuts down and every
 # pending or later op reports it. `horovod.tensorflow.elastic.run` looks for
@@ -122,13 +120,13 @@ class Replicas:
     """Where this process stands in a data-parallel job.
 
     Attributes:
-        mode: One of `MODES`.
+        mode: One of `DISTRIBUTED_MODES`.
         rank: This process (Horovod rank, multi-worker task index); 0 alone.
         size: Processes in the job.
         local_rank: Rank among the processes of this host (GPU index).
         replicas: Model replicas in sync (processes x devices each).
         strategy: The `tf.distribute.Strategy` (mirrored, multiworker).
-        compression: Horovod allreduce compression, one of `COMPRESSIONS`.
+        compression: Horovod allreduce compression, one of `GRADIENT_COMPRESSIONS`.
         elastic: Horovod elastic mode: ranks may leave and join between
             epochs (see `run_elastic`).
     """
@@ -495,8 +493,8 @@ def setup(mode: str = "none", *, compression: str = "none", elastic: bool = Fals
     GPU of this process's local rank visible.
 
     Args:
-        mode: One of `MODES`.
-        compression: Horovod gradient compression, one of `COMPRESSIONS`.
+        mode: One of `DISTRIBUTED_MODES`.
+        compression: Horovod gradient compression, one of `GRADIENT_COMPRESSIONS`.
         elastic: Horovod elastic mode (see `Replicas.run_elastic`).
 
     Returns:
@@ -516,11 +514,11 @@ def setup(mode: str = "none", *, compression: str = "none", elastic: bool = Fals
         print(f"{replicas.size} ranks")
     ```
     """
-    if mode not in MODES:
-        raise ValueError(f"train.distributed: expected one of {MODES}, got {mode!r}.")
-    if compression not in COMPRESSIONS:
+    if mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"train.distributed: expected one of {DISTRIBUTED_MODES}, got {mode!r}.")
+    if compression not in GRADIENT_COMPRESSIONS:
         raise ValueError(
-            f"train.gradient_compression: expected one of {COMPRESSIONS}, got {compression!r}."
+            f"train.gradient_compression: expected one of {GRADIENT_COMPRESSIONS}, got {compression!r}."
         )
     if elastic and mode != "horovod":
         raise ValueError(f"train.elastic: needs train.distributed 'horovod', got {mode!r}.")

@@ -61,8 +61,8 @@ import keras
 import tensorflow as tf
 import yaml
 
-from vispipe.config_io import from_dict
-from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig
+from vispipe.config_io import validate_config
+from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
 from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
@@ -79,15 +79,11 @@ from vispipe.train.callbacks import (
     save_model_atomic,
 )
 from vispipe.train.device import DeviceInfo, configure_device, seed_everything
-from vispipe.train.distributed import COMPRESSIONS, MODES, Replicas, setup
+from vispipe.train.distributed import Replicas, setup
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
-from vispipe.train.run_folder import (
-    RUN_FORMAT_VERSION,
-    CheckpointRef,
-    RunFolder,
-    write_text_atomic,
-)
+from vispipe.train.run_folder import CheckpointRef, RunFolder, write_text_atomic
+from vispipe.train.run_info import Normalization, RunInfo
 from vispipe.train.schedules import make_schedule, validate_policy
 
 if TYPE_CHECKING:
@@ -132,6 +128,7 @@ class _Session:
     """Everything one training call needs."""
 
     run: RunFolder
+    name: str
     info: DatasetInfo
     model_cfg: ModelConfig
     train_cfg: TrainConfig
@@ -152,6 +149,8 @@ def _now() -> str:
 
 
 def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    validate_config(model_cfg, "model")
+    validate_config(cfg, "train")
     checks = (
         ("train.epochs", cfg.epochs, cfg.epochs >= 1, "an integer >= 1"),
         ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
@@ -166,12 +165,7 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          "an integer >= 1"),
         ("train.label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1,
          "a value in [0, 1)"),
-        ("train.normalization", cfg.normalization, cfg.normalization in NORMALIZATIONS,
-         f"one of {NORMALIZATIONS}"),
-        ("train.distributed", cfg.distributed, cfg.distributed in MODES, f"one of {MODES}"),
         ("train.warmup_epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, "a number >= 0"),
-        ("train.gradient_compression", cfg.gradient_compression,
-         cfg.gradient_compression in COMPRESSIONS, f"one of {COMPRESSIONS}"),
         ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
          "an integer >= 0"),
         # The head-only phase has its own optimizer, which an elastic
@@ -351,7 +345,7 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
                           time_offset=history[-1]["time"] if history else 0.0),
             Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
             BestModelSaver(run.best_path, max(val_history) if val_history else None),
-            CurvePlotter(run, run.read_info().get("name", "")),
+            CurvePlotter(run, session.name),
             keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
         ]
     callbacks += extra_callbacks or []
@@ -435,7 +429,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
         return _result(session, duration)
     save_model_atomic(model, run.model_path)
     result = _result(session, duration)
-    plot_curves(result.history, run.curves_path, run.read_info().get("name", ""))
+    plot_curves(result.history, run.curves_path, session.name)
     best_epoch = next((r["epoch"] for r in result.history
                        if result.best_val_accuracy is not None
                        and r.get("val_accuracy") == result.best_val_accuracy), None)
@@ -469,7 +463,7 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
         if session.replicas.is_chief:
             info = run.update_info(status="interrupted", finished=_now())
             _registry_finish(session, "interrupted",
-                             {"epochs_completed": info["epochs_completed"]})
+                             {"epochs_completed": info.epochs_completed})
         raise
     except BaseException as error:
         if session.replicas.is_chief:
@@ -479,20 +473,23 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
         raise
 
 
-def _preprocess_info(info: DatasetInfo, mode: str) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "mode": mode,
-        "mean": list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
-        "std": list(info.std_pixel) if mode == "standardize" else None,
-    }
-    if mode == "image":
-        data["mean_image_file"] = os.path.abspath(os.path.join(info.path, MEAN_FILE))
-    return data
+def _normalization(info: DatasetInfo, mode: str) -> Normalization:
+    """What the model's `Preprocess` layer does, for `run.json`."""
+    return Normalization(
+        mode=mode,
+        mean=list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
+        std=list(info.std_pixel) if mode == "standardize" else None,
+        mean_image_file=(os.path.abspath(os.path.join(info.path, MEAN_FILE))
+                         if mode == "image" else None),
+    )
 
 
 def _check_new_run_folder(run: RunFolder) -> None:
     if run.exists():
-        status = run.read_info().get("status")
+        try:
+            status = run.read_run_info().status
+        except ValueError:  # An older or damaged run.json: a run all the same.
+            status = "unknown"
         if status == "completed":
             raise FileExistsError(
                 f"Run folder {run.path!r} already holds a completed run. Choose a new "
@@ -520,7 +517,7 @@ class _Start:
         model_cfg: The network.
         train_cfg: The solver (for a resumed run, with the new epoch count).
         name: Run name.
-        resumed: For `resume`, the run's `run.json` as it was; None for a new run.
+        resumed: For `resume`, the run's `RunInfo` as it was; None for a new run.
     """
 
     run: RunFolder
@@ -528,7 +525,7 @@ class _Start:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     name: str
-    resumed: dict[str, Any] | None = None
+    resumed: RunInfo | None = None
 
 
 def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
@@ -550,9 +547,9 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
-    registry_id = start.resumed.get("registry_id") if start.resumed else None
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
-                       replicas)
+    registry_id = start.resumed.registry_id if start.resumed else None
+    session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
+                       registry_id, replicas)
     checkpoint = run.latest_checkpoint() if start.resumed else None
     # Every rank has checked the folder, or read run.json and the checkpoint
     # pointer, before rank 0 writes them.
@@ -560,7 +557,7 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
     model, start_epoch = _model(session, checkpoint)
     if replicas.is_chief:
         if start.resumed is None:
-            session.registry_id = _new_run_folder(session, start.name)
+            session.registry_id = _new_run_folder(session)
         else:
             _reopen_run_folder(session, start.resumed, start_epoch)
             print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
@@ -596,47 +593,40 @@ def _write_config(session: _Session) -> None:
          "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
 
 
-def _new_run_folder(session: _Session, name: str) -> int | None:
+def _new_run_folder(session: _Session) -> int | None:
     """Creates the run folder's files; returns the registry id."""
     run, info = session.run, session.info
-    model_dict = dataclasses.asdict(session.model_cfg)
-    train_dict = dataclasses.asdict(session.train_cfg)
+    model_cfg, train_cfg = session.model_cfg, session.train_cfg
     os.makedirs(run.checkpoint_dir, exist_ok=True)
-    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
-                                                 "model": model_dict, "train": train_dict})
-    run.write_info({
-        "version": RUN_FORMAT_VERSION,
-        "name": name,
-        "status": "running",
-        "dataset_dir": os.path.abspath(info.path),
-        "classes": list(info.classes),
-        "image_shape": list(info.image_shape),
-        "model": model_dict,
-        "train": train_dict,
-        "preprocess": _preprocess_info(info, train_dict["normalization"]),
-        "device": session.device.to_json(),
-        "steps_per_epoch": session.steps,
-        "registry_id": registry_id,
-        "created": _now(),
-        "finished": None,
-        "epochs_completed": 0,
-        "result": {},
-    })
+    registry_id = _registry_add(session.name, run.path, {
+        "dataset_dir": os.path.abspath(info.path), "model": dataclasses.asdict(model_cfg),
+        "train": dataclasses.asdict(train_cfg)})
+    run.write_info(RunInfo(
+        name=session.name,
+        dataset_dir=os.path.abspath(info.path),
+        classes=list(info.classes),
+        image=info.image,
+        normalization=_normalization(info, train_cfg.normalization),
+        model=model_cfg,
+        train=train_cfg,
+        created=_now(),
+        steps_per_epoch=session.steps,
+        registry_id=registry_id,
+        device=session.device.to_json(),
+    ))
     _write_config(session)
     write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
     write_text_atomic(run.metrics_path, "")
     return registry_id
 
 
-def _reopen_run_folder(session: _Session, previous: dict[str, Any], start_epoch: int) -> None:
+def _reopen_run_folder(session: _Session, previous: RunInfo, start_epoch: int) -> None:
     """Marks a resumed run running again and drops the records after its checkpoint."""
-    run = session.run
-    run.truncate_metrics(start_epoch)
-    info_data = {k: v for k, v in previous.items() if k != "error"}
-    info_data.update(status="running", finished=None, epochs_completed=start_epoch,
-                     train=dataclasses.asdict(session.train_cfg),
-                     steps_per_epoch=session.steps, device=session.device.to_json())
-    run.write_info(info_data)
+    session.run.truncate_metrics(start_epoch)
+    session.run.write_info(dataclasses.replace(
+        previous, status="running", error=None, finished=None, epochs_completed=start_epoch,
+        train=session.train_cfg, steps_per_epoch=session.steps,
+        device=session.device.to_json()))
     _write_config(session)
 
 
@@ -724,19 +714,15 @@ def resume(
     ```
     """
     run = RunFolder(run_dir)
-    data = run.read_info()
-    where = run.info_path
-    model_cfg = from_dict(ModelConfig, data["model"], f"{where}: model")
-    train_cfg = from_dict(TrainConfig, data["train"], f"{where}: train")
-    done_epochs = int(data.get("epochs_completed") or 0)
+    info = run.read_run_info()
+    train_cfg = info.train
     if epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-    if data.get("status") == "completed" and (epochs is None or epochs <= done_epochs):
+    if info.status == "completed" and (epochs is None or epochs <= info.epochs_completed):
         raise ValueError(
-            f"Run {run.path!r} is already complete ({done_epochs} epochs); pass "
-            f"epochs > {done_epochs} to train it longer."
+            f"Run {run.path!r} is already complete ({info.epochs_completed} epochs); pass "
+            f"epochs > {info.epochs_completed} to train it longer."
         )
-    start = _Start(run, data["dataset_dir"], model_cfg, train_cfg, name=data.get("name", ""),
-                   resumed=data)
+    start = _Start(run, info.dataset_dir, info.model, train_cfg, name=info.name, resumed=info)
     model, session, start_epoch = _start(start, progress)
     return _run(model, session, start_epoch, callbacks)
