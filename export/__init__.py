@@ -24,8 +24,12 @@ FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
 
 def __getattr__(name: str):
     # TensorFlow and the converters load only when an export runs.
-    if name in ("ExportOptions", "export_model"):
-        from vispipe.export import api
+    if name == "ExportOptions":
+        from vispipe.export.options import ExportOptions
 
-        return getattr(api, name)
+        return ExportOptions
+    if name == "export_model":
+        from vispipe.export.api import export_model
+
+        return export_model
     raise AttributeError(f"module 'vispipe.export' has no attribute {name!r}")

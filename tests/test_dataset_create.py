@@ -361,7 +361,7 @@ def test_sigterm_during_creation_leaves_no_partial_folder(tmp_path, mnist_archiv
     output = tmp_path / "mnist"
     proc = subprocess.Popen(
         [sys.executable, "-m", "vispipe.cli", "dataset", "create", "--archive", mnist_archive,
-         "--source", "mnist-png/train", "--output", str(output), "--workers", "2"],
+         "--source", "mnist-png/train", "--out", str(output), "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120

@@ -124,7 +124,7 @@ def mnist_dataset(mnist_archive, tmp_path_factory) -> str:
     extract_subset(mnist_archive, str(root), per_class=40, splits=("train",))
     out = root / "ds"
     assert main(["dataset", "create", "--source", str(root / "mnist-png" / "train"),
-                 "--output", str(out), "--size", "28x28", "--channels", "1",
+                 "--out", str(out), "--size", "28x28", "--channels", "1",
                  "--val-percent", "20", "--quiet"]) == 0
     return str(out)
 
@@ -141,7 +141,7 @@ def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
             work = tmp_path_factory.mktemp(f"hvd-{compression}")
             cfg = _config(work / "cfg.yaml", epochs=3, distributed="horovod",
                           gradient_compression=compression)
-            code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--out",
+            code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--run",
                                                 str(work / "run"), "--config", cfg]))
             assert code == 0, output[-3000:]
             runs[compression] = RunFolder(str(work / "run"))
@@ -227,7 +227,7 @@ def _kill_rank_when(launcher: subprocess.Popen, rank: int, ready, what: str) -> 
 def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_path):
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=40, distributed="horovod", val_interval=0)
-    launcher = _horovodrun(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg])
+    launcher = _horovodrun(["--dataset", mnist_dataset, "--run", run.path, "--config", cfg])
     _kill_rank_when(launcher, 1, lambda: run.latest_checkpoint() is not None
                     and run.latest_checkpoint().epoch >= 2, "epoch-2 checkpoint")
     # The job ends on its own, well before the timeout: no hang.
@@ -237,7 +237,7 @@ def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_p
     killed_at = run.latest_checkpoint().epoch
     assert killed_at < 40
 
-    code, output = _finish(_horovodrun(["--resume", run.path]))
+    code, output = _finish(_horovodrun(["--run", run.path, "--resume"]))
     assert code == 0, output[-3000:]
     assert f"at epoch {killed_at + 1}/40" in output
     info = run.read_run_info()
@@ -252,7 +252,7 @@ def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=2, distributed="multiworker", log_every_steps=1)
     homes = [tmp_path / "home0", tmp_path / "home1"]
-    workers = _multiworker(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg],
+    workers = _multiworker(["--dataset", mnist_dataset, "--run", run.path, "--config", cfg],
                            homes)
     try:
         for code, output in [_finish(worker) for worker in workers]:
@@ -308,7 +308,7 @@ def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
                   lr={"policy": "fixed", "base_lr": 0.003}, distributed="horovod",
                   elastic=True, val_interval=0, log_every_steps=2)
     launcher = _horovodrun(
-        ["--dataset", mnist_dataset, "--out", run.path, "--config", cfg, "--quiet"],
+        ["--dataset", mnist_dataset, "--run", run.path, "--config", cfg, "--quiet"],
         hosts=("--min-np", "1", "--max-np", "2", "--host-discovery-script", str(discovery)))
     # A rank dies in the first half of epoch 3, which the chief has begun to
     # log. Without the chief, the other worker becomes rank 0 and carries on.

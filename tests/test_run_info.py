@@ -107,7 +107,7 @@ def test_the_cli_upgrades_an_old_run(tmp_path, capsys):
     from vispipe.cli import main
 
     run_dir = _format1_run(tmp_path / "run", _dataset(tmp_path / "data", resize_mode="fill"))
-    assert main(["classify", run_dir, str(tmp_path)]) == 2
+    assert main(["classify", "--run", run_dir, str(tmp_path)]) == 2
     assert "vispipe upgrade-run --run" in capsys.readouterr().err
     assert main(["upgrade-run", "--run", run_dir]) == 0
     assert "fill" in capsys.readouterr().out

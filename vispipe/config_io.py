@@ -31,6 +31,7 @@ __all__ = [
     "validate_config",
     "to_dict",
     "apply_overrides",
+    "read_yaml_mapping",
     "load_pipeline",
     "expand_env",
 ]
@@ -225,6 +226,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--
         node[parts[-1]] = value
 
 
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping, `${VAR:-default}` expanded first.
+
+    Raises:
+        ConfigError: No such file, not YAML, or not a mapping at the top.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = yaml.safe_load(expand_env(text)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
 def load_pipeline(path: str, overrides: list[str] | None = None) -> PipelineConfig:
     """Reads and validates a pipeline file.
 
@@ -237,15 +257,6 @@ def load_pipeline(path: str, overrides: list[str] | None = None) -> PipelineConf
     Returns:
         The validated `PipelineConfig`.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"Pipeline file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        data = yaml.safe_load(expand_env(text)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     apply_overrides(data, overrides or [])
     return from_dict(PipelineConfig, data, f"{path}: ")

@@ -23,6 +23,7 @@ from typing import Any
 __all__ = [
     "CHOICES",
     "choices",
+    "BUILTINS",
     "CHANNELS",
     "RESIZE_MODES",
     "ENCODINGS",
@@ -34,6 +35,7 @@ __all__ = [
     "DISTRIBUTED_MODES",
     "GRADIENT_COMPRESSIONS",
     "SPLITS",
+    "WHICH_MODELS",
     "ImageOptions",
     "DatasetConfig",
     "AugmentConfig",
@@ -41,9 +43,11 @@ __all__ = [
     "LRPolicyConfig",
     "TrainConfig",
     "EvaluateConfig",
+    "LRFinderConfig",
     "PipelineConfig",
 ]
 
+BUILTINS = ("digits",)  # datasets shipped inside installed packages
 CHANNELS = (1, 3)
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("png", "jpeg", "raw")
@@ -58,6 +62,7 @@ CACHE_MODES = ("auto", "memory", "none")
 DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 SPLITS = ("train", "val", "test")
+WHICH_MODELS = ("final", "best", "last")  # model.keras, best.keras, the latest checkpoint
 
 CHOICES = "choices"  # dataclasses.Field.metadata key of a field's allowed values
 
@@ -139,7 +144,7 @@ class DatasetConfig:
     labels_file: str = ""
     tfds_name: str = ""
     tfds_data_dir: str = ""
-    builtin: str = ""
+    builtin: str = choices(("",) + BUILTINS, "")
     val_percent: float = 25.0
     test_percent: float = 0.0
     image: ImageOptions = field(default_factory=ImageOptions)
@@ -303,22 +308,48 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    """What `vispipe evaluate` reports.
+    """The evaluate stage: `vispipe evaluate`, `classify` and `visualize`.
 
     Args:
         splits: Splits to evaluate (those the dataset has).
         top_losses: Images in the top-losses grid.
         batch_size: Inference batch size.
+        which: The run's model: "final", "best" (validation) or "last"
+            (checkpoint).
+        top_k: Classes `classify` reports per image.
+        max_filters: Most tiles per activation or weight grid of `visualize`.
     """
 
     splits: list[str] = choices(SPLITS, default_factory=lambda: ["val", "test"])
     top_losses: int = 16
     batch_size: int = 256
+    which: str = choices(WHICH_MODELS, "final")
+    top_k: int = 5
+    max_filters: int = 64
+
+
+@dataclass
+class LRFinderConfig:
+    """The learning-rate range test (`vispipe lr-find`).
+
+    Args:
+        start_lr: First learning rate.
+        end_lr: Last learning rate.
+        num_steps: Steps at most.
+    """
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_steps: int = 100
 
 
 @dataclass
 class PipelineConfig:
-    """A declarative dataset -> train -> evaluate pipeline file.
+    """The root of the config tree: a pipeline file, and every verb's `--config`.
+
+    `vispipe run` runs dataset -> train -> evaluate from it; the other verbs
+    read the sections they need. `--set KEY=VALUE` always names a key from
+    here (`train.epochs`, `dataset.image.channels`, `export.top_k`).
 
     Args:
         name: Pipeline name, also the default run name.
@@ -326,6 +357,10 @@ class PipelineConfig:
         model: The network.
         train: The solver.
         evaluate: The evaluation.
+        lr_find: The LR range test.
+        export: `vispipe export`'s options (`vispipe.export.ExportOptions`),
+            checked by the export stage, which the core does not import.
+        serve: `vispipe serve`'s options, checked by the serving stage.
     """
 
     name: str = "pipeline"
@@ -333,3 +368,6 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
+    export: dict[str, Any] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)

@@ -133,7 +133,7 @@ def run_pipeline(
     """
     from vispipe.data import create_dataset
     from vispipe.data.format import read_dataset_info
-    from vispipe.evaluate import evaluate_run
+    from vispipe.evaluate import evaluate_splits
     from vispipe.registry import Registry
     from vispipe.train import train
 
@@ -175,15 +175,8 @@ def run_pipeline(
     stages["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evaluations = {}
-    for split in config.evaluate.splits:
-        if info.split_counts.get(split, 0) == 0:
-            continue
-        result = evaluate_run(
-            run_dir, split=split, top_losses=config.evaluate.top_losses,
-            batch_size=config.evaluate.batch_size,
-        )
-        evaluations[split] = result.to_json()
+    evaluations = {split: result.to_json() for split, result in
+                   evaluate_splits(run_dir, config.evaluate, progress=progress).items()}
     stages["evaluate_s"] = time.perf_counter() - t0
 
     def top1(split: str) -> float | None:

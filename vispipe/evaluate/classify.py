@@ -11,7 +11,7 @@ Example:
 
 ```python
 preds = classify("runs/mnist", "new_digits/")
-print(format_table(preds))
+print(predictions_table(preds))
 write_predictions_csv(preds, "predictions.csv")
 ```
 """
@@ -30,7 +30,7 @@ from vispipe.configs import ImageOptions
 from vispipe.data.format import ImageInput
 from vispipe.evaluate.evaluator import predict_probabilities
 from vispipe.evaluate.plots import atomic_output
-from vispipe.tables import format_table as _table
+from vispipe.tables import format_table
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -41,7 +41,7 @@ __all__ = [
     "model_image_options",
     "load_for_inference",
     "accuracy",
-    "format_table",
+    "predictions_table",
     "write_predictions_csv",
 ]
 
@@ -285,7 +285,7 @@ def classify(
 
     ```python
     preds = classify("runs/cifar", "photos.txt", top_k=3)
-    print(format_table(preds), accuracy(preds))
+    print(predictions_table(preds), accuracy(preds))
     ```
     """
     if top_k < 1:
@@ -315,7 +315,7 @@ def accuracy(predictions: Sequence[Prediction]) -> float | None:
     return sum(judged) / len(judged) if judged else None
 
 
-def format_table(predictions: Sequence[Prediction]) -> str:
+def predictions_table(predictions: Sequence[Prediction]) -> str:
     """A text table: path, top class and probability, the other top classes,
     and the label when known; then the accuracy and error count."""
     labelled = any(p.label is not None for p in predictions)
@@ -333,7 +333,7 @@ def format_table(predictions: Sequence[Prediction]) -> str:
                 row.append(f"{p.label} ({'ok' if p.correct else 'wrong'})")
         rows.append(row)
     headers = ["image", "prediction", "probability", "next"] + (["label"] if labelled else [])
-    lines = [_table(rows, headers)]
+    lines = [format_table(rows, headers)]
     acc = accuracy(predictions)
     if acc is not None:
         judged = sum(p.correct is not None for p in predictions)

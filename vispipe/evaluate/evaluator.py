@@ -31,13 +31,17 @@ __all__ = [
     "TOP_K",
     "evaluate_model",
     "evaluate_run",
+    "evaluate_splits",
     "predict_probabilities",
+    "predict",
+    "score",
 ]
 
 TOP_K = 5  # The "top-5" accuracy; fewer classes make it top-C (always 1.0).
 _MOST_CONFUSED = 10
 
 if TYPE_CHECKING:
+    from vispipe.configs import EvaluateConfig
     from vispipe.data.format import DatasetInfo
     from vispipe.train.run_info import RunInfo
 
@@ -336,3 +340,50 @@ def evaluate_run(
         out_dir=out_dir or os.path.join(run_dir, f"eval-{split}"), top_losses=top_losses,
         progress=progress, run_dir=run_dir, dataset_dir=info.path, which=which,
     )
+
+
+def evaluate_splits(
+    run_dir: str,
+    config: EvaluateConfig,
+    *,
+    dataset_dir: str | None = None,
+    out_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, EvaluationResult]:
+    """Evaluates every split of `config.splits` that the dataset has.
+
+    What `vispipe evaluate` and `vispipe run` do.
+
+    Args:
+        run_dir: The run folder.
+        config: Splits, model (`which`), grid size and batch size.
+        dataset_dir: Dataset folder; default: the run's.
+        out_dir: Folder for one `eval-<split>` report folder per split;
+            default: the run folder.
+        progress: Show progress bars.
+
+    Returns:
+        `{split: EvaluationResult}`, in the order of `config.splits`.
+
+    Raises:
+        ValueError: The dataset has none of the splits.
+
+    Example:
+
+    ```python
+    results = evaluate_splits("runs/mnist", EvaluateConfig(splits=["test"], which="best"))
+    ```
+    """
+    from vispipe.data.format import read_dataset_info
+    from vispipe.train.run_folder import read_run_info
+
+    available = read_dataset_info(dataset_dir or read_run_info(run_dir).dataset_dir).splits
+    splits = [s for s in config.splits if s in available]
+    if not splits:
+        raise ValueError(f"The dataset has none of the splits {config.splits} to evaluate; "
+                         f"it has {available}.")
+    return {split: evaluate_run(
+        run_dir, dataset_dir=dataset_dir, split=split,
+        out_dir=os.path.join(out_dir or run_dir, f"eval-{split}"),
+        top_losses=config.top_losses, batch_size=config.batch_size, which=config.which,
+        progress=progress) for split in splits}

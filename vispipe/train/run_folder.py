@@ -36,10 +36,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from vispipe.configs import WHICH_MODELS
 from vispipe.train.run_info import RUN_FORMAT_VERSION, RunInfo
 
 __all__ = [
-    "WHICH_MODELS",
     "RunFolder",
     "CheckpointRef",
     "NotARunFolderError",
@@ -51,7 +51,6 @@ __all__ = [
     "load_run_model",
 ]
 
-WHICH_MODELS = ("final", "best", "last")
 
 
 class NotARunFolderError(FileNotFoundError):
