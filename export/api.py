@@ -11,8 +11,8 @@
   tfjs/{float32,float16,uint8}/model.json + weight shards
 ```
 
-Everything is written into `<out>.partial-<random>` and renamed when
-complete. A format that fails is recorded with its reason and does not stop
+Everything is written into a temporary folder beside `<out>`
+(`vispipe.fileio.atomic_path`) and renamed when complete. A format that fails is recorded with its reason and does not stop
 the others.
 
 Example:
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import shutil
 import traceback
 from typing import Any, Callable, Sequence
@@ -41,7 +40,7 @@ from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
 from vispipe.export.options import COREML_WEIGHTS, TFJS_QUANTIZATIONS, ExportOptions
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
-from vispipe.fileio import replace_folder
+from vispipe.fileio import atomic_path
 
 __all__ = ["FORMATS", "ExportOptions", "UnwritableOutputError", "export_model"]
 
@@ -103,7 +102,7 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
     """(calibration images, train images, train labels, verify images, verify labels, split)."""
     from vispipe.export.tflite import MIN_CALIBRATION_SAMPLES
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     try:
         info = read_dataset_info(spec.dataset_dir)
@@ -385,9 +384,7 @@ def export_model(
     spec, model = load_run(run_dir, name=options.name, which=options.which, top_k=options.top_k)
     data = _load_data(spec, formats, options)
 
-    partial = f"{out}.partial-{secrets.token_hex(4)}"
-    os.makedirs(partial)
-    try:
+    with atomic_path(out, folder=True) as partial:
         exporter = _Exporter(spec, model, partial, out, options, data)
         exporter.keras()
         if "savedmodel" in formats or "tfjs" in formats:
@@ -411,8 +408,4 @@ def export_model(
                    "verify_split": exporter.split, "verify_images": int(len(exporter.labels)),
                    "platform": platform.platform()}
         markdown = write_report(partial, exporter.results, context)
-        replace_folder(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**context, "formats": [r.to_json() for r in exporter.results], "markdown": markdown}

@@ -365,7 +365,7 @@ def test_sigterm_during_creation_leaves_no_partial_folder(tmp_path, mnist_archiv
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 120
-    while not glob.glob(f"{output}.partial-*/*.partial") and proc.poll() is None:
+    while not glob.glob(f"{tmp_path}/.mnist.partial-*/*.partial") and proc.poll() is None:
         assert time.monotonic() < deadline, "no shard was started within 120 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

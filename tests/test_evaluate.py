@@ -304,7 +304,7 @@ def _write_class_folders(root, per_class: int = 8) -> None:
 def test_run_folder_end_to_end(tmp_path):
     from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig, TrainConfig
     from vispipe.data.create import create_dataset
-    from vispipe.data.pipeline import make_dataset
+    from vispipe.data.inputs import make_dataset
     from vispipe.evaluate import classify, evaluate_run, visualize
     from vispipe.models import build_classifier
     from vispipe.train.run_folder import RunFolder

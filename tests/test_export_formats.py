@@ -22,7 +22,7 @@ def make_tiny_run(root: str, *, status: str = "completed", epochs: int = 25) -> 
 
     from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig, TrainConfig
     from vispipe.data.create import create_dataset
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
     from vispipe.models import build_classifier
     from vispipe.train.run_folder import RunFolder
     from vispipe.train.run_info import Normalization, RunInfo
@@ -66,7 +66,7 @@ def exported(tmp_path_factory):
 
 
 def _test_images(dataset_dir: str):
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     return load_arrays(dataset_dir, "test")
 

@@ -128,7 +128,7 @@ def test_training_fills_the_run_folder(finished_run, dataset):
     for name in ("curves.png", "model.keras", "best.keras"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
-    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(run_dir) if ".partial-" in n]
 
 
 def test_metrics_jsonl_has_step_and_epoch_records(finished_run):

@@ -148,23 +148,13 @@ def _dataset_create(args: argparse.Namespace) -> int:
 
     config = resolve(args, verb="dataset create", relative_to="dataset").dataset
     _need(config.output, "dataset create needs --out DIR (dataset.output).")
-    registry = Registry.open()
-    entry = registry.add("dataset", os.path.basename(os.path.abspath(config.output)),
-                         config.output, dataclasses.asdict(config))
-    try:
+    with Registry.open().recording("dataset", os.path.basename(os.path.abspath(config.output)),
+                                   config.output, dataclasses.asdict(config)) as entry:
         with _stdout_to_stderr(args.json):
             info = create_dataset(config, progress=not args.quiet)
-    except BaseException as error:
-        registry.finish(entry, "failed", {"error": str(error)})
-        raise
-    summary = {
-        "dataset_dir": info.path, "classes": info.num_classes,
-        "split_counts": info.split_counts, "rejected": len(info.rejected),
-        "converted": len(info.converted), "duration_s": round(info.duration_s, 2),
-    }
-    registry.finish(entry, "completed", summary)
+        entry.summary = info.summary()
     if args.json:
-        _print_json(summary)
+        _print_json(info.summary())
     else:
         _print_dataset_summary(info)
     return 0
@@ -238,19 +228,6 @@ def _train_result_json(result: Any) -> dict[str, Any]:
     }
 
 
-def _is_chief_process() -> bool:
-    """False on every Horovod/MPI rank but 0 and every multi-worker task but the
-    chief, so one summary is printed per job."""
-    for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if os.environ.get(variable, "0") != "0":
-            return False
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    if "chief" in tf_config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return int(task.get("index", 0)) == 0
-
-
 def _resume_epochs(args: argparse.Namespace) -> int | None:
     """The new total epochs of a resumed run: the only setting a resume takes."""
     data = raw_settings(args)
@@ -281,7 +258,7 @@ def _train(args: argparse.Namespace) -> int:
             result = train(dataset, run, config.model, config.train,
                            name=args.name or os.path.basename(os.path.abspath(run)),
                            progress=not args.quiet)
-    if not _is_chief_process():
+    if not result.is_chief:  # One summary per job, from the process that wrote the run.
         return 0
     if args.json:
         _print_json(_train_result_json(result))

@@ -152,20 +152,11 @@ def run_pipeline(
         info = read_dataset_info(dataset_cfg.output)
         print(f"Reusing dataset {dataset_cfg.output} (same options).")
     else:
-        registry = Registry.open()
-        entry = registry.add(
-            "dataset", os.path.basename(dataset_cfg.output), dataset_cfg.output,
-            dataclasses.asdict(dataset_cfg),
-        )
-        try:
+        with Registry.open().recording("dataset", os.path.basename(dataset_cfg.output),
+                                       dataset_cfg.output,
+                                       dataclasses.asdict(dataset_cfg)) as entry:
             info = create_dataset(dataset_cfg, progress=progress)
-        except BaseException as error:
-            registry.finish(entry, "failed", {"error": str(error)})
-            raise
-        registry.finish(entry, "completed", {
-            "split_counts": info.split_counts, "classes": info.num_classes,
-            "rejected": len(info.rejected),
-        })
+            entry.summary = info.summary()
     stages["dataset_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

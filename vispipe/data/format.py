@@ -171,6 +171,14 @@ class DatasetInfo:
         """Splits that hold at least one image, in canonical order."""
         return [s for s in SPLITS if self.split_counts.get(s, 0) > 0]
 
+    def summary(self) -> dict[str, Any]:
+        """What the registry and `vispipe dataset create --json` report."""
+        return {
+            "dataset_dir": self.path, "classes": self.num_classes,
+            "split_counts": self.split_counts, "rejected": len(self.rejected),
+            "converted": len(self.converted), "duration_s": round(self.duration_s, 2),
+        }
+
     def shard_paths(self, split: str) -> list[str]:
         """Absolute shard paths of `split`; `ValueError` if it is empty."""
         if self.split_counts.get(split, 0) == 0:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from vispipe.configs import ImageOptions
 from vispipe.data.format import ImageInput
 from vispipe.evaluate.evaluator import predict_probabilities
-from vispipe.evaluate.plots import atomic_output
+from vispipe.fileio import atomic_path
 from vispipe.tables import format_table
 
 __all__ = [
@@ -355,7 +355,7 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str) -> str:
     header = ["path", "label", "predicted", "probability", "error"]
     for i in range(1, k + 1):
         header += [f"class_{i}", f"prob_{i}"]
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)

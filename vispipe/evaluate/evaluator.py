@@ -314,7 +314,7 @@ def evaluate_run(
     ```
     """
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-    from vispipe.data.pipeline import make_dataset
+    from vispipe.data.inputs import make_dataset
     from vispipe.train.run_folder import load_run_model, read_run_info
 
     run = read_run_info(run_dir)

@@ -22,21 +22,21 @@ write_metrics(result, "eval/")
 from __future__ import annotations
 
 import csv
-import json
 import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from vispipe.evaluate import metrics
-from vispipe.evaluate.plots import atomic_output, save_confusion_matrix, save_image_grid
+from vispipe.evaluate.plots import save_confusion_matrix, save_image_grid
+from vispipe.fileio import atomic_path, write_json_atomic
 from vispipe.evaluate.results import EvaluationResult, Predictions
 
 __all__ = ["write_tables_and_figures", "write_metrics"]
 
 
 def _write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -119,8 +119,5 @@ def write_tables_and_figures(result: EvaluationResult, predictions: Predictions,
 
 def write_metrics(result: EvaluationResult, out_dir: str) -> str:
     """Writes `metrics.json` (`result.to_json()`), last; returns its path."""
-    path = result.files["metrics"] = os.path.join(out_dir, "metrics.json")
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result.to_json(), f, indent=2)
-    return path
+    result.files["metrics"] = os.path.join(out_dir, "metrics.json")
+    return write_json_atomic(result.files["metrics"], result.to_json())

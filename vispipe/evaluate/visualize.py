@@ -27,7 +27,6 @@ for s in stats:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ import numpy as np
 from vispipe.configs import ImageOptions
 from vispipe.data.format import ImageInput
 from vispipe.evaluate.classify import load_for_inference
-from vispipe.evaluate.plots import atomic_output, save_histograms, save_tile_grid
+from vispipe.evaluate.plots import save_histograms, save_tile_grid
+from vispipe.fileio import write_json_atomic
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -295,12 +295,10 @@ def visualize(
         stats.append(_layer_stats(index, name, layer, value, out_dir, max_filters,
                                   draw_kernel=drawn < WEIGHT_GRID_LAYERS))
 
-    with atomic_output(os.path.join(out_dir, "layers.json")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({
-                "image": os.path.abspath(image_path),
-                "model": model.name,
-                "image_options": dataclasses.asdict(image_options),
-                "layers": [s.to_json() for s in stats],
-            }, f, indent=2)
+    write_json_atomic(os.path.join(out_dir, "layers.json"), {
+        "image": os.path.abspath(image_path),
+        "model": model.name,
+        "image_options": dataclasses.asdict(image_options),
+        "layers": [s.to_json() for s in stats],
+    })
     return stats

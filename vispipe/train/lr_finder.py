@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import read_dataset_info
-from vispipe.data.pipeline import make_dataset
+from vispipe.data.inputs import make_dataset
 from vispipe.models import build_classifier
 from vispipe.train.device import configure_device, seed_everything
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_lr_range_test
-from vispipe.train.run_folder import write_json_atomic
+from vispipe.fileio import write_json_atomic
 
 __all__ = ["SMOOTHING_BETA", "DIVERGENCE_FACTOR", "LRFinderResult", "find_lr", "suggest_lr"]
 

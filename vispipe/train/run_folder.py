@@ -16,7 +16,7 @@
 ```
 
 `status` is "running", "completed", "failed" (with "error") or
-"interrupted". Every file is written to a temporary name and renamed.
+"interrupted". Every file is written through `vispipe.fileio.atomic_path`.
 
 Example:
 
@@ -37,14 +37,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from vispipe.configs import WHICH_MODELS
+# write_json_atomic stays importable from here for the web UI until it imports vispipe.fileio.
+from vispipe.fileio import write_json_atomic, write_text_atomic
 from vispipe.train.run_info import RUN_FORMAT_VERSION, RunInfo
 
 __all__ = [
     "RunFolder",
     "CheckpointRef",
     "NotARunFolderError",
-    "write_json_atomic",
-    "write_text_atomic",
     "read_run_info",
     "upgrade_run_folder",
     "latest_checkpoint",
@@ -55,23 +55,6 @@ __all__ = [
 
 class NotARunFolderError(FileNotFoundError):
     """The folder has no `run.json`."""
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes `data` as indented JSON to `path` via a temporary file."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` via a temporary file."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ How a run proceeds:
   dropped) by the ranks left, with their new shards and, under `scale_lr`,
   the LR of the new replica count; a worker that joins gets rank 0's state
   at the next epoch end. `batch_size` stays the global batch: fewer ranks
-  take larger shares of it.
+  take larger shares of it. The registry entry is kept by the process that
+  opened the run (its host's registry): if that rank 0 is lost, the run
+  folder still completes and the entry stays "running".
 - Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
   re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
   reloads the latest checkpoint (model and optimizer state) and drops the
@@ -47,6 +49,7 @@ result = resume("runs/mnist", epochs=10)  # train 5 more epochs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -55,7 +58,7 @@ import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import keras
 import tensorflow as tf
@@ -64,9 +67,10 @@ import yaml
 from vispipe.config_io import validate_config
 from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
-from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
+from vispipe.data.inputs import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
+from vispipe.registry import Recording
 from vispipe.train.callbacks import (
     BestModelSaver,
     Checkpointer,
@@ -110,6 +114,8 @@ class TrainResult:
         images_per_s: Median training throughput over the epochs.
         duration_s: Wall time of this call.
         device: Where it trained, e.g. "GPU:0 (NVIDIA H100)" or "CPU".
+        is_chief: Whether this process wrote the run folder (rank 0, the
+            multi-worker chief, or the only process): the one that reports.
     """
 
     run_dir: str
@@ -121,6 +127,7 @@ class TrainResult:
     images_per_s: float
     duration_s: float
     device: str
+    is_chief: bool = True
 
 
 @dataclass
@@ -135,8 +142,8 @@ class _Session:
     device: DeviceInfo
     steps: int
     progress: bool
-    registry_id: int | None
     replicas: Replicas = field(default_factory=Replicas)
+    entry: Recording = field(default_factory=lambda: Recording(None))  # The registry's.
     train_records: tf.data.Dataset | None = None
 
     @property
@@ -288,13 +295,10 @@ def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callback
     if not session.replicas.elastic:
         _fit_epochs(model, session, start_epoch, extra_callbacks)
         return
-    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False,
-                                           registry_id=session.registry_id)
+    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False)
 
     def attempt(state: State) -> None:
-        # After the sync: a new rank 0 learns the registry entry, and an epoch
-        # that a lost worker cut short leaves no records.
-        session.registry_id = state.registry_id
+        # After the sync: an epoch that a lost worker cut short leaves no records.
         if session.replicas.is_chief:
             session.run.truncate_metrics(state.epoch)
         if not state.stopped:
@@ -380,29 +384,6 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
             break
 
 
-def _registry_finish(session: _Session, status: str, summary: dict[str, Any]) -> None:
-    if session.registry_id is None or not session.replicas.is_chief:
-        return
-    from vispipe.registry import Registry
-
-    try:
-        Registry.open().finish(session.registry_id, status, summary)
-    except sqlite3.Error as error:  # Bookkeeping only: never fail a run over it.
-        _log.warning("Could not update registry entry %s: %s", session.registry_id, error)
-
-
-def _registry_add(name: str, path: str, params: dict[str, Any]) -> int | None:
-    try:
-        from vispipe.registry import Registry
-    except ImportError:
-        return None
-    try:
-        return Registry.open().add("run", name, path, params)
-    except sqlite3.Error as error:
-        _log.warning("Could not add run %s to the registry: %s", path, error)
-        return None
-
-
 def _result(session: _Session, duration: float) -> TrainResult:
     history = session.run.read_metrics("epoch")
     vals = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
@@ -417,6 +398,7 @@ def _result(session: _Session, duration: float) -> TrainResult:
         images_per_s=float(statistics.median(rates)) if rates else 0.0,
         duration_s=duration,
         device=session.device.device,
+        is_chief=session.replicas.is_chief,
     )
 
 
@@ -446,7 +428,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
     run.update_info(status="completed", finished=_now(),
                     epochs_completed=result.epochs_completed, result=summary,
                     distributed=distributed)
-    _registry_finish(session, "completed", summary)
+    session.entry.summary = summary
     replicas.barrier()
     return result
 
@@ -462,14 +444,12 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
     except KeyboardInterrupt:
         if session.replicas.is_chief:
             info = run.update_info(status="interrupted", finished=_now())
-            _registry_finish(session, "interrupted",
-                             {"epochs_completed": info.epochs_completed})
+            session.entry.summary = {"epochs_completed": info.epochs_completed}
         raise
     except BaseException as error:
         if session.replicas.is_chief:
             run.update_info(status="failed", finished=_now(),
                             error=f"{type(error).__name__}: {error}")
-            _registry_finish(session, "failed", {"error": str(error)})
         raise
 
 
@@ -528,8 +508,8 @@ class _Start:
     resumed: RunInfo | None = None
 
 
-def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
-    """The set-up `train` and `resume` share: checks, replicas, data, model, run folder.
+def _prepare(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
+    """The set-up `train` and `resume` share: checks, replicas, data and model.
 
     Returns:
         `(model, session, start_epoch)`, the model compiled and distributed.
@@ -547,23 +527,55 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
-    registry_id = start.resumed.registry_id if start.resumed else None
     session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
-                       registry_id, replicas)
+                       replicas)
     checkpoint = run.latest_checkpoint() if start.resumed else None
     # Every rank has checked the folder, or read run.json and the checkpoint
     # pointer, before rank 0 writes them.
     replicas.barrier()
     model, start_epoch = _model(session, checkpoint)
-    if replicas.is_chief:
+    return model, session, start_epoch
+
+
+def _registry_entry(session: _Session, start: _Start) -> ContextManager[Recording]:
+    """The run's registry entry (new, or the resumed run's), kept by the process
+    that writes the run folder; bookkeeping never fails a run."""
+    if not session.replicas.is_chief:
+        return contextlib.nullcontext(Recording(None))
+    from vispipe.registry import Registry
+
+    params = {"dataset_dir": os.path.abspath(session.info.path),
+              "model": dataclasses.asdict(session.model_cfg),
+              "train": dataclasses.asdict(session.train_cfg)}
+    try:
+        registry = Registry.open()
+    except sqlite3.Error as error:
+        _log.warning("Run %s is not recorded in the registry: %s", session.run.path, error)
+        return contextlib.nullcontext(Recording(None))
+    return registry.recording("run", session.name, session.run.path, params, best_effort=True,
+                              entry_id=start.resumed.registry_id if start.resumed else None)
+
+
+def _open_run_folder(session: _Session, start: _Start, model: keras.Model,
+                     start_epoch: int) -> None:
+    """Rank 0 creates the run folder, or reopens the resumed one; every rank waits."""
+    if session.replicas.is_chief:
         if start.resumed is None:
-            session.registry_id = _new_run_folder(session)
+            _new_run_folder(session)
         else:
             _reopen_run_folder(session, start.resumed, start_epoch)
-            print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
-                  f"(step {_iterations(model)}).")
-    replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
-    return model, session, start_epoch
+            print(f"Resuming {session.run.path} at epoch {start_epoch + 1}/"
+                  f"{session.train_cfg.epochs} (step {_iterations(model)}).")
+    session.replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
+
+
+def _train(start: _Start, progress: bool, callbacks) -> TrainResult:
+    """`train` and `resume`: set up, record, open the run folder, train."""
+    model, session, start_epoch = _prepare(start, progress)
+    with _registry_entry(session, start) as entry:
+        session.entry = entry
+        _open_run_folder(session, start, model, start_epoch)
+        return _run(model, session, start_epoch, callbacks)
 
 
 def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.Model, int]:
@@ -593,14 +605,11 @@ def _write_config(session: _Session) -> None:
          "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
 
 
-def _new_run_folder(session: _Session) -> int | None:
-    """Creates the run folder's files; returns the registry id."""
+def _new_run_folder(session: _Session) -> None:
+    """Creates the run folder's files."""
     run, info = session.run, session.info
     model_cfg, train_cfg = session.model_cfg, session.train_cfg
     os.makedirs(run.checkpoint_dir, exist_ok=True)
-    registry_id = _registry_add(session.name, run.path, {
-        "dataset_dir": os.path.abspath(info.path), "model": dataclasses.asdict(model_cfg),
-        "train": dataclasses.asdict(train_cfg)})
     run.write_info(RunInfo(
         name=session.name,
         dataset_dir=os.path.abspath(info.path),
@@ -611,13 +620,12 @@ def _new_run_folder(session: _Session) -> int | None:
         train=train_cfg,
         created=_now(),
         steps_per_epoch=session.steps,
-        registry_id=registry_id,
+        registry_id=session.entry.id,
         device=session.device.to_json(),
     ))
     _write_config(session)
     write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
     write_text_atomic(run.metrics_path, "")
-    return registry_id
 
 
 def _reopen_run_folder(session: _Session, previous: RunInfo, start_epoch: int) -> None:
@@ -626,7 +634,7 @@ def _reopen_run_folder(session: _Session, previous: RunInfo, start_epoch: int) -
     session.run.write_info(dataclasses.replace(
         previous, status="running", error=None, finished=None, epochs_completed=start_epoch,
         train=session.train_cfg, steps_per_epoch=session.steps,
-        device=session.device.to_json()))
+        device=session.device.to_json(), registry_id=session.entry.id))
     _write_config(session)
 
 
@@ -673,8 +681,7 @@ def train(
     run = RunFolder(run_dir)
     start = _Start(run, dataset_dir, model_cfg, train_cfg,
                    name=name or os.path.basename(run.path))
-    model, session, start_epoch = _start(start, progress)
-    return _run(model, session, start_epoch, callbacks)
+    return _train(start, progress, callbacks)
 
 
 def resume(
@@ -724,5 +731,4 @@ def resume(
             f"epochs > {info.epochs_completed} to train it longer."
         )
     start = _Start(run, info.dataset_dir, info.model, train_cfg, name=info.name, resumed=info)
-    model, session, start_epoch = _start(start, progress)
-    return _run(model, session, start_epoch, callbacks)
+    return _train(start, progress, callbacks)
