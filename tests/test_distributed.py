@@ -31,7 +31,8 @@ from vispipe.cli import main
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
 from vispipe.registry import Registry
 from vispipe.train import train
-from vispipe.train.distributed import Replicas, ReplicaScaledSchedule, setup
+from vispipe.train.distributed import Replicas, setup
+from vispipe.train.schedules import ReplicaScaledSchedule
 from vispipe.train.run_folder import RunFolder
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")

@@ -40,6 +40,7 @@ from vispipe.cli_grammar import (
 from vispipe.config_io import ConfigError
 from vispipe.configs import RESIZE_MODES
 from vispipe.tables import format_table
+from vispipe.tensorflow_startup import quiet_tensorflow_startup
 
 __all__ = ["COMMAND_GROUP", "SETTINGS", "main", "build_parser"]
 
@@ -534,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vispipe` command; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_startup()
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     verb = " ".join(filter(None, (args.verb, getattr(args, "dataset_verb", None))))

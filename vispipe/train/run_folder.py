@@ -326,8 +326,6 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "final", *, compile:
     """
     import keras
 
-    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
     run = RunFolder(run_dir)
     info = run.read_run_info()
     if which not in WHICH_MODELS:

@@ -588,8 +588,6 @@ def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.M
             set_backbone_trainable(model, False)
         _compile(model, session, scale=1.0, step=0)
         return model, 0
-    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
     with replicas.scope():
         model = keras.models.load_model(checkpoint.path, compile=True)
     # Rebuilt rather than trusted: `epochs` may have changed the total.
