@@ -35,9 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vispipe.config_io import validate_config
-from vispipe.export import FORMATS
 from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
-from vispipe.export.options import COREML_WEIGHTS, TFJS_QUANTIZATIONS, ExportOptions
+from vispipe.export.options import COREML_WEIGHTS, FORMATS, TFJS_QUANTIZATIONS, ExportOptions
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
 from vispipe.fileio import atomic_path

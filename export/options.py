@@ -17,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 
 from vispipe.configs import SPLITS, WHICH_MODELS, choices
-from vispipe.export import FORMATS
 
-__all__ = ["COREML_WEIGHTS", "TFJS_QUANTIZATIONS", "ExportOptions"]
+__all__ = ["FORMATS", "COREML_WEIGHTS", "TFJS_QUANTIZATIONS", "ExportOptions"]
 
+FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
 COREML_WEIGHTS = ("float16", "int8")
 TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 
@@ -30,7 +30,7 @@ class ExportOptions:
     """Settings of `export_model` (defaults export and verify everything).
 
     Args:
-        formats: Formats to export, from `vispipe.export.FORMATS` (default: all).
+        formats: Formats to export, from `FORMATS` (default: all).
         name: Model name (default: the run's name).
         version: TF Serving version number.
         which: Run model to export: "final", "best" or "last".
