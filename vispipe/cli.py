@@ -92,6 +92,8 @@ def _dataset_create(args: argparse.Namespace) -> int:
         if value is not None:
             data[name] = value
     data["overwrite"] = args.overwrite
+    if args.data_root:
+        data["data_roots"] = args.data_root
     if args.size:
         data["image"]["height"], data["image"]["width"] = args.size
     for name in ("channels", "resize_mode", "encoding", "jpeg_quality"):
@@ -427,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--workers", type=int)
     create.add_argument("--seed", type=int)
     create.add_argument("--overwrite", action="store_true")
+    create.add_argument("--data-root", action="append", metavar="DIR",
+                        help="refuse files that resolve outside DIR (repeatable)")
     _add_set(create)
     _add_common(create)
     create.set_defaults(handler=_dataset_create)

@@ -91,6 +91,9 @@ class DatasetConfig:
         shard_size: Images per TFRecord shard.
         workers: Decode processes; 0 means one per CPU core.
         seed: Seed of the split and of the per-class subsampling.
+        data_roots: When given, every folder, list and image file must
+            resolve (symlinks followed) inside one of these folders; others
+            are refused. The web UI sets its data roots here.
     """
 
     output: str = ""
@@ -115,6 +118,7 @@ class DatasetConfig:
     workers: int = 0
     seed: int = 42
     overwrite: bool = False
+    data_roots: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -2,8 +2,11 @@
 // job polling, classify forms, LR preview, the network's layer graph and the TF.js
 // page. No dependencies; user text is only ever inserted with textContent, or in
 // the server's escaped layer-graph SVG, parsed as XML.
+// The pages hold no script (their Content-Security-Policy allows none inline):
+// each says what to run in <script type="application/json" id="page-data">, as
+// {"function": [arguments...]}, and every POST carries the page's CSRF token.
 "use strict";
-const vispipe = (() => {
+(() => {
   const COLORS = { loss: "#1f6feb", val_loss: "#d97706", val_accuracy: "#2e7d32", accuracy: "#7c3aed", lr: "#c62828" };
 
   function el(tag, attrs = {}, text = "") {
@@ -63,6 +66,12 @@ const vispipe = (() => {
       ctx.textAlign = "left"; ctx.fillRect(lx, 6, 10, 10); ctx.fillStyle = "#1d2430"; ctx.fillText(s.name, lx + 14, 15);
       lx += ctx.measureText(s.name).width + 30;
     }
+  }
+
+  // A POST from this page: its session's CSRF token goes along (the server refuses it without).
+  function post(url, body) {
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    return fetch(url, { method: "POST", body, headers: { "X-CSRF-Token": token } });
   }
 
   async function poll(url) {
@@ -145,7 +154,7 @@ const vispipe = (() => {
     const data = new FormData();
     data.append("image", blob, name);
     if (visualize) data.append("visualize", "1");
-    const r = await fetch(url, { method: "POST", body: data });
+    const r = await post(url, data);
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
     return body;
@@ -213,7 +222,7 @@ const vispipe = (() => {
       out.replaceChildren(el("p", { class: "muted" }, "Building the network…"));
       button.disabled = true;
       try {
-        const r = await fetch("/models/network-preview", { method: "POST", body: data });
+        const r = await post("/models/network-preview", data);
         const body = await r.json();
         if (!r.ok) { out.replaceChildren(el("p", { class: "error", role: "alert" }, Object.values(body.errors || {}).join("; ") || "HTTP " + r.status)); return; }
         const table = el("table", { class: "list", id: "network-layers" });
@@ -326,7 +335,7 @@ const vispipe = (() => {
         const data = new FormData();
         data.append("image", blob, name);
         data.append("top", String(probs.length));
-        const r = await fetch(serverUrl, { method: "POST", body: data });
+        const r = await post(serverUrl, data);
         const body = await r.json();
         if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
         if (body.error) throw new Error(body.error);
@@ -365,5 +374,34 @@ const vispipe = (() => {
     load().catch((err) => { browserOut.textContent = "Cannot load the model: " + err.message; });
   }
 
-  return { lineChart, followJob, reloadWhenDone, followRun, classifyForm, lrPreview, networkPreview, tfjsPage };
+  // Confusion-matrix cells shaded by their share of the row (data-share, 0 to 1).
+  function shadeShares(tableId) {
+    const table = document.getElementById(tableId);
+    if (!table) return;
+    for (const td of table.querySelectorAll("td[data-share]")) td.style.background = `rgba(31, 111, 235, ${(0.85 * td.dataset.share).toFixed(2)})`;
+  }
+
+  // What a page may ask for in its page data; ids are looked up here.
+  const byId = (id) => document.getElementById(id);
+  const PAGE_FUNCTIONS = {
+    followJob, reloadWhenDone, followRun, tfjsPage, shadeShares,
+    classifyForm: (formId, url, outId) => classifyForm(byId(formId), url, byId(outId)),
+    lrPreview: (formId, canvasId) => lrPreview(byId(formId), byId(canvasId)),
+    networkPreview: (formId, buttonId, outId) => networkPreview(byId(formId), byId(buttonId), byId(outId)),
+    reloadAfter: (ms) => setTimeout(() => location.reload(), ms),
+  };
+
+  function start() {
+    const data = JSON.parse(byId("page-data").textContent);
+    for (const [name, args] of Object.entries(data)) PAGE_FUNCTIONS[name](...args);
+    document.addEventListener("submit", (e) => {
+      const question = e.target.dataset.confirm;
+      if (question && !confirm(question)) e.preventDefault();
+    });
+    document.addEventListener("click", (e) => {
+      if (e.target.closest("[data-back]") && history.length > 1) { e.preventDefault(); history.back(); }
+    });
+  }
+
+  start();
 })();
