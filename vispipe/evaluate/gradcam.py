@@ -49,6 +49,7 @@ __all__ = [
     "find_target_layer",
     "overlay_heatmap",
     "save_overlay",
+    "overlay_png",
     "heatmap_peak",
     "LocalisationResult",
     "paste_into_canvas",
@@ -392,6 +393,18 @@ def overlay_heatmap(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45)
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
+def _overlay_picture(image: np.ndarray, heatmap: np.ndarray, scale: int, alpha: float):
+    from PIL import Image
+
+    rgb = overlay_heatmap(image, heatmap, alpha)
+    factor = scale or max(1, -(-128 // rgb.shape[0]))
+    picture = Image.fromarray(rgb)
+    if factor > 1:
+        picture = picture.resize((rgb.shape[1] * factor, rgb.shape[0] * factor),
+                                 Image.Resampling.NEAREST)
+    return picture
+
+
 def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, *,
                  scale: int = 0, alpha: float = 0.45) -> str:
     """Writes `overlay_heatmap(image, heatmap)` as a PNG (upscaled small images).
@@ -405,19 +418,22 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: str, *,
     Returns:
         `path`.
     """
-    from PIL import Image
-
-    rgb = overlay_heatmap(image, heatmap, alpha)
-    factor = scale or max(1, -(-128 // rgb.shape[0]))
-    picture = Image.fromarray(rgb)
-    if factor > 1:
-        picture = picture.resize((rgb.shape[1] * factor, rgb.shape[0] * factor),
-                                 Image.Resampling.NEAREST)
+    picture = _overlay_picture(image, heatmap, scale, alpha)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.partial.png"
     picture.save(tmp)
     os.replace(tmp, path)
     return path
+
+
+def overlay_png(image: np.ndarray, heatmap: np.ndarray, *, scale: int = 0,
+                alpha: float = 0.45) -> bytes:
+    """`save_overlay`'s PNG as bytes (for a web page or an API)."""
+    import io
+
+    buffer = io.BytesIO()
+    _overlay_picture(image, heatmap, scale, alpha).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def heatmap_peak(heatmap: np.ndarray) -> tuple[int, int]:
