@@ -102,3 +102,24 @@ def test_dataset_page_reports_the_imbalance(client, runs):
     train_class, train_ratio = ratios[0]
     assert train_class == "warn" and float(train_ratio) >= 4
     assert 'id="imbalance-note"' in html and "train.class_weight: auto" in html
+
+
+def test_a_runs_likely_mislabels_are_written_to_fix_labels_from(runs, monkeypatch):
+    import csv
+    import os
+
+    from vispipe.evaluate.mislabels import run_label_issues
+    from vispipe.registry import Registry
+
+    monkeypatch.setenv("VISPIPE_HOME", runs.home)
+    run_dir = Registry.open().get(runs.run_ids[1]).path
+    issues = run_label_issues(run_dir, folds=2, epochs=1, progress=False)
+    folder = os.path.join(run_dir, "mislabels")
+    with open(os.path.join(folder, "label_issues.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(issues.issues) and issues.num_images > 150
+    assert all(r["filename"].endswith(".png") and r["new_label"] == "" for r in rows)
+    assert len(os.listdir(os.path.join(folder, "images"))) == len(rows)
+    assert os.path.isfile(os.path.join(folder, "label_issues.png"))
+    with open(os.path.join(folder, "label_issues.json")) as f:
+        assert json.load(f)["num_images"] == issues.num_images
