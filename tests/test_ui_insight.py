@@ -123,3 +123,28 @@ def test_a_runs_likely_mislabels_are_written_to_fix_labels_from(runs, monkeypatc
     assert os.path.isfile(os.path.join(folder, "label_issues.png"))
     with open(os.path.join(folder, "label_issues.json")) as f:
         assert json.load(f)["num_images"] == issues.num_images
+
+
+def test_mislabels_page_shows_the_images_and_offers_the_csv(client, runs):
+    from vispipe.registry import Registry
+
+    run_id = runs.run_ids[1]  # Searched by the test above.
+    html = client.get(f"/runs/{run_id}/mislabels").text
+    flagged = int(re.search(r"<strong>(\d+)</strong> of \d+ images flagged", html).group(1))
+    assert html.count('<img class="sample"') == min(flagged, 200)
+    assert client.get(f"/runs/{run_id}/mislabels/image/1.png").headers["content-type"] == \
+        "image/png"
+    assert client.get(f"/runs/{run_id}/mislabels/image/0.png").status_code == 404
+    csv_response = client.get(f"/runs/{run_id}/mislabels.csv")
+    assert csv_response.text.startswith("rank,filename,given_label,suggested_label")
+    assert client.get(f"/runs/{runs.run_ids[0]}/mislabels.csv").status_code == 404
+    assert 'href="/runs/%d/mislabels"' % run_id in client.get(f"/runs/{run_id}").text
+
+    assert client.post(f"/runs/{run_id}/mislabels", data={"folds": "1"}).status_code == 400
+    response = client.post(f"/runs/{run_id}/mislabels", data={"folds": "4", "epochs": "2"},
+                           follow_redirects=False)
+    assert response.status_code == 303
+    (job,) = [e for e in Registry.open().list("job") if e.params["verb"] == "mislabels"]
+    assert job.params["argv"][:3] == ["mislabels", "--run", Registry.open().get(run_id).path]
+    assert "mislabels.folds=4" in job.params["argv"]
+    assert "Search again" in client.get(f"/runs/{run_id}/mislabels").text

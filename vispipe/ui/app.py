@@ -25,8 +25,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from vispipe.ui import (pages_classify, pages_compare, pages_datasets, pages_home, pages_models,
-                        pages_runs)
+from vispipe.ui import (pages_classify, pages_compare, pages_datasets, pages_home,
+                        pages_mislabels, pages_models, pages_runs)
 from vispipe.ui.jobs import JobQueue
 from vispipe.ui.security import RequestGuard, require_csrf
 from vispipe.ui.settings import UISettings, UnsafeInputError
@@ -100,6 +100,6 @@ def create_app(settings: UISettings, *, start_jobs: bool = True) -> FastAPI:
         return FileResponse(TFJS_FILE, media_type="text/javascript")
 
     for module in (pages_home, pages_datasets, pages_models, pages_runs, pages_classify,
-                   pages_compare):
+                   pages_compare, pages_mislabels):
         app.include_router(module.router)
     return app
