@@ -25,7 +25,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from vispipe.ui import pages_classify, pages_datasets, pages_home, pages_models, pages_runs
+from vispipe.ui import (pages_classify, pages_compare, pages_datasets, pages_home,
+                        pages_mislabels, pages_models, pages_runs)
 from vispipe.ui.jobs import JobQueue
 from vispipe.ui.security import RequestGuard, require_csrf
 from vispipe.ui.settings import UISettings, UnsafeInputError
@@ -98,6 +99,7 @@ def create_app(settings: UISettings, *, start_jobs: bool = True) -> FastAPI:
                 "TF.js is not installed: run `bash vispipe/ui/js/install.sh`.", status_code=404)
         return FileResponse(TFJS_FILE, media_type="text/javascript")
 
-    for module in (pages_home, pages_datasets, pages_models, pages_runs, pages_classify):
+    for module in (pages_home, pages_datasets, pages_models, pages_runs, pages_classify,
+                   pages_compare, pages_mislabels):
         app.include_router(module.router)
     return app

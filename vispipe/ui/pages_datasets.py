@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import os
 
 import numpy as np
@@ -179,8 +180,27 @@ def dataset_page(request: Request, entry_id: int):
     samples = [(label, name, min(SAMPLES_PER_CLASS, info.class_counts.get(split, {}).get(name, 0)))
                for label, name in enumerate(info.classes[:SAMPLE_CLASSES])] if split else []
     return render(request, "dataset.html", entry=entry, info=info, problem=problem, job=job,
+                  imbalance=_imbalance(info) if info else {},
                   log=log_tail(job) if job else "", split=split, samples=samples,
                   more_classes=max(0, len(info.classes) - SAMPLE_CLASSES) if info else 0)
+
+
+# A split whose largest class has this many times the images of its smallest
+# gets the page's advice on class weights.
+IMBALANCE_WARNING = 3.0
+
+
+def _imbalance(info) -> dict[str, tuple[str, bool]]:
+    """Per split: largest / smallest class count as text ("20.0x"), and whether to warn."""
+    from vispipe.data.balance import class_counts_of, imbalance_ratio
+
+    shown = {}
+    for split in info.splits:
+        if split in info.class_counts:
+            ratio = imbalance_ratio(class_counts_of(info, split))
+            text = "a class has no image" if math.isinf(ratio) else f"{ratio:.1f}x"
+            shown[split] = (text, ratio >= IMBALANCE_WARNING)
+    return shown
 
 
 def _sample_split(info) -> str | None:

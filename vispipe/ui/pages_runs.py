@@ -157,7 +157,8 @@ async def classify_one(request: Request, entry_id: int, image: UploadFile):
     """The most probable classes of one uploaded image (JSON).
 
     Form fields: `top` (classes to return, default 5; the TF.js page asks
-    for all of them) and `visualize=1` (adds per-layer statistics).
+    for all of them), `visualize=1` (adds per-layer statistics) and
+    `explain=1` (adds a Grad-CAM overlay for the top class, as a data URL).
     """
     settings = request.app.state.settings
     entry = load_entry(entry_id, "run")
@@ -168,11 +169,29 @@ async def classify_one(request: Request, entry_id: int, image: UploadFile):
         raise HTTPException(400, f"top: {errors['top']}.")
     data = await read_limited(image, settings.max_upload_bytes)
     return await asyncio.to_thread(_classify_sync, entry.path, image.filename, data, settings,
-                                   top, bool(form.get("visualize")))
+                                   top, bool(form.get("visualize")), bool(form.get("explain")))
+
+
+def _explain(model, path: str, run_dir: str) -> dict:
+    """Grad-CAM of the top class over the image, as the page shows it."""
+    import base64
+
+    from vispipe.data.images import load_image
+    from vispipe.evaluate.classify import run_image_options
+    from vispipe.evaluate.gradcam import GradCam, overlay_png
+
+    image, _ = load_image(path, run_image_options(run_dir))
+    try:
+        result = GradCam(model)(image[None])
+    except ValueError as error:  # A network without a spatial layer.
+        return {"error": str(error)}
+    png = overlay_png(image, result.heatmaps[0])
+    return {"image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            "layer": result.layer, "class_id": int(result.class_ids[0])}
 
 
 def _classify_sync(run_dir: str, filename: str | None, data: bytes, settings, top: int,
-                   with_layers: bool) -> JSONResponse:
+                   with_layers: bool, explain: bool = False) -> JSONResponse:
     from vispipe.evaluate.classify import classify, run_image_options
 
     path = save_image(filename, data, settings)  # Decoding checks stay off the event loop.
@@ -186,6 +205,8 @@ def _classify_sync(run_dir: str, filename: str | None, data: bytes, settings, to
                           image_options=run_image_options(run_dir), progress=False)[0]
     body = {"top": prediction.top, "error": prediction.error, "note": prediction.note,
             "ms": round(1000 * (time.perf_counter() - started), 1)}
+    if explain and not prediction.error:
+        body["gradcam"] = _explain(model, path, run_dir)
     if with_layers and not prediction.error:
         from vispipe.evaluate import visualize
 

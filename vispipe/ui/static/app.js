@@ -150,10 +150,11 @@
     if (extra) target.appendChild(el("p", { class: "muted" }, extra));
   }
 
-  async function classifyBlob(url, blob, name, visualize) {
+  async function classifyBlob(url, blob, name, visualize, explain) {
     const data = new FormData();
     data.append("image", blob, name);
     if (visualize) data.append("visualize", "1");
+    if (explain) data.append("explain", "1");
     const r = await post(url, data);
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
@@ -168,9 +169,19 @@
       if (!file) return;
       out.textContent = "Classifying…";
       try {
-        const body = await classifyBlob(url, file, file.name, form.querySelector("[name=visualize]").checked);
+        const explain = form.querySelector("[name=explain]");
+        const body = await classifyBlob(url, file, file.name, form.querySelector("[name=visualize]").checked,
+                                        explain && explain.checked);
         if (body.error) { out.textContent = body.error; return; }
         showTop(out, "Top predictions for " + file.name, body.top, `${body.ms} ms` + (body.note ? " · " + body.note : ""));
+        if (body.gradcam) {
+          const fig = el("figure", { class: "gradcam" });
+          if (body.gradcam.image) {
+            fig.appendChild(el("img", { src: body.gradcam.image, id: "gradcam-image", alt: "Grad-CAM heat map over the image" }));
+            fig.appendChild(el("figcaption", { class: "muted" }, `Where the model looks for "${body.top[0][0]}" (Grad-CAM at layer ${body.gradcam.layer})`));
+          } else fig.appendChild(el("figcaption", { class: "muted" }, body.gradcam.error));
+          out.appendChild(fig);
+        }
         if (body.layers) {
           const t = el("table", { class: "list" }); const head = el("tr");
           for (const h of ["layer", "activation shape", "mean", "std", "params"]) head.appendChild(el("th", {}, h));
@@ -381,10 +392,20 @@
     for (const td of table.querySelectorAll("td[data-share]")) td.style.background = `rgba(31, 111, 235, ${(0.85 * td.dataset.share).toFixed(2)})`;
   }
 
+  // The compare page: one chart per metric, one line per model (its colour), and
+  // the colour swatches of the table headers.
+  function compareRuns(runs, canvases) {
+    for (const [metric, id] of Object.entries(canvases)) {
+      const series = runs.map((r) => ({ name: r.name, color: r.color, points: r.curves[metric] || [] }));
+      lineChart(byId(id), series, { empty: "No " + metric.replace("_", " ") + " recorded." });
+    }
+    for (const swatch of document.querySelectorAll(".swatch[data-color]")) swatch.style.background = swatch.dataset.color;
+  }
+
   // What a page may ask for in its page data; ids are looked up here.
   const byId = (id) => document.getElementById(id);
   const PAGE_FUNCTIONS = {
-    followJob, reloadWhenDone, followRun, tfjsPage, shadeShares,
+    followJob, reloadWhenDone, followRun, tfjsPage, shadeShares, compareRuns,
     classifyForm: (formId, url, outId) => classifyForm(byId(formId), url, byId(outId)),
     lrPreview: (formId, canvasId) => lrPreview(byId(formId), byId(canvasId)),
     networkPreview: (formId, buttonId, outId) => networkPreview(byId(formId), byId(buttonId), byId(outId)),
