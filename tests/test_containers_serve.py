@@ -37,9 +37,9 @@ from k8s_podman import (Volumes, base_image, build_image, find, free_ports, host
                         image_size, run_container, run_once, wait_for)
 from vispipe.cli import main
 from vispipe.deploy import render
+from vispipe.serving import ModelSpec, ServerConfig
 from vispipe.serving.app import create_app
 from vispipe.serving.cli import add_serve_parser, config_from_args
-from vispipe.serving.config import ModelSpec, ServerConfig
 
 # What the serving image must not hold (training, datasets, plotting, export
 # converters, the UI) and the goal for everything beside TensorFlow itself.
@@ -63,11 +63,11 @@ def mnist_export(mnist_archive, tmp_path_factory):
     extract_subset(mnist_archive, str(root / "src"), per_class=20)
     digits = root / "src" / "mnist-png"
     assert main(["dataset", "create", "--train-dir", str(digits / "train"), "--test-dir",
-                 str(digits / "test"), "--output", str(root / "ds"), "--size", "28x28",
+                 str(digits / "test"), "--out", str(root / "ds"), "--size", "28x28",
                  "--channels", "1", "--val-percent", "20", "--quiet"]) == 0
-    assert main(["train", "--dataset", str(root / "ds"), "--out", str(root / "run"),
+    assert main(["train", "--dataset", str(root / "ds"), "--run", str(root / "run"),
                  "--model", "lenet", "--epochs", "2", "--quiet"]) == 0
-    assert main(["export", str(root / "run"), "--formats", "savedmodel",
+    assert main(["export", "--run", str(root / "run"), "--formats", "savedmodel",
                  "--out", str(root / "export")]) == 0
     (saved_model,) = glob.glob(str(root / "export" / "**" / "saved_model.pb"), recursive=True)
     model_dir = os.path.dirname(os.path.dirname(saved_model))  # <model>/<version>/saved_model.pb

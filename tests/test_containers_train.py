@@ -55,7 +55,7 @@ def mnist_dataset(mnist_archive, tmp_path_factory) -> str:
     extract_subset(mnist_archive, str(root), per_class=40, splits=("train",))
     out = root / "ds"
     assert main(["dataset", "create", "--source", str(root / "mnist-png" / "train"),
-                 "--output", str(out), "--size", "28x28", "--channels", "1",
+                 "--out", str(out), "--size", "28x28", "--channels", "1",
                  "--val-percent", "20", "--quiet"]) == 0
     return str(out)
 
@@ -90,8 +90,8 @@ def test_the_training_job_completes_a_short_run(train_image, mnist_dataset, tmp_
     finally:
         job.remove()
     run = RunFolder(host_path(pod, volumes, env["VISPIPE_RUN_DIR"]))
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 2
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 2
     assert os.path.isfile(run.model_path)
     assert os.stat(run.info_path).st_uid == pod["securityContext"]["runAsUser"]
     assert os.path.isdir(host_path(pod, volumes, env["VISPIPE_HOME"]))  # the registry
@@ -224,7 +224,7 @@ def test_the_mpijob_trains_across_containers_survives_a_lost_worker_and_resumes(
               f"launcher exited {code} {time.monotonic() - killed:.1f} s later")
         wait_for(lambda: job.ranks_in(job.workers[0]) == set(), 60,
                  "rank 0 to end with the job")
-        assert run.read_info()["status"] != "completed"
+        assert run.read_run_info().status != "completed"
         killed_at = run.latest_checkpoint().epoch
         assert killed_at < epochs
 
@@ -243,9 +243,9 @@ def test_the_mpijob_trains_across_containers_survives_a_lost_worker_and_resumes(
         for launcher in launchers:
             launcher.remove()
         job.remove()
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == epochs
-    assert info["distributed"]["mode"] == "horovod" and info["distributed"]["size"] == 2
-    digests = info["distributed"]["weight_digests"]
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == epochs
+    assert info.distributed["mode"] == "horovod" and info.distributed["size"] == 2
+    digests = info.distributed["weight_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, epochs + 1))
