@@ -153,9 +153,15 @@ class ModelConfig:
         name: A zoo network (see `vispipe models`) or `"custom"`.
         custom_path: For `"custom"`: a `.py` file defining
             `build(input_shape, num_classes)`, or a saved `.keras` model.
-        weights: Initialise from a local weights file (`.weights.h5`,
-            `.keras`) or an earlier run folder; layers are matched by name
-            and shape, the classifier head is skipped when it differs.
+        weights: Initialise from `"imagenet"` (keras.applications' weights,
+            for the networks `vispipe models` marks; the model then
+            normalizes its input as those weights expect), a local weights
+            file (`.weights.h5`, `.keras`) or an earlier run folder; layers
+            are matched by name and shape, the classifier head is skipped
+            when it differs.
+        weights_dir: Folder holding keras.applications weight files for
+            air-gapped machines (default `$VISPIPE_WEIGHTS_DIR`; otherwise
+            the Keras cache `$KERAS_HOME/models`, downloading if needed).
         freeze_epochs: Train only the head for this many epochs first.
         finetune_lr_factor: LR multiplier once the backbone is unfrozen.
         dropout: Dropout rate before the classifier, where the network has one.
@@ -165,6 +171,7 @@ class ModelConfig:
     name: str = "lenet"
     custom_path: str = ""
     weights: str = ""
+    weights_dir: str = ""
     freeze_epochs: int = 0
     finetune_lr_factor: float = 0.1
     dropout: float = 0.0
