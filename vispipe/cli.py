@@ -153,15 +153,19 @@ def _dataset_info(args: argparse.Namespace) -> int:
 # --- models ------------------------------------------------------------------
 
 def _models(args: argparse.Namespace) -> int:
-    from vispipe.models import list_models
+    from vispipe.models import IMAGENET_NETWORKS, list_models
 
     specs = list_models()
     if args.json:
-        _print_json({"models": [dataclasses.asdict(s) for s in specs]})
+        _print_json({"models": [{**dataclasses.asdict(s),
+                                 "imagenet_weights": s.name in IMAGENET_NETWORKS}
+                                for s in specs]})
         return 0
-    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size, s.description]
-            for s in specs]
-    print(format_table(rows, ["name", "input", "min size", "description"]))
+    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size,
+             "yes" if s.name in IMAGENET_NETWORKS else "-", s.description] for s in specs]
+    print(format_table(rows, ["name", "input", "min size", "ImageNet weights", "description"]))
+    print("\nStart from ImageNet with --weights imagenet (files from keras.applications; "
+          "offline: --weights-dir DIR).")
     return 0
 
 
@@ -179,6 +183,7 @@ def _model_and_train(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
         data["train"].setdefault("lr", {})
     flags = {
         ("model", "name"): args.model, ("model", "weights"): args.weights,
+        ("model", "weights_dir"): args.weights_dir,
         ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
         ("train", "optimizer"): args.optimizer, ("train", "seed"): args.seed,
         ("train", "distributed"): args.distributed,
@@ -382,7 +387,9 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with model: and train: sections")
     parser.add_argument("--model", help="network name (see `vispipe models`)")
-    parser.add_argument("--weights", help="initialise from a weights file or run folder")
+    parser.add_argument("--weights", help="initialise from 'imagenet', a weights file or a run folder")
+    parser.add_argument("--weights-dir", help="folder with keras.applications weight files "
+                        "(offline machines; default $VISPIPE_WEIGHTS_DIR, then the Keras cache)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer")
