@@ -82,7 +82,12 @@ from vispipe.train.device import DeviceInfo, configure_device, seed_everything
 from vispipe.train.distributed import COMPRESSIONS, MODES, Replicas, setup
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
-from vispipe.train.run_folder import RUN_FORMAT_VERSION, RunFolder, write_text_atomic
+from vispipe.train.run_folder import (
+    RUN_FORMAT_VERSION,
+    CheckpointRef,
+    RunFolder,
+    write_text_atomic,
+)
 from vispipe.train.schedules import make_schedule, validate_policy
 
 if TYPE_CHECKING:
@@ -282,11 +287,6 @@ def _lr_scale(model_cfg: ModelConfig, epoch: int) -> float:
     if model_cfg.freeze_epochs and epoch >= model_cfg.freeze_epochs:
         return model_cfg.finetune_lr_factor
     return 1.0
-
-
-def _setup(cfg: TrainConfig) -> Replicas:
-    return setup(cfg.distributed, compression=cfg.gradient_compression,
-                 elastic=cfg.elastic)
 
 
 def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks) -> None:
@@ -510,6 +510,136 @@ def _check_new_run_folder(run: RunFolder) -> None:
         )
 
 
+@dataclass
+class _Start:
+    """How a training call starts: a new run, or a resumed one.
+
+    Attributes:
+        run: The run folder.
+        dataset_dir: The dataset to train on.
+        model_cfg: The network.
+        train_cfg: The solver (for a resumed run, with the new epoch count).
+        name: Run name.
+        resumed: For `resume`, the run's `run.json` as it was; None for a new run.
+    """
+
+    run: RunFolder
+    dataset_dir: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    name: str
+    resumed: dict[str, Any] | None = None
+
+
+def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
+    """The set-up `train` and `resume` share: checks, replicas, data, model, run folder.
+
+    Returns:
+        `(model, session, start_epoch)`, the model compiled and distributed.
+    """
+    run, model_cfg, train_cfg = start.run, start.model_cfg, start.train_cfg
+    _check_settings(model_cfg, train_cfg)
+    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression,
+                     elastic=train_cfg.elastic)
+    if start.resumed is None and (replicas.is_chief or not replicas.elastic):
+        # A worker that joins an elastic job later finds rank 0's folder.
+        _check_new_run_folder(run)
+    info = read_dataset_info(start.dataset_dir)
+    steps = _steps_per_epoch(info, train_cfg, replicas)
+    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
+    make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
+    seed_everything(train_cfg.seed)
+    device = configure_device(train_cfg.mixed_precision)
+    registry_id = start.resumed.get("registry_id") if start.resumed else None
+    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
+                       replicas)
+    checkpoint = run.latest_checkpoint() if start.resumed else None
+    # Every rank has checked the folder, or read run.json and the checkpoint
+    # pointer, before rank 0 writes them.
+    replicas.barrier()
+    model, start_epoch = _model(session, checkpoint)
+    if replicas.is_chief:
+        if start.resumed is None:
+            session.registry_id = _new_run_folder(session, start.name)
+        else:
+            _reopen_run_folder(session, start.resumed, start_epoch)
+            print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
+                  f"(step {_iterations(model)}).")
+    replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
+    return model, session, start_epoch
+
+
+def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.Model, int]:
+    """A new compiled model (epoch 0), or the checkpoint's, with its epoch."""
+    model_cfg, replicas = session.model_cfg, session.replicas
+    if checkpoint is None:
+        with replicas.scope():
+            model = build_classifier(model_cfg, session.info, session.train_cfg.normalization)
+        if model_cfg.freeze_epochs:
+            set_backbone_trainable(model, False)
+        _compile(model, session, scale=1.0, step=0)
+        return model, 0
+    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
+
+    with replicas.scope():
+        model = keras.models.load_model(checkpoint.path, compile=True)
+    # Rebuilt rather than trusted: `epochs` may have changed the total.
+    model.optimizer.learning_rate = _schedule(session,
+                                              _lr_scale(model_cfg, checkpoint.epoch - 1))
+    replicas.distribute_model(model)
+    return model, checkpoint.epoch
+
+
+def _write_config(session: _Session) -> None:
+    write_text_atomic(session.run.file("config.yaml"), yaml.safe_dump(
+        {"model": dataclasses.asdict(session.model_cfg),
+         "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
+
+
+def _new_run_folder(session: _Session, name: str) -> int | None:
+    """Creates the run folder's files; returns the registry id."""
+    run, info = session.run, session.info
+    model_dict = dataclasses.asdict(session.model_cfg)
+    train_dict = dataclasses.asdict(session.train_cfg)
+    os.makedirs(run.checkpoint_dir, exist_ok=True)
+    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
+                                                 "model": model_dict, "train": train_dict})
+    run.write_info({
+        "version": RUN_FORMAT_VERSION,
+        "name": name,
+        "status": "running",
+        "dataset_dir": os.path.abspath(info.path),
+        "classes": list(info.classes),
+        "image_shape": list(info.image_shape),
+        "model": model_dict,
+        "train": train_dict,
+        "preprocess": _preprocess_info(info, train_dict["normalization"]),
+        "device": session.device.to_json(),
+        "steps_per_epoch": session.steps,
+        "registry_id": registry_id,
+        "created": _now(),
+        "finished": None,
+        "epochs_completed": 0,
+        "result": {},
+    })
+    _write_config(session)
+    write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
+    write_text_atomic(run.metrics_path, "")
+    return registry_id
+
+
+def _reopen_run_folder(session: _Session, previous: dict[str, Any], start_epoch: int) -> None:
+    """Marks a resumed run running again and drops the records after its checkpoint."""
+    run = session.run
+    run.truncate_metrics(start_epoch)
+    info_data = {k: v for k, v in previous.items() if k != "error"}
+    info_data.update(status="running", finished=None, epochs_completed=start_epoch,
+                     train=dataclasses.asdict(session.train_cfg),
+                     steps_per_epoch=session.steps, device=session.device.to_json())
+    run.write_info(info_data)
+    _write_config(session)
+
+
 def train(
     dataset_dir: str,
     run_dir: str,
@@ -551,65 +681,10 @@ def train(
     ```
     """
     run = RunFolder(run_dir)
-    _check_settings(model_cfg, train_cfg)
-    replicas = _setup(train_cfg)
-    if replicas.is_chief or not replicas.elastic:
-        # A worker that joins an elastic job later finds rank 0's folder.
-        _check_new_run_folder(run)
-    info = read_dataset_info(dataset_dir)
-    steps = _steps_per_epoch(info, train_cfg, replicas)
-    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
-    make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
-    seed_everything(train_cfg.seed)
-    device = configure_device(train_cfg.mixed_precision)
-    with replicas.scope():
-        model = build_classifier(model_cfg, info, train_cfg.normalization)
-    # Every rank has checked the folder before rank 0 creates it.
-    replicas.barrier()
-
-    name = name or os.path.basename(run.path)
-    model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
-    registry_id = None
-    if replicas.is_chief:
-        registry_id = _new_run_folder(run, info, name, model_dict, train_dict, device, steps)
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
-                       replicas)
-    if model_cfg.freeze_epochs:
-        set_backbone_trainable(model, False)
-    _compile(model, session, scale=1.0, step=0)
-    replicas.barrier()  # The run folder exists for every rank.
-    return _run(model, session, 0, callbacks)
-
-
-def _new_run_folder(run: RunFolder, info: DatasetInfo, name: str, model_dict: dict,
-                    train_dict: dict, device: DeviceInfo, steps: int) -> int | None:
-    """Creates the run folder's files; returns the registry id."""
-    os.makedirs(run.checkpoint_dir, exist_ok=True)
-    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
-                                                 "model": model_dict, "train": train_dict})
-    run.write_info({
-        "version": RUN_FORMAT_VERSION,
-        "name": name,
-        "status": "running",
-        "dataset_dir": os.path.abspath(info.path),
-        "classes": list(info.classes),
-        "image_shape": list(info.image_shape),
-        "model": model_dict,
-        "train": train_dict,
-        "preprocess": _preprocess_info(info, train_dict["normalization"]),
-        "device": device.to_json(),
-        "steps_per_epoch": steps,
-        "registry_id": registry_id,
-        "created": _now(),
-        "finished": None,
-        "epochs_completed": 0,
-        "result": {},
-    })
-    write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
-        {"model": model_dict, "train": train_dict}, sort_keys=False))
-    write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
-    write_text_atomic(run.metrics_path, "")
-    return registry_id
+    start = _Start(run, dataset_dir, model_cfg, train_cfg,
+                   name=name or os.path.basename(run.path))
+    model, session, start_epoch = _start(start, progress)
+    return _run(model, session, start_epoch, callbacks)
 
 
 def resume(
@@ -661,46 +736,7 @@ def resume(
             f"Run {run.path!r} is already complete ({done_epochs} epochs); pass "
             f"epochs > {done_epochs} to train it longer."
         )
-    _check_settings(model_cfg, train_cfg)
-    replicas = _setup(train_cfg)
-    info = read_dataset_info(data["dataset_dir"])
-    steps = _steps_per_epoch(info, train_cfg, replicas)
-    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
-    seed_everything(train_cfg.seed)
-    device = configure_device(train_cfg.mixed_precision)
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress,
-                       data.get("registry_id"), replicas)
-
-    ref = run.latest_checkpoint()
-    # Every rank has read run.json and the checkpoint pointer before rank 0 rewrites them.
-    replicas.barrier()
-    if ref is None:
-        start_epoch = 0
-        with replicas.scope():
-            model = build_classifier(model_cfg, info, train_cfg.normalization)
-        if model_cfg.freeze_epochs:
-            set_backbone_trainable(model, False)
-        _compile(model, session, scale=1.0, step=0)
-    else:
-        import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
-        start_epoch = ref.epoch
-        with replicas.scope():
-            model = keras.models.load_model(ref.path, compile=True)
-        # Rebuilt rather than trusted: `epochs` may have changed the total.
-        model.optimizer.learning_rate = _schedule(session, _lr_scale(model_cfg, start_epoch - 1))
-        replicas.distribute_model(model)
-    if replicas.is_chief:
-        run.truncate_metrics(start_epoch)
-        info_data = {k: v for k, v in data.items() if k != "error"}
-        info_data.update(status="running", finished=None, epochs_completed=start_epoch,
-                         train=dataclasses.asdict(train_cfg), steps_per_epoch=steps,
-                         device=device.to_json())
-        run.write_info(info_data)
-        write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
-            {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
-            sort_keys=False))
-        print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
-              f"(step {_iterations(model)}).")
-    replicas.barrier()  # Metrics truncated before any rank reads them.
+    start = _Start(run, data["dataset_dir"], model_cfg, train_cfg, name=data.get("name", ""),
+                   resumed=data)
+    model, session, start_epoch = _start(start, progress)
     return _run(model, session, start_epoch, callbacks)
