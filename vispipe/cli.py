@@ -184,6 +184,8 @@ def _model_and_train(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
     flags = {
         ("model", "name"): args.model, ("model", "weights"): args.weights,
         ("model", "weights_dir"): args.weights_dir,
+        ("model", "freeze_epochs"): args.freeze_epochs,
+        ("model", "unfreeze_blocks"): args.unfreeze_blocks,
         ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
         ("train", "optimizer"): args.optimizer, ("train", "seed"): args.seed,
         ("train", "distributed"): args.distributed,
@@ -266,13 +268,22 @@ def _lr_find(args: argparse.Namespace) -> int:
     model_cfg, train_cfg = _model_and_train(args)
     with _stdout_to_stderr(args.json):
         result = find_lr(args.dataset, model_cfg, train_cfg, start_lr=args.start_lr,
-                         end_lr=args.end_lr, num_steps=args.steps, out_dir=args.out,
-                         progress=not args.quiet)
+                         end_lr=args.end_lr, num_steps=args.steps, rule=args.rule,
+                         phase=args.phase, out_dir=args.out, progress=not args.quiet)
     if args.json:
-        _print_json({"suggested_lr": result.suggested_lr, "plot_path": result.plot_path})
-    else:
-        print(f"Suggested learning rate: {result.suggested_lr:.3g}")
-        print(f"Plot: {result.plot_path}")
+        _print_json({"suggested_lr": result.suggested_lr, "rule": result.rule,
+                     "suggestions": result.suggestions, "phase": result.phase,
+                     "plot_path": result.plot_path})
+        return 0
+    others = ", ".join(f"{rule} {lr:.3g}" for rule, lr in result.suggestions.items()
+                       if rule != result.rule)
+    print(f"Suggested learning rate ({result.phase} phase, {result.rule} rule): "
+          f"{result.suggested_lr:.3g}  (other rules: {others})")
+    if result.phase == "unfrozen" and model_cfg.weights and model_cfg.freeze_epochs:
+        factor = result.suggested_lr / train_cfg.lr.base_lr
+        print(f"For fine-tuning after the head phase at base_lr {train_cfg.lr.base_lr:g}: "
+              f"--set model.finetune_lr_factor={factor:.3g}")
+    print(f"Plot: {result.plot_path}")
     return 0
 
 
@@ -390,6 +401,10 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="initialise from 'imagenet', a weights file or a run folder")
     parser.add_argument("--weights-dir", help="folder with keras.applications weight files "
                         "(offline machines; default $VISPIPE_WEIGHTS_DIR, then the Keras cache)")
+    parser.add_argument("--freeze-epochs", type=int,
+                        help="epochs training only the head first (-1: 1 with --weights)")
+    parser.add_argument("--unfreeze-blocks", type=int,
+                        help="then unfreeze only the last N backbone blocks (0: all)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer")
@@ -461,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--start-lr", type=float, default=1e-7)
     lr_find.add_argument("--end-lr", type=float, default=10.0)
     lr_find.add_argument("--steps", type=int, default=100)
+    lr_find.add_argument("--rule", choices=["valley", "minimum", "steep"], default="valley",
+                         help="suggestion returned (all are marked on the plot)")
+    lr_find.add_argument("--phase", choices=["auto", "frozen", "unfrozen"], default="auto",
+                         help="head only (frozen backbone) or fine-tuning (after the head "
+                              "phase); auto: the phase the run starts in")
     _add_train_flags(lr_find)
     _add_common(lr_find)
     lr_find.set_defaults(handler=_lr_find)

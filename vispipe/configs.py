@@ -162,8 +162,21 @@ class ModelConfig:
         weights_dir: Folder holding keras.applications weight files for
             air-gapped machines (default `$VISPIPE_WEIGHTS_DIR`; otherwise
             the Keras cache `$KERAS_HOME/models`, downloading if needed).
-        freeze_epochs: Train only the head for this many epochs first.
+        freeze_epochs: Train only the head for this many epochs first, the
+            backbone frozen (its BatchNorm in inference mode); -1: 1 epoch
+            when starting from `weights`, else 0.
         finetune_lr_factor: LR multiplier once the backbone is unfrozen.
+        unfreeze_blocks: Unfreeze only the last this many blocks of the
+            backbone (residual / MBConv / inception blocks, VGG stages);
+            0 unfreezes all of it.
+        finetune_lr_mult: Discriminative rates once unfrozen: the first
+            unfrozen block trains at 1/finetune_lr_mult of the head's rate,
+            rising geometrically with depth (fastai's `lr_mult`); 1: one
+            rate for all.
+        feature_cache_copies: While the backbone is frozen, compute its
+            features once per image and train the head on them: 1 caches
+            the un-augmented images, N > 1 adds N - 1 augmented views of
+            each (needs train.augment); 0 runs the backbone every step.
         dropout: Dropout rate before the classifier, where the network has one.
         width_multiplier: MobileNetV2 width multiplier.
     """
@@ -172,8 +185,11 @@ class ModelConfig:
     custom_path: str = ""
     weights: str = ""
     weights_dir: str = ""
-    freeze_epochs: int = 0
+    freeze_epochs: int = -1
     finetune_lr_factor: float = 0.1
+    unfreeze_blocks: int = 0
+    finetune_lr_mult: float = 1.0
+    feature_cache_copies: int = 1
     dropout: float = 0.0
     width_multiplier: float = 1.0
 
@@ -247,6 +263,13 @@ class TrainConfig:
             --host-discovery-script`): workers may leave and join between
             epochs; an epoch that loses a worker is redone from the last
             epoch end.
+        bn_momentum: Momentum of the trainable BatchNorm layers' moving
+            statistics, at most (layers with a lower one keep it); null:
+            suited to the run, so the averages forget an epoch's start
+            within the epoch (see `vispipe.models.batchnorm.suited_momentum`).
+        precise_bn_batches: Before each validation and checkpoint, recompute
+            the trainable BatchNorm layers' statistics over this many
+            training batches ("precise BN"); 0: off.
     """
 
     epochs: int = 10
@@ -272,6 +295,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     gradient_compression: str = "none"
     elastic: bool = False
+    bn_momentum: float | None = None
+    precise_bn_batches: int = 16
 
 
 @dataclass

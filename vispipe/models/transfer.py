@@ -34,10 +34,15 @@ __all__ = [
     "TransferReport",
     "resolve_weights_path",
     "load_pretrained",
+    "backbone_blocks",
     "set_backbone_trainable",
 ]
 
 HEAD_LAYERS = ("classifier", "predictions")
+# Name prefixes that make a block (see `backbone_blocks`), tried in order.
+_BLOCK_NAME = re.compile(
+    r"^(conv\d+_block\d+|inception_\d+[a-z]|block_?\d+[a-z]?|expanded_conv|stem|top|conv\d+)_"
+)
 
 
 @dataclass
@@ -152,7 +157,45 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
     return report
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+def backbone_blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
+    """The backbone's layers with weights, grouped into blocks, input to output.
+
+    A block is a run of layers sharing a name prefix: a residual block
+    ("conv3_block2_..."), an inception module ("inception_4a_..."), an MBConv
+    block ("block_5_...", "block2a_..."), a VGG stage ("block3_..."), a stem
+    or top ("conv1_...", "stem_...", "top_..."); a BatchNormalization layer
+    joins the layer before it, and any other layer is a block of its own
+    (LeNet's and AlexNet's conv and fc layers). The head and `Preprocess`
+    are left out.
+
+    Args:
+        model: A vispipe classifier (nested models are walked into).
+
+    Returns:
+        The blocks, each a list of layers, in depth order.
+
+    Example:
+
+    ```python
+    blocks = backbone_blocks(model)
+    print(len(blocks), [layer.name for layer in blocks[-1]])
+    ```
+    """
+    blocks: dict[str, list[keras.layers.Layer]] = {}
+    key = ""
+    for layer in _backbone_layers(model):
+        if not layer.weights:
+            continue
+        match = _BLOCK_NAME.match(layer.name)
+        if match:
+            key = match.group(1)
+        elif not (isinstance(layer, keras.layers.BatchNormalization) and key):
+            key = layer.name
+        blocks.setdefault(key, []).append(layer)
+    return list(blocks.values())
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool, last_blocks: int = 0) -> None:
     """Freezes or unfreezes everything but the classifier head.
 
     The head is the layers named "classifier" and "predictions", or, in a
@@ -164,21 +207,39 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
     Args:
         model: A vispipe classifier (nested models are walked into).
         trainable: False to freeze the backbone, True to unfreeze it.
+        last_blocks: With `trainable`, unfreeze only the last this many
+            blocks of `backbone_blocks` (0: the whole backbone).
 
     Example:
 
     ```python
     set_backbone_trainable(model, False)
     model.compile(...)
+    set_backbone_trainable(model, True, last_blocks=3)  # then recompile
     ```
     """
+    if last_blocks < 0:
+        raise ValueError(f"last_blocks: expected an integer >= 0, got {last_blocks!r}.")
     leaves = [layer for layer in _leaf_layers(model)
               if not isinstance(layer, Preprocess)]
-    head = [layer for layer in leaves if layer.name in HEAD_LAYERS]
-    if not head:
-        head = [layer for layer in leaves if layer.weights][-1:]
+    head = _head(leaves)
     for layer in leaves:
-        layer.trainable = trainable or layer in head
+        layer.trainable = (trainable and not last_blocks) or layer in head
+    if trainable and last_blocks:
+        for block in backbone_blocks(model)[-last_blocks:]:
+            for layer in block:
+                layer.trainable = True
+
+
+def _head(leaves: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+    head = [layer for layer in leaves if layer.name in HEAD_LAYERS]
+    return head or [layer for layer in leaves if layer.weights][-1:]
+
+
+def _backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    leaves = [layer for layer in _leaf_layers(model) if not isinstance(layer, Preprocess)]
+    head = _head(leaves)
+    return [layer for layer in leaves if layer not in head]
 
 
 def _leaf_layers(model: keras.Model):
