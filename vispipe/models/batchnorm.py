@@ -26,6 +26,7 @@ recompute_statistics(model, train_images.take(32))
 
 from __future__ import annotations
 
+import weakref
 from typing import Iterable
 
 import keras
@@ -96,6 +97,23 @@ def set_momentum(model: keras.Model, momentum: float) -> int:
     return changed
 
 
+# model -> (which BatchNorm layers train, its training-mode forward pass):
+# traced once per set of trainable layers, not at every call.
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(model: keras.Model, bns: list):
+    key = tuple(id(layer) for layer in bns)
+    cached = _FORWARDS.get(model)
+    if cached is None or cached[0] != key:
+        @tf.function(reduce_retracing=True)
+        def forward(x):
+            model(x, training=True)
+
+        cached = _FORWARDS[model] = (key, forward)
+    return cached[1]
+
+
 def recompute_statistics(model: keras.Model, images: Iterable, max_batches: int) -> int:
     """Replaces moving statistics by their average over training batches.
 
@@ -121,11 +139,7 @@ def recompute_statistics(model: keras.Model, images: Iterable, max_batches: int)
              np.zeros(layer.moving_variance.shape, "float64")] for layer in bns]
     for layer in bns:
         layer.momentum = 0.0  # The moving statistics become the batch's.
-
-    @tf.function(reduce_retracing=True)
-    def forward(x):
-        model(x, training=True)
-
+    forward = _forward(model, bns)
     used = 0
     try:
         for batch in images:

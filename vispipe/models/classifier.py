@@ -148,7 +148,7 @@ def build_classifier(
         )
     model = keras.Model(inputs, outputs, name=f"vispipe_{model_cfg.name}")
     if model_cfg.weights:
-        _log.info("%s", load_pretrained(model, model_cfg.weights))
+        _log.info("%s", load_pretrained(model, model_cfg.weights, info.classes))
     return model
 
 

@@ -23,6 +23,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -101,12 +102,17 @@ def resolve_weights_path(path: str | os.PathLike) -> str:
     return path
 
 
-def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferReport:
+def load_pretrained(model: keras.Model, path: str | os.PathLike,
+                    classes: Sequence[str] | None = None) -> TransferReport:
     """Copies matching weights from `path` into `model`, in place.
 
     Args:
         model: The model to initialise (already built).
         path: See `resolve_weights_path`.
+        classes: The classes `model` is for. When the source is a run
+            folder (or a model file in one) whose `labels.txt` names other
+            classes, the head is not copied even if its shape fits: a head
+            for other classes would start out confidently wrong.
 
     Returns:
         A `TransferReport` naming the loaded and skipped layers.
@@ -132,11 +138,19 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
         targets = dict(_h5_paths(model, "layers"))
 
     report = TransferReport(source=source)
+    source_classes = _run_classes(source)
+    other_classes = (classes is not None and source_classes is not None
+                     and list(classes) != source_classes)
     for key, layer in targets.items():
         if not layer.weights:
             continue
         if isinstance(layer, Preprocess):
             report.skipped[layer.name] = "preprocessing of this dataset is kept"
+            continue
+        if other_classes and layer.name in HEAD_LAYERS:
+            report.skipped[layer.name] = (
+                f"the source was trained on other classes ({', '.join(source_classes[:5])}"
+                f"{', ...' if len(source_classes) > 5 else ''}): a new head is trained")
             continue
         arrays = by_key.get(key)
         if arrays is None:
@@ -155,6 +169,18 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
             f"{source!r} (by name and shape); is it the same network?"
         )
     return report
+
+
+def _run_classes(source: str) -> list[str] | None:
+    """The classes of the run folder holding `source` (its labels.txt), if any."""
+    folder = os.path.dirname(os.path.abspath(source))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
+    labels = os.path.join(folder, "labels.txt")
+    if not os.path.isfile(labels):
+        return None
+    with open(labels, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
 
 
 def backbone_blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:

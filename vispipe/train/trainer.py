@@ -84,6 +84,7 @@ from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
 from vispipe.models.batchnorm import batchnorm_layers, set_momentum, suited_momentum
 from vispipe.models.classifier import IMAGENET, imagenet_weights_file
+from vispipe.models.transfer import resolve_weights_path
 from vispipe.train.callbacks import (
     BestModelSaver,
     ChanceAccuracyGuard,
@@ -700,8 +701,10 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
         # A worker that joins an elastic job later finds rank 0's folder.
         _check_new_run_folder(run)
     info = read_dataset_info(start.dataset_dir)
-    if model_cfg.weights == IMAGENET and start.resumed is None:
-        imagenet_weights_file(model_cfg, info.image_shape)  # Offline: fail now, in one line.
+    weights_file = None
+    if model_cfg.weights and start.resumed is None:  # Offline: fail now, in one line.
+        weights_file = (imagenet_weights_file(model_cfg, info.image_shape)
+                        if model_cfg.weights == IMAGENET else resolve_weights_path(model_cfg.weights))
     steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
@@ -717,7 +720,7 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
     model, start_epoch = _model(session, checkpoint)
     if replicas.is_chief:
         if start.resumed is None:
-            session.registry_id = _new_run_folder(session, start.name, model)
+            session.registry_id = _new_run_folder(session, start.name, model, weights_file)
         else:
             _reopen_run_folder(session, start.resumed, start_epoch)
             print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
@@ -755,7 +758,8 @@ def _write_config(session: _Session) -> None:
          "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
 
 
-def _new_run_folder(session: _Session, name: str, model: keras.Model) -> int | None:
+def _new_run_folder(session: _Session, name: str, model: keras.Model,
+                    weights_file: str | None) -> int | None:
     """Creates the run folder's files; returns the registry id."""
     run, info = session.run, session.info
     model_dict = dataclasses.asdict(session.model_cfg)
@@ -773,6 +777,9 @@ def _new_run_folder(session: _Session, name: str, model: keras.Model) -> int | N
         "model": model_dict,
         "train": train_dict,
         "preprocess": _preprocess_info(info, model),
+        "pretrained": {"weights": session.model_cfg.weights,
+                       "file": os.path.abspath(weights_file)} if weights_file else None,
+        "warnings": [],
         "device": session.device.to_json(),
         "steps_per_epoch": session.steps,
         "registry_id": registry_id,

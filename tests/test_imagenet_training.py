@@ -1,0 +1,67 @@
+"""A `weights: imagenet` model trained from the CLI and exported: the preprocessing travels.
+
+The weights file is keras.applications' MobileNetV2 (width 0.35) in its
+published name and layout, with random values (no network here); the data is
+real MNIST, grayscale, so the model repeats the channel and scales to [-1, 1]
+inside its `Preprocess` layer. `vispipe export` then verifies every artifact
+in its own runtime against the Keras model on raw uint8 images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from test_imagenet_weights import write_keras_weights_file
+from vispipe.cli import main
+from vispipe.train import RunFolder
+
+
+@pytest.fixture(scope="module")
+def imagenet_run(mnist_small, tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet-run")
+    weights_dir = root / "weights"
+    weights_dir.mkdir()
+    write_keras_weights_file("mobilenet_v2", str(weights_dir), size=32, width=0.35)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISPIPE_HOME", str(root / "home"))
+        patch.setenv("VISPIPE_WEIGHTS_DIR", str(weights_dir))
+        assert main(["dataset", "create", "--train-dir", os.path.join(mnist_small, "train"),
+                     "--val-dir", os.path.join(mnist_small, "test"), "--output",
+                     str(root / "ds"), "--size", "32x32", "--channels", "1", "--quiet"]) == 0
+        assert main(["train", "--dataset", str(root / "ds"), "--out", str(root / "run"),
+                     "--model", "mobilenet_v2", "--weights", "imagenet", "--epochs", "2",
+                     "--batch-size", "32", "--optimizer", "adam", "--lr", "0.001",
+                     "--set", "model.width_multiplier=0.35", "--quiet"]) == 0
+    return root
+
+
+def test_run_records_the_weights_preprocessing_and_phases(imagenet_run):
+    info = RunFolder(str(imagenet_run / "run")).read_info()
+    assert info["status"] == "completed"
+    assert info["model"]["weights"] == "imagenet" and info["model"]["freeze_epochs"] == 1
+    assert info["preprocess"] == {"mode": "tf", "mean": None, "std": None, "to_rgb": True}
+    assert info["pretrained"]["weights"] == "imagenet" and info["pretrained"]["file"].endswith(
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+    assert info["warnings"] == []
+    with open(imagenet_run / "run" / "metrics.jsonl") as f:
+        epochs = [json.loads(line) for line in f if '"epoch"' in line and '"kind": "epoch"' in line]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    assert epochs[1]["lr"] == pytest.approx(epochs[0]["lr"] * 0.1, rel=0.5)  # Unfrozen: lower.
+
+
+def test_exported_artifacts_pass_verification(imagenet_run):
+    out = imagenet_run / "export"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISPIPE_HOME", str(imagenet_run / "home"))
+        code = main(["export", str(imagenet_run / "run"), "--out", str(out),
+                     "--formats", "savedmodel,tflite,tfjs", "--calibration-size", "32",
+                     "--verify-split", "val", "--verify-limit", "64", "--tfjs-weights", "float32"])
+    with open(out / "export_report.json") as f:
+        report = json.load(f)
+    rows = {r["format"]: r for r in report["formats"]}
+    assert code == 0, {k: r.get("reason") for k, r in rows.items()}
+    assert {"savedmodel", "tflite_float32", "tfjs_float32"} <= set(rows)
+    assert all(r["status"] == "passed" for r in rows.values())
