@@ -40,7 +40,7 @@ from keras import layers
 
 from vispipe.models.imagenet_files import PublishedWeights, WeightsFileError
 from vispipe.models.layers import Preprocess
-from vispipe.models.transfer import HEAD_LAYERS, TransferReport
+from vispipe.models.transfer import HEAD_LAYERS, TransferReport, zero_head
 
 __all__ = [
     "IMAGENET_MIN_SIZE",
@@ -204,7 +204,8 @@ def load_imagenet_weights(
         source: The file, for the report and errors.
 
     Returns:
-        A `TransferReport`: every backbone layer loaded, the head skipped.
+        A `TransferReport`: every backbone layer loaded, the head skipped
+        (it starts at zero, see `vispipe.models.transfer.zero_head`).
 
     Raises:
         WeightsFileError: A backbone layer missing from the file or of
@@ -236,5 +237,6 @@ def load_imagenet_weights(
     for layer, values in plan:
         layer.set_weights(values)
         report.loaded.append(layer.name)
+    zero_head(model)
     return report
 

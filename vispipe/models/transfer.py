@@ -4,7 +4,9 @@
 run folder holding one), matching layers by name, or from a `.weights.h5`
 file, matching layers by their position in the model as Keras' own weight
 files address them. A layer is loaded only when all its weight shapes
-agree, so a classifier head for a different number of classes is skipped.
+agree, so a classifier head for a different number of classes is skipped,
+as is a head for other classes (a run folder's labels.txt); a skipped head
+starts at zero (`zero_head`).
 The target's `Preprocess` layer is never overwritten: it holds the current
 dataset's statistics.
 
@@ -37,6 +39,7 @@ __all__ = [
     "load_pretrained",
     "backbone_blocks",
     "set_backbone_trainable",
+    "zero_head",
 ]
 
 HEAD_LAYERS = ("classifier", "predictions")
@@ -163,12 +166,27 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike,
             continue
         layer.set_weights(arrays)
         report.loaded.append(layer.name)
+    if "classifier" in report.skipped:
+        zero_head(model)
     if not report.loaded:
         raise ValueError(
             f"No layer of model {model.name!r} matched the weights in "
             f"{source!r} (by name and shape); is it the same network?"
         )
     return report
+
+
+def zero_head(model: keras.Model) -> None:
+    """Starts a new "classifier" head at zero: uniform predictions.
+
+    As in BiT (Kolesnikov et al. 2020). A random head would not be new: with
+    the run's seed it is the very initialisation the source run's head
+    started from, and the pretrained backbone has adapted to that head, so
+    the target's classes would start out mapped to the source's.
+    """
+    for layer in _leaf_layers(model):
+        if layer.name == "classifier":
+            layer.set_weights([np.zeros(w.shape, w.dtype) for w in layer.get_weights()])
 
 
 def _run_classes(source: str) -> list[str] | None:
