@@ -31,13 +31,17 @@ def test_suited_momentum_forgets_an_epoch_start_within_the_epoch():
 
 
 def test_set_momentum_lowers_only_trainable_layers_above_it():
-    model = bn_model()
-    frozen = keras.layers.BatchNormalization(momentum=0.999)
-    frozen.trainable = False
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(momentum=0.999, name="bn")(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.999, name="frozen_bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="classifier")(x))
+    model.get_layer("frozen_bn").trainable = False
     assert set_momentum(model, 0.9) == 1
     assert model.get_layer("bn").momentum == 0.9
+    assert model.get_layer("frozen_bn").momentum == 0.999
     assert set_momentum(model, 0.95) == 0  # 0.9 is already lower.
     assert batchnorm_layers(model) == [model.get_layer("bn")]
+    assert len(batchnorm_layers(model, trainable_only=False)) == 2
 
 
 def test_recompute_statistics_averages_training_batches():

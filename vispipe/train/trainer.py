@@ -407,7 +407,8 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
         ]
     callbacks += extra_callbacks or []
     val_ds = _val_dataset(session)
-    head: _CachedHead | None = None
+    head = (_CachedHead.create(model, session, validate=val_ds is not None)
+            if start_epoch < model_cfg.freeze_epochs else None)
     for epoch in range(start_epoch, cfg.epochs):
         if model_cfg.freeze_epochs and epoch == model_cfg.freeze_epochs:
             set_backbone_trainable(model, True, last_blocks=model_cfg.unfreeze_blocks)
@@ -416,8 +417,6 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
         validate = val_ds is not None and (
             (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
         )
-        if epoch < model_cfg.freeze_epochs and head is None:
-            head = _CachedHead.create(model, session, validate=val_ds is not None)
         if epoch < model_cfg.freeze_epochs and head is not None:
             head.fit_epoch(model, session, epoch, callbacks, validate)
         else:
