@@ -40,6 +40,7 @@ __all__ = [
     "backbone_blocks",
     "set_backbone_trainable",
     "zero_head",
+    "frozen_epochs",
 ]
 
 HEAD_LAYERS = ("classifier", "predictions")
@@ -187,6 +188,13 @@ def zero_head(model: keras.Model) -> None:
     for layer in _leaf_layers(model):
         if layer.name == "classifier":
             layer.set_weights([np.zeros(w.shape, w.dtype) for w in layer.get_weights()])
+
+
+def frozen_epochs(freeze_epochs: int, weights: str) -> int:
+    """`ModelConfig.freeze_epochs` resolved: -1 is 1 with pretrained `weights`, else 0."""
+    if freeze_epochs == -1:
+        return 1 if weights else 0
+    return freeze_epochs
 
 
 def _run_classes(source: str) -> list[str] | None:

@@ -51,6 +51,7 @@ from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import read_dataset_info
 from vispipe.data.pipeline import make_dataset
 from vispipe.models import build_classifier, set_backbone_trainable
+from vispipe.models.transfer import frozen_epochs
 from vispipe.train.device import configure_device, seed_everything
 from vispipe.train.feature_cache import compute_features, split_head
 from vispipe.train.layer_rates import depth_multipliers, with_rate_multipliers
@@ -161,7 +162,7 @@ def _phase(model_cfg: ModelConfig, phase: str) -> str:
     if phase != "auto":
         return phase
     # The phase a run with these settings starts in.
-    return "frozen" if model_cfg.weights and model_cfg.freeze_epochs != 0 else "unfrozen"
+    return "frozen" if frozen_epochs(model_cfg.freeze_epochs, model_cfg.weights) else "unfrozen"
 
 
 def _loss(train_cfg: TrainConfig) -> keras.losses.Loss:
@@ -237,15 +238,15 @@ def find_lr(
     depth = info.num_classes if train_cfg.label_smoothing else 0
     cached = None
     split = split_head(model) if model_cfg.feature_cache_copies else None
-    frozen_epochs = max(0, model_cfg.freeze_epochs) if model_cfg.weights else 0
-    if phase == "frozen" or frozen_epochs:
+    head_epochs = frozen_epochs(model_cfg.freeze_epochs, model_cfg.weights)
+    if phase == "frozen" or head_epochs:
         set_backbone_trainable(model, False)
         if split is not None:
             # The trainer's frozen phase trains on un-augmented features too.
             cached = compute_features(split.backbone, make_dataset(
                 info, "train", train_cfg.batch_size, cache=train_cfg.cache), progress=progress)
-    if phase == "unfrozen" and frozen_epochs:
-        _train_head(model, split, cached, info, train_cfg, frozen_epochs, depth)
+    if phase == "unfrozen" and head_epochs:
+        _train_head(model, split, cached, info, train_cfg, head_epochs, depth)
     if phase == "unfrozen":
         set_backbone_trainable(model, True, last_blocks=model_cfg.unfreeze_blocks)
 

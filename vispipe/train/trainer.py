@@ -84,7 +84,7 @@ from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
 from vispipe.models.batchnorm import batchnorm_layers, set_momentum, suited_momentum
 from vispipe.models.classifier import IMAGENET, imagenet_weights_file
-from vispipe.models.transfer import resolve_weights_path
+from vispipe.models.transfer import frozen_epochs, resolve_weights_path
 from vispipe.train.callbacks import (
     BestModelSaver,
     ChanceAccuracyGuard,
@@ -846,8 +846,9 @@ def train(
     ```
     """
     run = RunFolder(run_dir)
-    if model_cfg.freeze_epochs == -1:  # Recorded resolved, so a resumed run agrees.
-        model_cfg = dataclasses.replace(model_cfg, freeze_epochs=1 if model_cfg.weights else 0)
+    # Recorded resolved, so a resumed run agrees.
+    model_cfg = dataclasses.replace(
+        model_cfg, freeze_epochs=frozen_epochs(model_cfg.freeze_epochs, model_cfg.weights))
     start = _Start(run, dataset_dir, model_cfg, train_cfg,
                    name=name or os.path.basename(run.path))
     model, session, start_epoch = _start(start, progress)
