@@ -35,16 +35,15 @@ import numpy as np
 import tensorflow as tf
 
 from vispipe.export.contract import RunSpec
+from vispipe.export.options import COREML_WEIGHTS
 
 __all__ = [
-    "COREML_WEIGHTS",
     "image_scale_bias",
     "convert_coreml",
     "verify_coreml_spec",
     "coreml_runner",
 ]
 
-COREML_WEIGHTS = ("float16", "int8")
 _INPUT = "image"
 
 
@@ -61,6 +60,8 @@ def image_scale_bias(preprocess: dict[str, Any], channels: int) -> tuple[float, 
         is returned (the model keeps its `Preprocess` layer).
     """
     mode = preprocess.get("mode")
+    if preprocess.get("to_rgb"):  # Gray repeated to RGB: the model keeps its layer.
+        return 1.0, [0.0] * channels, False
     broadcast = lambda values: [float(v) for v in values] * (  # noqa: E731
         channels if len(values) == 1 else 1)
     if mode == "none":

@@ -74,9 +74,9 @@ def test_chance_guard_warns_once_naming_the_cause(capsys):
     warnings = []
     guard = ChanceAccuracyGuard(0.2, "BatchNorm statistics.", warnings.append)
     _epochs(guard, [(0.33, 0.2), (0.46, 0.2), (0.6, 0.2), (0.71, 0.2)])
-    assert len(warnings) == 1 and warnings[0]["epoch"] == 2
-    assert warnings[0]["kind"] == "val_accuracy_at_chance"
-    assert "Likely cause: BatchNorm statistics." in warnings[0]["message"]
+    assert len(warnings) == 1 and warnings[0].epoch == 2
+    assert warnings[0].kind == "val_accuracy_at_chance"
+    assert "Likely cause: BatchNorm statistics." in warnings[0].message
     assert "WARNING: Validation accuracy has stayed at chance" in capsys.readouterr().out
 
 

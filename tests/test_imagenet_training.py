@@ -18,7 +18,8 @@ import pytest
 
 from test_imagenet_weights import write_keras_weights_file
 from vispipe.cli import main
-from vispipe.train import RunFolder
+from vispipe.train.run_info import Normalization
+from vispipe.train.run_folder import read_run_info
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,9 @@ def imagenet_run(mnist_small, tmp_path_factory):
         patch.setenv("VISPIPE_HOME", str(root / "home"))
         patch.setenv("VISPIPE_WEIGHTS_DIR", str(weights_dir))
         assert main(["dataset", "create", "--train-dir", os.path.join(mnist_small, "train"),
-                     "--val-dir", os.path.join(mnist_small, "test"), "--output",
+                     "--val-dir", os.path.join(mnist_small, "test"), "--out",
                      str(root / "ds"), "--size", "32x32", "--channels", "1", "--quiet"]) == 0
-        assert main(["train", "--dataset", str(root / "ds"), "--out", str(root / "run"),
+        assert main(["train", "--dataset", str(root / "ds"), "--run", str(root / "run"),
                      "--model", "vgg16", "--weights", "imagenet", "--freeze-epochs", "4",
                      "--epochs", "5", "--batch-size", "32", "--optimizer", "adam", "--lr", "0.01",
                      "--quiet"]) == 0
@@ -41,13 +42,13 @@ def imagenet_run(mnist_small, tmp_path_factory):
 
 
 def test_run_records_the_weights_preprocessing_and_phases(imagenet_run):
-    info = RunFolder(str(imagenet_run / "run")).read_info()
-    assert info["status"] == "completed"
-    assert info["model"]["weights"] == "imagenet"
-    assert info["preprocess"] == {"mode": "caffe", "mean": None, "std": None, "to_rgb": True}
-    assert info["pretrained"]["weights"] == "imagenet" and info["pretrained"]["file"].endswith(
+    info = read_run_info(str(imagenet_run / "run"))
+    assert info.status == "completed"
+    assert info.model.weights == "imagenet"
+    assert info.normalization == Normalization("caffe", to_rgb=True)
+    assert info.pretrained.source == "imagenet" and info.pretrained.file.endswith(
         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-    assert info["warnings"] == [] and info["result"]["final_val_accuracy"] > 0.5
+    assert info.warnings == [] and info.result["final_val_accuracy"] > 0.5
     with open(imagenet_run / "run" / "metrics.jsonl") as f:
         epochs = [json.loads(line) for line in f if '"epoch"' in line and '"kind": "epoch"' in line]
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5]
@@ -58,7 +59,7 @@ def test_exported_artifacts_pass_verification(imagenet_run):
     out = imagenet_run / "export"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VISPIPE_HOME", str(imagenet_run / "home"))
-        code = main(["export", str(imagenet_run / "run"), "--out", str(out),
+        code = main(["export", "--run", str(imagenet_run / "run"), "--out", str(out),
                      "--formats", "savedmodel,tflite,tfjs", "--calibration-size", "32",
                      "--verify-split", "val", "--verify-limit", "64", "--tfjs-weights", "float32"])
     with open(out / "export_report.json") as f:

@@ -25,8 +25,9 @@ import pytest
 
 from real_subsets import cifar_dataset
 from vispipe.configs import AugmentConfig, LRPolicyConfig, ModelConfig, TrainConfig
-from vispipe.data.pipeline import load_arrays
-from vispipe.train import RunFolder, load_run_model, train
+from vispipe.data.inputs import load_arrays
+from vispipe.train import load_run_model, train
+from vispipe.train.run_folder import read_run_info
 
 CLASSES = ("airplane", "automobile", "frog", "ship")
 CHANCE = 1 / len(CLASSES)
@@ -66,7 +67,7 @@ def test_scratch_training_validates_well_above_chance(network, colour_set, tmp_p
                       "duration_s": result.duration_s}))
     assert val_accuracy[-1] >= CHANCE + 0.2
     assert on_train >= train_accuracy[-1] - 0.05  # The statistics match the weights.
-    assert RunFolder(result.run_dir).read_info()["warnings"] == []
+    assert read_run_info(result.run_dir).warnings == []
 
 
 def test_keras_momentum_without_recomputation_is_caught_at_chance(colour_set, tmp_path):
@@ -75,7 +76,7 @@ def test_keras_momentum_without_recomputation_is_caught_at_chance(colour_set, tm
                    keras_defaults, progress=False)
     val_accuracy = [r["val_accuracy"] for r in result.history]
     assert all(abs(v - CHANCE) < 0.02 for v in val_accuracy[1:])
-    warnings = RunFolder(result.run_dir).read_info()["warnings"]
-    assert [w["kind"] for w in warnings] == ["val_accuracy_at_chance"]
-    assert "BatchNorm moving statistics" in warnings[0]["message"]
+    warnings = read_run_info(result.run_dir).warnings
+    assert [w.kind for w in warnings] == ["val_accuracy_at_chance"]
+    assert "BatchNorm moving statistics" in warnings[0].message
     assert os.path.isfile(result.model_path)

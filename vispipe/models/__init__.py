@@ -1,6 +1,6 @@
 """Networks: the model zoo, custom networks, preprocessing and transfer.
 
-`list_models`, `get_spec`, `ModelSpec` and `IMAGENET_NETWORKS` need no
+`list_models`, `get_spec`, `NetworkSpec` and `IMAGENET_NETWORKS` need no
 TensorFlow; the other names import Keras when first used, so `vispipe
 models` stays fast.
 
@@ -22,7 +22,7 @@ from vispipe.models.imagenet_files import (
     WeightsUnavailableError,
 )
 from vispipe.models.zoo import (
-    ModelSpec,
+    NetworkSpec,
     apply_network,
     build_model,
     get_spec,
@@ -30,7 +30,7 @@ from vispipe.models.zoo import (
 )
 
 __all__ = [
-    "ModelSpec",
+    "NetworkSpec",
     "list_models",
     "get_spec",
     "IMAGENET_NETWORKS",

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from vispipe.configs import PREPROCESS_MODES
+
 __all__ = [
     "PREPROCESS_MODES",
     "CAFFE_BGR_MEAN",
@@ -31,7 +33,6 @@ __all__ = [
     "fully_connected_top",
 ]
 
-PREPROCESS_MODES = ("standardize", "pixel", "image", "scale", "none", "caffe", "tf")
 # keras.applications.imagenet_utils' "caffe" mode: BGR channel means.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 

@@ -18,15 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from typing import Any
 
 import keras
 from tqdm import tqdm
 
+from vispipe.fileio import atomic_path
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RunFolder
+from vispipe.train.run_info import RunWarning
 
 __all__ = [
     "TrainingDivergedError",
@@ -48,12 +49,9 @@ _METRIC_KEYS = ("loss", "accuracy", "top5")
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
-    """Saves `model` (with optimizer state) to a temporary `.keras` name, then renames it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Keras requires the ".keras" suffix, so the prefix marks the temporary.
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Saves `model` (with optimizer state) through `atomic_path` (the `.keras` kept)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def current_lr(model: keras.Model) -> float:
@@ -407,7 +405,7 @@ class ChanceAccuracyGuard(keras.callbacks.Callback):
     Args:
         chance: Accuracy of always predicting the most frequent val class.
         likely_cause: What to name as the probable cause.
-        on_warning: Called with the warning as a dict (epoch, kind, message).
+        on_warning: Called with the warning (a `RunWarning`).
         margin: Rise of training accuracy that counts as learning.
         tolerance: Distance from chance that counts as chance.
     """
@@ -446,4 +444,4 @@ class ChanceAccuracyGuard(keras.callbacks.Callback):
         print(f"WARNING: {message}", flush=True)
         logging.getLogger(__name__).warning("%s", message)
         if self.on_warning is not None:
-            self.on_warning({"epoch": epoch + 1, "kind": self.KIND, "message": message})
+            self.on_warning(RunWarning(epoch=epoch + 1, kind=self.KIND, message=message))

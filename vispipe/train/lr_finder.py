@@ -47,9 +47,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from vispipe.configs import ModelConfig, TrainConfig
+from vispipe.configs import LR_FIND_PHASES, LR_FIND_RULES, ModelConfig, TrainConfig
 from vispipe.data.format import read_dataset_info
-from vispipe.data.pipeline import make_dataset
+from vispipe.data.inputs import make_dataset
+from vispipe.fileio import write_json_atomic
 from vispipe.models import build_classifier, set_backbone_trainable
 from vispipe.models.transfer import frozen_epochs
 from vispipe.train.device import configure_device, seed_everything
@@ -57,7 +58,6 @@ from vispipe.train.feature_cache import compute_features, split_head
 from vispipe.train.layer_rates import depth_multipliers, with_rate_multipliers
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_lr_range_test
-from vispipe.train.run_folder import write_json_atomic
 
 __all__ = [
     "SMOOTHING_BETA",
@@ -71,8 +71,8 @@ __all__ = [
 
 SMOOTHING_BETA = 0.98
 DIVERGENCE_FACTOR = 4.0
-RULES = ("valley", "minimum", "steep")
-PHASES = ("auto", "frozen", "unfrozen")
+RULES = LR_FIND_RULES
+PHASES = LR_FIND_PHASES
 
 
 @dataclass

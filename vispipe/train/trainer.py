@@ -44,7 +44,9 @@ How a run proceeds:
   dropped) by the ranks left, with their new shards and, under `scale_lr`,
   the LR of the new replica count; a worker that joins gets rank 0's state
   at the next epoch end. `batch_size` stays the global batch: fewer ranks
-  take larger shares of it.
+  take larger shares of it. The registry entry is kept by the process that
+  opened the run (its host's registry): if that rank 0 is lost, the run
+  folder still completes and the entry stays "running".
 - Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
   re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
   reloads the latest checkpoint (model and optimizer state) and drops the
@@ -61,6 +63,7 @@ result = resume("runs/mnist", epochs=10)  # train 5 more epochs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -69,22 +72,23 @@ import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import keras
 import numpy as np
 import tensorflow as tf
 import yaml
 
-from vispipe.config_io import from_dict
-from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig
+from vispipe.config_io import validate_config
+from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
-from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
+from vispipe.data.inputs import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
 from vispipe.models.batchnorm import batchnorm_layers, set_momentum, suited_momentum
 from vispipe.models.classifier import IMAGENET, imagenet_weights_file
 from vispipe.models.transfer import frozen_epochs, resolve_weights_path
+from vispipe.registry import Recording
 from vispipe.train.callbacks import (
     BestModelSaver,
     ChanceAccuracyGuard,
@@ -99,17 +103,13 @@ from vispipe.train.callbacks import (
     save_model_atomic,
 )
 from vispipe.train.device import DeviceInfo, configure_device, seed_everything
-from vispipe.train.distributed import COMPRESSIONS, MODES, Replicas, setup
+from vispipe.train.distributed import Replicas, setup
 from vispipe.train.feature_cache import CachedFeatures, HeadSplit, compute_features, split_head
 from vispipe.train.layer_rates import depth_multipliers, with_rate_multipliers
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
-from vispipe.train.run_folder import (
-    RUN_FORMAT_VERSION,
-    CheckpointRef,
-    RunFolder,
-    write_text_atomic,
-)
+from vispipe.train.run_folder import CheckpointRef, RunFolder, write_text_atomic
+from vispipe.train.run_info import Normalization, PretrainedWeights, RunInfo, RunWarning
 from vispipe.train.schedules import make_schedule, validate_policy
 
 if TYPE_CHECKING:
@@ -136,6 +136,8 @@ class TrainResult:
         images_per_s: Median training throughput over the epochs.
         duration_s: Wall time of this call.
         device: Where it trained, e.g. "GPU:0 (NVIDIA H100)" or "CPU".
+        is_chief: Whether this process wrote the run folder (rank 0, the
+            multi-worker chief, or the only process): the one that reports.
     """
 
     run_dir: str
@@ -147,6 +149,7 @@ class TrainResult:
     images_per_s: float
     duration_s: float
     device: str
+    is_chief: bool = True
 
 
 @dataclass
@@ -154,14 +157,16 @@ class _Session:
     """Everything one training call needs."""
 
     run: RunFolder
+    name: str
     info: DatasetInfo
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     device: DeviceInfo
     steps: int
     progress: bool
-    registry_id: int | None
     replicas: Replicas = field(default_factory=Replicas)
+    weights_file: str | None = None  # The file `model.weights` resolved to, for run.json.
+    entry: Recording = field(default_factory=lambda: Recording(None))  # The registry's.
     train_records: tf.data.Dataset | None = None
 
     @property
@@ -174,6 +179,8 @@ def _now() -> str:
 
 
 def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    validate_config(model_cfg, "model")
+    validate_config(cfg, "train")
     checks = (
         ("train.epochs", cfg.epochs, cfg.epochs >= 1, "an integer >= 1"),
         ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
@@ -188,12 +195,7 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          "an integer >= 1"),
         ("train.label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1,
          "a value in [0, 1)"),
-        ("train.normalization", cfg.normalization, cfg.normalization in NORMALIZATIONS,
-         f"one of {NORMALIZATIONS}"),
-        ("train.distributed", cfg.distributed, cfg.distributed in MODES, f"one of {MODES}"),
         ("train.warmup_epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, "a number >= 0"),
-        ("train.gradient_compression", cfg.gradient_compression,
-         cfg.gradient_compression in COMPRESSIONS, f"one of {COMPRESSIONS}"),
         ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= -1,
          "an integer >= 0, or -1 (1 with weights, else 0)"),
         # The head-only phase has its own optimizer, which an elastic
@@ -339,13 +341,10 @@ def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callback
     if not session.replicas.elastic:
         _fit_epochs(model, session, start_epoch, extra_callbacks)
         return
-    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False,
-                                           registry_id=session.registry_id)
+    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False)
 
     def attempt(state: State) -> None:
-        # After the sync: a new rank 0 learns the registry entry, and an epoch
-        # that a lost worker cut short leaves no records.
-        session.registry_id = state.registry_id
+        # After the sync: an epoch that a lost worker cut short leaves no records.
         if session.replicas.is_chief:
             session.run.truncate_metrics(state.epoch)
         if not state.stopped:
@@ -402,7 +401,7 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
                           time_offset=history[-1]["time"] if history else 0.0),
             Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
             BestModelSaver(run.best_path, max(val_history) if val_history else None),
-            CurvePlotter(run, run.read_info().get("name", "")),
+            CurvePlotter(run, session.name),
             keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
         ]
     callbacks += extra_callbacks or []
@@ -534,33 +533,10 @@ def _chance_guard(model: keras.Model, session: _Session) -> ChanceAccuracyGuard:
                  "or source); BatchNorm statistics were recomputed each epoch.")
     run = session.run
 
-    def record(warning: dict[str, Any]) -> None:
-        run.update_info(warnings=run.read_info().get("warnings", []) + [warning])
+    def record(warning: RunWarning) -> None:
+        run.update_info(warnings=run.read_run_info().warnings + [warning])
 
     return ChanceAccuracyGuard(chance, cause, record)
-
-
-def _registry_finish(session: _Session, status: str, summary: dict[str, Any]) -> None:
-    if session.registry_id is None or not session.replicas.is_chief:
-        return
-    from vispipe.registry import Registry
-
-    try:
-        Registry.open().finish(session.registry_id, status, summary)
-    except sqlite3.Error as error:  # Bookkeeping only: never fail a run over it.
-        _log.warning("Could not update registry entry %s: %s", session.registry_id, error)
-
-
-def _registry_add(name: str, path: str, params: dict[str, Any]) -> int | None:
-    try:
-        from vispipe.registry import Registry
-    except ImportError:
-        return None
-    try:
-        return Registry.open().add("run", name, path, params)
-    except sqlite3.Error as error:
-        _log.warning("Could not add run %s to the registry: %s", path, error)
-        return None
 
 
 def _result(session: _Session, duration: float) -> TrainResult:
@@ -577,6 +553,7 @@ def _result(session: _Session, duration: float) -> TrainResult:
         images_per_s=float(statistics.median(rates)) if rates else 0.0,
         duration_s=duration,
         device=session.device.device,
+        is_chief=session.replicas.is_chief,
     )
 
 
@@ -589,7 +566,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
         return _result(session, duration)
     save_model_atomic(model, run.model_path)
     result = _result(session, duration)
-    plot_curves(result.history, run.curves_path, run.read_info().get("name", ""))
+    plot_curves(result.history, run.curves_path, session.name)
     best_epoch = next((r["epoch"] for r in result.history
                        if result.best_val_accuracy is not None
                        and r.get("val_accuracy") == result.best_val_accuracy), None)
@@ -606,7 +583,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
     run.update_info(status="completed", finished=_now(),
                     epochs_completed=result.epochs_completed, result=summary,
                     distributed=distributed)
-    _registry_finish(session, "completed", summary)
+    session.entry.summary = summary
     replicas.barrier()
     return result
 
@@ -622,32 +599,35 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
     except KeyboardInterrupt:
         if session.replicas.is_chief:
             info = run.update_info(status="interrupted", finished=_now())
-            _registry_finish(session, "interrupted",
-                             {"epochs_completed": info["epochs_completed"]})
+            session.entry.summary = {"epochs_completed": info.epochs_completed}
         raise
     except BaseException as error:
         if session.replicas.is_chief:
             run.update_info(status="failed", finished=_now(),
                             error=f"{type(error).__name__}: {error}")
-            _registry_finish(session, "failed", {"error": str(error)})
         raise
 
 
-def _preprocess_info(info: DatasetInfo, model: keras.Model) -> dict[str, Any]:
+def _normalization(info: DatasetInfo, model: keras.Model) -> Normalization:
     """What the model's `Preprocess` layer does (the weights' own with `weights: imagenet`)."""
     config = model.get_layer("preprocess").get_config()
     mode = config["mode"]
-    data: dict[str, Any] = {"mode": mode, "mean": config.get("mean"), "std": config.get("std")}
-    if config.get("to_rgb"):
-        data["to_rgb"] = True
-    if mode == "image":
-        data["mean_image_file"] = os.path.abspath(os.path.join(info.path, MEAN_FILE))
-    return data
+    return Normalization(
+        mode=mode,
+        mean=config.get("mean") if mode != "image" else None,
+        std=config.get("std"),
+        mean_image_file=(os.path.abspath(os.path.join(info.path, MEAN_FILE))
+                         if mode == "image" else None),
+        to_rgb=bool(config.get("to_rgb")),
+    )
 
 
 def _check_new_run_folder(run: RunFolder) -> None:
     if run.exists():
-        status = run.read_info().get("status")
+        try:
+            status = run.read_run_info().status
+        except ValueError:  # An older or damaged run.json: a run all the same.
+            status = "unknown"
         if status == "completed":
             raise FileExistsError(
                 f"Run folder {run.path!r} already holds a completed run. Choose a new "
@@ -675,7 +655,7 @@ class _Start:
         model_cfg: The network.
         train_cfg: The solver (for a resumed run, with the new epoch count).
         name: Run name.
-        resumed: For `resume`, the run's `run.json` as it was; None for a new run.
+        resumed: For `resume`, the run's `RunInfo` as it was; None for a new run.
     """
 
     run: RunFolder
@@ -683,11 +663,11 @@ class _Start:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     name: str
-    resumed: dict[str, Any] | None = None
+    resumed: RunInfo | None = None
 
 
-def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
-    """The set-up `train` and `resume` share: checks, replicas, data, model, run folder.
+def _prepare(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
+    """The set-up `train` and `resume` share: checks, replicas, data and model.
 
     Returns:
         `(model, session, start_epoch)`, the model compiled and distributed.
@@ -709,23 +689,55 @@ def _start(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
-    registry_id = start.resumed.get("registry_id") if start.resumed else None
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
-                       replicas)
+    session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
+                       replicas, weights_file)
     checkpoint = run.latest_checkpoint() if start.resumed else None
     # Every rank has checked the folder, or read run.json and the checkpoint
     # pointer, before rank 0 writes them.
     replicas.barrier()
     model, start_epoch = _model(session, checkpoint)
-    if replicas.is_chief:
+    return model, session, start_epoch
+
+
+def _registry_entry(session: _Session, start: _Start) -> ContextManager[Recording]:
+    """The run's registry entry (new, or the resumed run's), kept by the process
+    that writes the run folder; bookkeeping never fails a run."""
+    if not session.replicas.is_chief:
+        return contextlib.nullcontext(Recording(None))
+    from vispipe.registry import Registry
+
+    params = {"dataset_dir": os.path.abspath(session.info.path),
+              "model": dataclasses.asdict(session.model_cfg),
+              "train": dataclasses.asdict(session.train_cfg)}
+    try:
+        registry = Registry.open()
+    except sqlite3.Error as error:
+        _log.warning("Run %s is not recorded in the registry: %s", session.run.path, error)
+        return contextlib.nullcontext(Recording(None))
+    return registry.recording("run", session.name, session.run.path, params, best_effort=True,
+                              entry_id=start.resumed.registry_id if start.resumed else None)
+
+
+def _open_run_folder(session: _Session, start: _Start, model: keras.Model,
+                     start_epoch: int) -> None:
+    """Rank 0 creates the run folder, or reopens the resumed one; every rank waits."""
+    if session.replicas.is_chief:
         if start.resumed is None:
-            session.registry_id = _new_run_folder(session, start.name, model, weights_file)
+            _new_run_folder(session, model)
         else:
             _reopen_run_folder(session, start.resumed, start_epoch)
-            print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
-                  f"(step {_iterations(model)}).")
-    replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
-    return model, session, start_epoch
+            print(f"Resuming {session.run.path} at epoch {start_epoch + 1}/"
+                  f"{session.train_cfg.epochs} (step {_iterations(model)}).")
+    session.replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
+
+
+def _train(start: _Start, progress: bool, callbacks) -> TrainResult:
+    """`train` and `resume`: set up, record, open the run folder, train."""
+    model, session, start_epoch = _prepare(start, progress)
+    with _registry_entry(session, start) as entry:
+        session.entry = entry
+        _open_run_folder(session, start, model, start_epoch)
+        return _run(model, session, start_epoch, callbacks)
 
 
 def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.Model, int]:
@@ -740,8 +752,6 @@ def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.M
             set_backbone_trainable(model, False)
         _compile(model, session, scale=1.0, step=0)
         return model, 0
-    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
     with replicas.scope():
         model = keras.models.load_model(checkpoint.path, compile=True)
     # Rebuilt rather than trusted: `epochs` may have changed the total.
@@ -757,51 +767,38 @@ def _write_config(session: _Session) -> None:
          "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
 
 
-def _new_run_folder(session: _Session, name: str, model: keras.Model,
-                    weights_file: str | None) -> int | None:
-    """Creates the run folder's files; returns the registry id."""
+def _new_run_folder(session: _Session, model: keras.Model) -> None:
+    """Creates the run folder's files."""
     run, info = session.run, session.info
-    model_dict = dataclasses.asdict(session.model_cfg)
-    train_dict = dataclasses.asdict(session.train_cfg)
+    model_cfg, train_cfg = session.model_cfg, session.train_cfg
     os.makedirs(run.checkpoint_dir, exist_ok=True)
-    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
-                                                 "model": model_dict, "train": train_dict})
-    run.write_info({
-        "version": RUN_FORMAT_VERSION,
-        "name": name,
-        "status": "running",
-        "dataset_dir": os.path.abspath(info.path),
-        "classes": list(info.classes),
-        "image_shape": list(info.image_shape),
-        "model": model_dict,
-        "train": train_dict,
-        "preprocess": _preprocess_info(info, model),
-        "pretrained": {"weights": session.model_cfg.weights,
-                       "file": os.path.abspath(weights_file)} if weights_file else None,
-        "warnings": [],
-        "device": session.device.to_json(),
-        "steps_per_epoch": session.steps,
-        "registry_id": registry_id,
-        "created": _now(),
-        "finished": None,
-        "epochs_completed": 0,
-        "result": {},
-    })
+    run.write_info(RunInfo(
+        name=session.name,
+        dataset_dir=os.path.abspath(info.path),
+        classes=list(info.classes),
+        image=info.image,
+        normalization=_normalization(info, model),
+        model=model_cfg,
+        train=train_cfg,
+        pretrained=(PretrainedWeights(model_cfg.weights, os.path.abspath(session.weights_file))
+                    if session.weights_file else None),
+        created=_now(),
+        steps_per_epoch=session.steps,
+        registry_id=session.entry.id,
+        device=session.device.to_json(),
+    ))
     _write_config(session)
     write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
     write_text_atomic(run.metrics_path, "")
-    return registry_id
 
 
-def _reopen_run_folder(session: _Session, previous: dict[str, Any], start_epoch: int) -> None:
+def _reopen_run_folder(session: _Session, previous: RunInfo, start_epoch: int) -> None:
     """Marks a resumed run running again and drops the records after its checkpoint."""
-    run = session.run
-    run.truncate_metrics(start_epoch)
-    info_data = {k: v for k, v in previous.items() if k != "error"}
-    info_data.update(status="running", finished=None, epochs_completed=start_epoch,
-                     train=dataclasses.asdict(session.train_cfg),
-                     steps_per_epoch=session.steps, device=session.device.to_json())
-    run.write_info(info_data)
+    session.run.truncate_metrics(start_epoch)
+    session.run.write_info(dataclasses.replace(
+        previous, status="running", error=None, finished=None, epochs_completed=start_epoch,
+        train=session.train_cfg, steps_per_epoch=session.steps,
+        device=session.device.to_json(), registry_id=session.entry.id))
     _write_config(session)
 
 
@@ -851,8 +848,7 @@ def train(
         model_cfg, freeze_epochs=frozen_epochs(model_cfg.freeze_epochs, model_cfg.weights))
     start = _Start(run, dataset_dir, model_cfg, train_cfg,
                    name=name or os.path.basename(run.path))
-    model, session, start_epoch = _start(start, progress)
-    return _run(model, session, start_epoch, callbacks)
+    return _train(start, progress, callbacks)
 
 
 def resume(
@@ -892,19 +888,14 @@ def resume(
     ```
     """
     run = RunFolder(run_dir)
-    data = run.read_info()
-    where = run.info_path
-    model_cfg = from_dict(ModelConfig, data["model"], f"{where}: model")
-    train_cfg = from_dict(TrainConfig, data["train"], f"{where}: train")
-    done_epochs = int(data.get("epochs_completed") or 0)
+    info = run.read_run_info()
+    train_cfg = info.train
     if epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-    if data.get("status") == "completed" and (epochs is None or epochs <= done_epochs):
+    if info.status == "completed" and (epochs is None or epochs <= info.epochs_completed):
         raise ValueError(
-            f"Run {run.path!r} is already complete ({done_epochs} epochs); pass "
-            f"epochs > {done_epochs} to train it longer."
+            f"Run {run.path!r} is already complete ({info.epochs_completed} epochs); pass "
+            f"epochs > {info.epochs_completed} to train it longer."
         )
-    start = _Start(run, data["dataset_dir"], model_cfg, train_cfg, name=data.get("name", ""),
-                   resumed=data)
-    model, session, start_epoch = _start(start, progress)
-    return _run(model, session, start_epoch, callbacks)
+    start = _Start(run, info.dataset_dir, info.model, train_cfg, name=info.name, resumed=info)
+    return _train(start, progress, callbacks)
