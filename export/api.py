@@ -9,6 +9,8 @@
   pruned/<name>_pruned<NN>_{float32,int8}.tflite, pruned/pruned<NN>.json
   coreml/<name>_{float16,int8}.mlpackage
   tfjs/{float32,float16,uint8}/model.json + weight shards
+  onnx/<name>_{float32,float16,int8}.onnx, onnx/labels.txt, onnx/export.json
+  openvino/{float32,float16,int8}/<name>.{xml,bin}, openvino/labels.txt, openvino/export.json
 ```
 
 Everything is written into `<out>.partial-<random>` and renamed when
@@ -36,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vispipe.export import FORMATS
+from vispipe.export import FORMAT_VARIANTS, FORMATS, INTEROP_FORMATS
 from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
@@ -97,16 +99,35 @@ class ExportOptions:
     progress: bool = True
 
 
+_VARIANT_NAMES = tuple(f"{f}_{v}" for f, variants in FORMAT_VARIANTS.items() for v in variants)
+
+
+def _installed(fmt: str) -> bool:
+    from importlib.util import find_spec
+
+    return all(find_spec(module) is not None for module in INTEROP_FORMATS.get(fmt, ()))
+
+
 def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
+    """The requested names in a fixed order; None: every format whose tools are installed."""
     if formats is None:
-        return list(FORMATS)
+        return [f for f in FORMATS if _installed(f)]
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
+    known = FORMATS + _VARIANT_NAMES
+    unknown = [f for f in formats if f not in known]
     if unknown or not formats:
-        raise ValueError(f"formats: expected names from {FORMATS}, got {list(formats)!r}"
+        raise ValueError(f"formats: expected names from {FORMATS} or a single variant "
+                         f"such as 'onnx_int8', got {list(formats)!r}"
                          f"{f' (unknown: {unknown})' if unknown else ''}.")
-    return [f for f in FORMATS if f in formats]
+    return [f for f in known if f in formats]
+
+
+def _variants(fmt: str, formats: list[str]) -> list[str]:
+    """The variants of `fmt` asked for: all for "onnx", else the named ones ("onnx_int8")."""
+    if fmt in formats:
+        return list(FORMAT_VARIANTS[fmt])
+    return [v for v in FORMAT_VARIANTS[fmt] if f"{fmt}_{v}" in formats]
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -157,7 +178,8 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
         raise IncompleteRunError(f"The run's dataset cannot be read ({e}); export needs it for "
                                  "calibration, pruning and verification.") from None
     train_x = train_y = calibration = None
-    if "tflite" in formats or "pruned" in formats:
+    int8 = any("int8" in _variants(f, formats) for f in FORMAT_VARIANTS)
+    if "tflite" in formats or "pruned" in formats or int8:
         if options.calibration_size < MIN_CALIBRATION_SAMPLES:
             raise ValueError(f"calibration_size: expected at least {MIN_CALIBRATION_SAMPLES} "
                              f"images, got {options.calibration_size}.")
@@ -194,6 +216,7 @@ class _Exporter:
         self.results: list[FormatResult] = []
         self.savedmodel_dir = ""
         self.savedmodel_error = "the SavedModel was not exported"
+        self._graph = None
 
     def _keras_probs(self) -> np.ndarray:
         from vispipe.evaluate.evaluator import predict_probabilities
@@ -376,6 +399,67 @@ class _Exporter:
             self.attempt(f"tfjs_{quantization}", path, export,
                          lambda p=path: tfjs_runner(p), _MIN_AGREEMENT[kind])
 
+    def _contract(self):
+        """The traced contract shared by the ONNX and OpenVINO converters."""
+        from vispipe.export.contract_graph import trace_contract
+
+        if self._graph is None:
+            self._graph = trace_contract(self.model, self.spec, self._path(".contract", ""))
+        return self._graph
+
+    def _beside(self, subdir: str, details: dict[str, Any]) -> dict[str, str]:
+        """Writes labels.txt and export.json into `subdir`; returns them for embedding."""
+        contract = {**self.spec.to_json(), "format": {subdir: details}}
+        files = {LABELS_FILE: _labels_text(self.spec),
+                 "export.json": json.dumps(contract, indent=2)}
+        for name, text in files.items():
+            with open(self._path(subdir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        return {"labels": json.dumps(list(self.spec.classes)),
+                "export.json": files["export.json"]}
+
+    def _failed_all(self, fmt: str, variants: Sequence[str], error: BaseException) -> None:
+        reason = _reason(error)
+        if isinstance(error, ImportError):
+            reason += "; install the converters with: pip install 'vispipe[interop]'"
+        self.results += [FormatResult(format=f"{fmt}_{v}", status="failed_export", reason=reason)
+                         for v in variants]
+
+    def onnx(self, variants: Sequence[str]) -> None:
+        from vispipe.export import onnx
+
+        try:
+            base = self._path(".onnx", "float32.onnx")
+            details = onnx.convert_onnx(self._contract(), base)
+            metadata = self._beside("onnx", details)
+        except Exception as e:  # Every variant needs it; the other formats go on.
+            self._failed_all("onnx", variants, e)
+            return
+        for variant in variants:
+            path = self._path("onnx", f"{self.spec.name}_{variant}.onnx")
+            kind = variant if variant != "int8" else "quantized"
+            self.attempt(f"onnx_{variant}", path, lambda v=variant, p=path: onnx.derive_onnx(
+                base, p, v, calibration=self.calibration, metadata=metadata),
+                lambda p=path: onnx.onnx_runner(p), _MIN_AGREEMENT[kind], details)
+
+    def openvino(self, variants: Sequence[str]) -> None:
+        from vispipe.export import openvino
+
+        try:
+            model, details = openvino.convert_openvino(self._contract())
+            metadata = self._beside("openvino", details)
+        except Exception as e:  # Every variant needs it; the other formats go on.
+            self._failed_all("openvino", variants, e)
+            return
+        for variant in variants:
+            path = self._path("openvino", variant, f"{self.spec.name}.xml")
+            kind = variant if variant != "int8" else "quantized"
+            self.attempt(f"openvino_{variant}", os.path.dirname(path),
+                         lambda v=variant, p=path: openvino.write_openvino(
+                             model, p, v, calibration=self.calibration, metadata=metadata),
+                         lambda p=path: openvino.openvino_runner(p), _MIN_AGREEMENT[kind],
+                         details)
+
 
 def _reason(error: BaseException) -> str:
     last = traceback.format_exception_only(type(error), error)[-1].strip()
@@ -399,7 +483,9 @@ def export_model(
     Args:
         run_dir: A completed run folder.
         out_dir: The export folder to create.
-        formats: Names from `FORMATS` (a list or "a,b"); None: all.
+        formats: Names from `FORMATS` or single variants such as
+            "onnx_int8" (a list or "a,b"); None: every format whose tools
+            are installed (ONNX and OpenVINO need the `interop` extra).
         overwrite: Replace an existing `out_dir` (only once the new export
             is complete).
         options: Everything else (`ExportOptions`).
@@ -424,6 +510,7 @@ def export_model(
     ```
     """
     options = options or ExportOptions()
+    not_installed = [f for f in FORMATS if not _installed(f)] if formats is None else []
     formats = _check_formats(formats)
     _check_options(options)
     out = _check_output(os.fspath(out_dir), overwrite)
@@ -445,7 +532,11 @@ def export_model(
             exporter.coreml()
         if "tfjs" in formats:
             exporter.tfjs()
-        shutil.rmtree(os.path.join(partial, ".savedmodel"), ignore_errors=True)
+        for fmt, run_format in (("onnx", exporter.onnx), ("openvino", exporter.openvino)):
+            if _variants(fmt, formats):
+                run_format(_variants(fmt, formats))
+        for hidden in (".savedmodel", ".contract", ".onnx"):
+            shutil.rmtree(os.path.join(partial, hidden), ignore_errors=True)
         contract = {**spec.to_json(), "version": options.version,
                     "artifacts": {r.format: r.path for r in exporter.results[1:] if r.path}}
         with open(os.path.join(partial, "export.json"), "w", encoding="utf-8") as f:
@@ -455,6 +546,8 @@ def export_model(
         context = {"name": spec.name, "run_dir": spec.run_dir, "out_dir": out,
                    "verify_split": exporter.split, "verify_images": int(len(exporter.labels)),
                    "platform": platform.platform()}
+        if not_installed:
+            context["not_installed"] = {f: "pip install 'vispipe[interop]'" for f in not_installed}
         markdown = write_report(partial, exporter.results, context)
         replace_folder(partial, out)
     except BaseException:

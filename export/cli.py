@@ -3,6 +3,7 @@
 ```
 vispipe export runs/mnist --out exports/mnist
 vispipe export runs/mnist --formats tflite,tfjs --out exports/mnist --overwrite --verify-limit 1000
+vispipe export runs/mnist --formats onnx,openvino_int8 --out exports/mnist-interop
 ```
 
 Example:
@@ -75,8 +76,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     from vispipe.export import FORMATS
 
     parser = subparsers.add_parser(
-        "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js) "
-                       "and verify every artifact")
+        "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js, ONNX, "
+                       "OpenVINO) and verify every artifact")
     parser.add_argument("run", help="a completed run folder")
     parser.add_argument("--out", required=True, help="export folder to create")
     parser.add_argument("--formats", type=_names, default=None,
