@@ -392,3 +392,43 @@ def test_a_failed_converter_does_not_stop_the_others(exported, tmp_path, monkeyp
         "keras": "passed", "onnx_float32": "failed_export", "onnx_float16": "failed_export",
         "onnx_int8": "failed_export", "openvino_float32": "passed"}
     assert "FancyOp" in rows["onnx_int8"]["reason"]
+
+
+def test_benchmark_tabulates_the_export_and_picks_formats(exported, capsys):
+    from vispipe.cli import main
+    from vispipe.export.benchmark import summarize
+
+    report = summarize(exported["out"], max_drop=5.0)
+    rows = {r.format: r for r in report.rows}
+    assert list(rows) == [r["format"] for r in exported["report"]["formats"]]
+    assert rows["onnx_int8"].smaller_than_float32 > 2.5
+    assert rows["tflite_pruned80_int8"].smaller_than_float32 > 2.5
+    assert rows["keras"].top1_drop == 0.0 and rows["coreml_float16"].top1 is None
+    assert set(report.picks) == {"accurate", "smallest", "fastest", "serving", "mobile",
+                                 "apple", "browser", "intel", "onnx"}
+    smallest = rows[report.picks["smallest"]]
+    assert smallest.top1_drop <= 5.0
+    assert all(r.size_mb >= smallest.size_mb for r in report.rows
+               if r.status == "passed" and r.top1_drop is not None and r.top1_drop <= 5.0)
+    assert report.picks["apple"] == "coreml_int8"  # not run on Linux: the smallest that passed
+    assert any(r.pareto for r in report.rows) and "smallest" in smallest.picks
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        assert os.path.getsize(os.path.join(exported["out"], name)) > 0
+    assert json.load(open(os.path.join(exported["out"], "benchmark.json")))["picks"] == report.picks
+
+    assert main(["benchmark", exported["out"], "--max-drop", "5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"Benchmarks complete for tiny on {report.verify_images} test images")
+    assert "openvino_int8" in text and "Picks:" in text
+
+
+def test_benchmark_a_run_exports_then_tabulates(exported, tmp_path):
+    from vispipe.export import ExportOptions
+    from vispipe.export.benchmark import benchmark
+
+    report = benchmark(exported["run"], tmp_path / "bench", "onnx_float32,openvino_int8",
+                       options=ExportOptions(verify_limit=16, progress=False), plot=False)
+    assert [r.format for r in report.rows] == ["keras", "onnx_float32", "openvino_int8"]
+    assert report.verify_images == 16 and report.seconds > 0 and report.plot_path == ""
+    assert os.path.isfile(tmp_path / "bench" / "benchmark.md")
+    assert not os.path.exists(tmp_path / "bench" / "benchmark.png")
