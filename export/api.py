@@ -75,6 +75,10 @@ class ExportOptions:
         tfjs_quantizations: TF.js weight types ("float32", "float16", "uint8").
         verify_split: Split to verify on ("" : test, else val).
         verify_limit: Verify on N images spread evenly over the split (0: all).
+        tfjs_verify_limit: Verify TF.js on N of those images, spread evenly
+            (0: all). TF.js runs in pure JavaScript (Node's CPU backend, as
+            a browser without WebGL would), tens of times slower than the
+            native runtimes.
         metadata: CoreML metadata (author, license, description, version).
         seed: Seed of the fine-tunes.
         progress: Show progress.
@@ -94,6 +98,7 @@ class ExportOptions:
     tfjs_quantizations: Sequence[str] = ("float32", "float16", "uint8")
     verify_split: str = ""
     verify_limit: int = 0
+    tfjs_verify_limit: int = 0
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 42
     progress: bool = True
@@ -142,10 +147,12 @@ def _check_options(options: ExportOptions) -> None:
                                     TFJS_QUANTIZATIONS)):
         if not values or any(v not in allowed for v in values):
             raise ValueError(f"{field}: expected values from {allowed}, got {list(values)}.")
-    if options.verify_limit < 0 or options.prune_limit < 0 or options.prune_epochs <= 0:
+    if (min(options.verify_limit, options.tfjs_verify_limit, options.prune_limit) < 0
+            or options.prune_epochs <= 0):
         raise ValueError(
-            f"verify_limit/prune_limit must be >= 0 and prune_epochs > 0, got "
-            f"{options.verify_limit}/{options.prune_limit}/{options.prune_epochs}.")
+            f"verify_limit/tfjs_verify_limit/prune_limit must be >= 0 and prune_epochs > 0, "
+            f"got {options.verify_limit}/{options.tfjs_verify_limit}/{options.prune_limit}/"
+            f"{options.prune_epochs}.")
 
 
 def _check_output(out_dir: str, overwrite: bool) -> str:
@@ -232,12 +239,23 @@ class _Exporter:
     def attempt(self, name: str, path: str, export: Callable[[], Any],
                 runner: Callable[[], Callable] | None, min_agreement: float,
                 details: dict[str, Any] | None = None, note: str = "",
-                max_drop: float | None = None) -> None:
+                max_drop: float | None = None, limit: int = 0) -> None:
         """Exports one artifact, then verifies it; failures become report rows.
 
         With `runner` None the artifact has no runtime here: `export` must
-        check it (a spec check) and `note` says why it was not run.
+        check it (a spec check) and `note` says why it was not run. With
+        `limit`, it is verified on that many of the images, evenly spaced.
         """
+        images, labels, reference = self.images, self.labels, self.reference
+        keras_accuracy, subset = self.keras_accuracy, ""
+        if 0 < limit < len(labels):
+            index = np.linspace(0, len(labels) - 1, limit).astype(int)
+            images, labels, reference = images[index], labels[index], reference[index]
+            keras_accuracy = float(np.mean(reference.argmax(axis=1) == labels))
+            subset = f"verified on {limit} of the {len(self.labels)} images"
+            # The benchmark compares its top-1 with Keras's on the same images.
+            details = {**(details or {}), "verify_images": int(limit),
+                       "keras_top1": keras_accuracy}
         try:
             extra = export() or {}
         except Exception as e:  # One format's failure must not stop the others.
@@ -253,10 +271,10 @@ class _Exporter:
                     size_bytes=size, gzip_bytes=gz, details=details, reason=note))
                 return
             run = runner()
-            result = measure(name, run, self.images, self.labels, self.reference,
+            result = measure(name, run, images, labels, reference,
                              min_agreement=min_agreement, path=path, root=self.folder,
                              latency_ms=None, batched=not hasattr(run, "last"), details=details)
-            drop = self.keras_accuracy - (result.top1_accuracy or 0.0)
+            drop = keras_accuracy - (result.top1_accuracy or 0.0)
             if max_drop is not None and result.status == "passed" and drop > max_drop:
                 result.status = "failed_verification"
                 result.reason = (f"top-1 accuracy {drop:.2%} below Keras, more than the allowed "
@@ -264,6 +282,7 @@ class _Exporter:
             if hasattr(run, "last"):
                 result.latency_ms = run.last.get("latency_ms")
                 result.details["node_backend"] = run.last.get("backend")
+            result.reason = result.reason or subset
         except Exception as e:  # Exported but not verified: recorded, others go on.
             size, gz = artifact_size(path) if os.path.exists(path) else (None, None)
             result = FormatResult(format=name, status="failed_verification",
@@ -397,7 +416,8 @@ class _Exporter:
 
             kind = quantization if quantization != "uint8" else "quantized"
             self.attempt(f"tfjs_{quantization}", path, export,
-                         lambda p=path: tfjs_runner(p), _MIN_AGREEMENT[kind])
+                         lambda p=path: tfjs_runner(p), _MIN_AGREEMENT[kind],
+                         limit=self.options.tfjs_verify_limit)
 
     def _contract(self):
         """The traced contract shared by the ONNX and OpenVINO converters."""

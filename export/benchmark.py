@@ -67,7 +67,8 @@ class BenchmarkRow:
         smaller_than_float32: Size of the same format's float32 over this
             one's (e.g. 3.9 for an int8 model), None without a float32.
         top1: Top-1 accuracy (0-1) on the verification images.
-        top1_drop: Keras top-1 minus this one's, in points (positive: worse).
+        top1_drop: Keras top-1 minus this one's, in points (positive: worse),
+            on the same images (TF.js may be verified on a subset).
         agreement: Share of images whose top-1 equals Keras's.
         max_prob_diff: Largest probability difference from Keras.
         latency_ms: Median milliseconds per single image on the machine
@@ -233,13 +234,15 @@ def _rows(results: Sequence[dict[str, Any]]) -> list[BenchmarkRow]:
         family = _family(r["format"])
         float32 = sizes.get(f"{family}_float32") if family != r["format"] else None
         size, top1, latency = r.get("size_bytes"), r.get("top1_accuracy"), r.get("latency_ms")
+        # A format verified on a subset is compared with Keras on that subset.
+        reference = (r.get("details") or {}).get("keras_top1", keras_top1)
         rows.append(BenchmarkRow(
             format=r["format"], runtime=_RUNTIMES.get(r["format"].split("_")[0], "?"),
             status=r["status"], size_mb=None if size is None else size / 1e6,
             gzip_mb=None if r.get("gzip_bytes") is None else r["gzip_bytes"] / 1e6,
             smaller_than_float32=float32 / size if float32 and size else None,
             top1=top1,
-            top1_drop=None if top1 is None or keras_top1 is None else 100 * (keras_top1 - top1),
+            top1_drop=None if top1 is None or reference is None else 100 * (reference - top1),
             agreement=r.get("agreement"), max_prob_diff=r.get("max_prob_diff"),
             latency_ms=latency, fps=1000.0 / latency if latency else None,
             path=r.get("path", ""), reason=r.get("reason", "")))

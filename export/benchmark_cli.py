@@ -17,6 +17,7 @@ add_benchmark_parser(verbs)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -40,9 +41,12 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
         out = args.out or f"{source.rstrip(os.sep)}-benchmark"
         options = ExportOptions(verify_limit=args.verify_limit, verify_split=args.verify_split,
+                                tfjs_verify_limit=args.tfjs_verify_limit,
                                 calibration_size=args.calibration_size, progress=not args.json)
-        report = benchmark(source, out, args.formats, overwrite=args.overwrite, options=options,
-                           max_drop=args.max_drop, plot=not args.no_plot)
+        # Converters and fine-tunes print progress on stdout; the table owns it.
+        with contextlib.redirect_stdout(sys.stderr):
+            report = benchmark(source, out, args.formats, overwrite=args.overwrite,
+                               options=options, max_drop=args.max_drop, plot=not args.no_plot)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -75,6 +79,8 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--verify-split", default="", help="split to run on (default: test)")
     parser.add_argument("--verify-limit", type=int, default=0,
                         help="run on N images spread evenly over the split (0: all)")
+    parser.add_argument("--tfjs-verify-limit", type=int, default=0,
+                        help="run TF.js (pure JavaScript, slow) on N of those images (0: all)")
     parser.add_argument("--calibration-size", type=int, default=200,
                         help="training images for int8 calibration")
     parser.add_argument("--no-plot", action="store_true", help="do not draw benchmark.png")

@@ -77,7 +77,7 @@ def exported(tmp_path_factory):
     report = export_model(run_dir, out, options=ExportOptions(
         calibration_size=32, sparsities=(0.8,), prune_epochs=3, progress=False,
         prune_max_drop=0.25,  # a 100-image toy model; the MNIST figures are in the report
-        coreml_weights=("float16", "int8")))
+        coreml_weights=("float16", "int8"), tfjs_verify_limit=40))
     return {"dataset": dataset_dir, "run": run_dir, "out": out, "report": report,
             "rows": {r["format"]: r for r in report["formats"]}}
 
@@ -221,6 +221,9 @@ def test_tfjs_model_json_carries_metadata_and_node_agrees(exported):
     assert rows["tfjs_float32"]["agreement"] == 1.0
     assert rows["tfjs_float32"]["max_prob_diff"] < 1e-4
     assert rows["tfjs_float32"]["details"]["node_backend"] == "cpu"
+    # Pure JavaScript is slow: verified on an evenly spaced subset when asked.
+    assert rows["tfjs_float32"]["details"]["verify_images"] == 40
+    assert rows["tfjs_float32"]["reason"] == "verified on 40 of the 160 images"
 
 
 def test_same_raw_image_gives_same_label_in_every_runtime(exported):
