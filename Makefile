@@ -14,7 +14,7 @@ NODE_STAMP := $(VENV)/.installed-node
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,serve,ui,export,interop]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,serve,ui,export,tune,track,interop]"
 	$(BIN)/python -m pip check
 	touch $@
 

@@ -17,22 +17,16 @@ print(report["markdown"])
 
 from __future__ import annotations
 
-__all__ = ["FORMATS", "FORMAT_VARIANTS", "INTEROP_FORMATS", "ExportOptions", "export_model"]
+# Light (no TensorFlow): the CLI lists the formats and options without the converters.
+from vispipe.export.options import FORMAT_VARIANTS, FORMATS, INTEROP_FORMATS, ExportOptions
 
-# Here, not in `vispipe.export.api`, so the CLI can list them without loading TensorFlow.
-FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs", "onnx", "openvino")
-# Formats whose variants can also be asked for alone, e.g. "onnx_int8".
-FORMAT_VARIANTS = {"onnx": ("float32", "float16", "int8"),
-                   "openvino": ("float32", "float16", "int8")}
-# Formats from the optional `interop` extra, with the modules they need; the
-# default export includes them only when those are installed.
-INTEROP_FORMATS = {"onnx": ("tf2onnx", "onnxruntime"), "openvino": ("openvino", "nncf")}
+__all__ = ["FORMATS", "FORMAT_VARIANTS", "INTEROP_FORMATS", "ExportOptions", "export_model"]
 
 
 def __getattr__(name: str):
     # TensorFlow and the converters load only when an export runs.
-    if name in ("ExportOptions", "export_model"):
-        from vispipe.export import api
+    if name == "export_model":
+        from vispipe.export.api import export_model
 
-        return getattr(api, name)
+        return export_model
     raise AttributeError(f"module 'vispipe.export' has no attribute {name!r}")

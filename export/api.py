@@ -13,8 +13,8 @@
   openvino/{float32,float16,int8}/<name>.{xml,bin}, openvino/labels.txt, openvino/export.json
 ```
 
-Everything is written into `<out>.partial-<random>` and renamed when
-complete. A format that fails is recorded with its reason and does not stop
+Everything is written into a temporary folder beside `<out>`
+(`vispipe.fileio.atomic_path`) and renamed when complete. A format that fails is recorded with its reason and does not stop
 the others.
 
 Example:
@@ -27,22 +27,29 @@ print(report["markdown"])
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
-import secrets
 import shutil
 import traceback
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vispipe.export import FORMAT_VARIANTS, FORMATS, INTEROP_FORMATS
+from vispipe.config_io import validate_config
 from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
+from vispipe.export.options import (
+    COREML_WEIGHTS,
+    FORMAT_CHOICES,
+    FORMAT_VARIANTS,
+    FORMATS,
+    INTEROP_FORMATS,
+    TFJS_QUANTIZATIONS,
+    ExportOptions,
+)
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
-from vispipe.fileio import replace_folder
+from vispipe.fileio import atomic_path
 
 __all__ = ["FORMATS", "ExportOptions", "UnwritableOutputError", "export_model"]
 
@@ -54,78 +61,24 @@ class UnwritableOutputError(PermissionError, ValueError):
     """The export folder cannot be created or written."""
 
 
-@dataclasses.dataclass
-class ExportOptions:
-    """Settings of `export_model` (defaults export and verify everything).
-
-    Args:
-        name: Model name (default: the run's name).
-        version: TF Serving version number.
-        which: Run model to export: "final", "best" or "last".
-        top_k: Top labels every artifact returns.
-        calibration_size: Training images for int8 calibration.
-        sparsities: Target sparsities of the pruned models.
-        prune_epochs: Fine-tuning epochs per pruned model.
-        prune_limit: Training images for the fine-tune (0: all).
-        prune_learning_rate: Adam learning rate of the fine-tune.
-        prune_max_drop: A pruned model fails verification when its top-1
-            accuracy is more than this below the Keras model's (it is
-            fine-tuned, so top-1 agreement is not the measure).
-        coreml_weights: CoreML weight types ("float16", "int8").
-        tfjs_quantizations: TF.js weight types ("float32", "float16", "uint8").
-        verify_split: Split to verify on ("" : test, else val).
-        verify_limit: Verify on N images spread evenly over the split (0: all).
-        tfjs_verify_limit: Verify TF.js on N of those images, spread evenly
-            (0: all). TF.js runs in pure JavaScript (Node's CPU backend, as
-            a browser without WebGL would), tens of times slower than the
-            native runtimes.
-        metadata: CoreML metadata (author, license, description, version).
-        seed: Seed of the fine-tunes.
-        progress: Show progress.
-    """
-
-    name: str = ""
-    version: int = 1
-    which: str = "final"
-    top_k: int = 5
-    calibration_size: int = 200
-    sparsities: Sequence[float] = (0.5, 0.8)
-    prune_epochs: int = 2
-    prune_limit: int = 0
-    prune_learning_rate: float = 1e-4
-    prune_max_drop: float = 0.01
-    coreml_weights: Sequence[str] = ("float16",)
-    tfjs_quantizations: Sequence[str] = ("float32", "float16", "uint8")
-    verify_split: str = ""
-    verify_limit: int = 0
-    tfjs_verify_limit: int = 0
-    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
-    seed: int = 42
-    progress: bool = True
-
-
-_VARIANT_NAMES = tuple(f"{f}_{v}" for f, variants in FORMAT_VARIANTS.items() for v in variants)
-
-
 def _installed(fmt: str) -> bool:
     from importlib.util import find_spec
 
     return all(find_spec(module) is not None for module in INTEROP_FORMATS.get(fmt, ()))
 
 
-def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
-    """The requested names in a fixed order; None: every format whose tools are installed."""
-    if formats is None:
+def _check_formats(formats: Sequence[str] | str) -> list[str]:
+    """The requested names in a fixed order; empty: every format whose tools are installed."""
+    if not isinstance(formats, str) and not formats:
         return [f for f in FORMATS if _installed(f)]
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    known = FORMATS + _VARIANT_NAMES
-    unknown = [f for f in formats if f not in known]
+    unknown = [f for f in formats if f not in FORMAT_CHOICES]
     if unknown or not formats:
         raise ValueError(f"formats: expected names from {FORMATS} or a single variant "
                          f"such as 'onnx_int8', got {list(formats)!r}"
                          f"{f' (unknown: {unknown})' if unknown else ''}.")
-    return [f for f in known if f in formats]
+    return [f for f in FORMAT_CHOICES if f in formats]
 
 
 def _variants(fmt: str, formats: list[str]) -> list[str]:
@@ -136,9 +89,7 @@ def _variants(fmt: str, formats: list[str]) -> list[str]:
 
 
 def _check_options(options: ExportOptions) -> None:
-    from vispipe.export.coreml import COREML_WEIGHTS
-    from vispipe.export.tfjs import TFJS_QUANTIZATIONS
-
+    validate_config(options, "export")
     bad = [s for s in options.sparsities if not 0.0 < s < 1.0]
     if bad or not options.sparsities:
         raise ValueError(f"sparsities: expected values in (0, 1), got {list(options.sparsities)}.")
@@ -177,7 +128,7 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
     """(calibration images, train images, train labels, verify images, verify labels, split)."""
     from vispipe.export.tflite import MIN_CALIBRATION_SAMPLES
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     try:
         info = read_dataset_info(spec.dataset_dir)
@@ -504,8 +455,9 @@ def export_model(
         run_dir: A completed run folder.
         out_dir: The export folder to create.
         formats: Names from `FORMATS` or single variants such as
-            "onnx_int8" (a list or "a,b"); None: every format whose tools
-            are installed (ONNX and OpenVINO need the `interop` extra).
+            "onnx_int8" (a list or "a,b"); None:
+            `options.formats` (empty, the default: every format whose tools
+            are installed; ONNX and OpenVINO need the `interop` extra).
         overwrite: Replace an existing `out_dir` (only once the new export
             is complete).
         options: Everything else (`ExportOptions`).
@@ -530,16 +482,15 @@ def export_model(
     ```
     """
     options = options or ExportOptions()
-    not_installed = [f for f in FORMATS if not _installed(f)] if formats is None else []
+    formats = options.formats if formats is None else formats
+    not_installed = [f for f in FORMATS if not _installed(f)] if not formats else []
     formats = _check_formats(formats)
     _check_options(options)
     out = _check_output(os.fspath(out_dir), overwrite)
     spec, model = load_run(run_dir, name=options.name, which=options.which, top_k=options.top_k)
     data = _load_data(spec, formats, options)
 
-    partial = f"{out}.partial-{secrets.token_hex(4)}"
-    os.makedirs(partial)
-    try:
+    with atomic_path(out, folder=True) as partial:
         exporter = _Exporter(spec, model, partial, out, options, data)
         exporter.keras()
         if "savedmodel" in formats or "tfjs" in formats:
@@ -569,8 +520,4 @@ def export_model(
         if not_installed:
             context["not_installed"] = {f: "pip install 'vispipe[interop]'" for f in not_installed}
         markdown = write_report(partial, exporter.results, context)
-        replace_folder(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**context, "formats": [r.to_json() for r in exporter.results], "markdown": markdown}

@@ -359,9 +359,11 @@ def benchmark(
     Args:
         run_dir: A completed run folder.
         out_dir: The export folder to create.
-        formats: As `export_model`'s (None: every installed format).
+        formats: As `export_model`'s (None: `options.formats`; empty, the
+            default: every installed format).
         overwrite: Replace an existing `out_dir`.
-        options: `ExportOptions` (verification split and limit, calibration...).
+        options: `ExportOptions` (formats, verification split and limit,
+            calibration...).
         max_drop: Accuracy budget of the picks, in top-1 points below Keras.
         plot: Draw `benchmark.png`.
 

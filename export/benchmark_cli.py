@@ -1,10 +1,14 @@
-"""The `vispipe benchmark` verb.
+"""The `vispipe benchmark` verb, in the command line's one config grammar.
 
 ```
-vispipe benchmark runs/mnist                       # export everything to runs/mnist-benchmark, then the table
-vispipe benchmark runs/mnist --formats tflite,onnx,openvino --verify-limit 1000 --out exports/mnist
-vispipe benchmark exports/mnist                    # an existing export: table, picks and plot only
+vispipe benchmark --run runs/mnist                 # export everything to runs/mnist-benchmark, then the table
+vispipe benchmark --run runs/mnist --formats tflite,onnx,openvino --verify-limit 1000 \
+    --out exports/mnist
+vispipe benchmark --export exports/mnist           # an existing export: table, picks and plot only
 ```
+
+The export settings are `vispipe export`'s (`EXPORT_SETTINGS`, the `export:`
+section), so `--config` and `--set export.KEY=VALUE` work the same here.
 
 Example:
 
@@ -18,11 +22,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 
+from vispipe.cli_grammar import add_output_flags, add_settings, resolve
+from vispipe.export.cli import EXPORT_SETTINGS
+
 __all__ = ["add_benchmark_parser", "run_benchmark_command"]
+
+
+def _export_options(args: argparse.Namespace):
+    """`ExportOptions` from --config < flags < --set, progress off with --json/--quiet."""
+    from vispipe.config_io import from_dict
+    from vispipe.export.options import ExportOptions
+
+    config = resolve(args, verb="benchmark")
+    options = from_dict(ExportOptions, config.export,
+                        f"{args.config}: export" if args.config else "export")
+    return dataclasses.replace(options, progress=options.progress and not args.json
+                               and not args.quiet)
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
@@ -30,23 +50,24 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
 
     Returns:
         0 when every format passed, 1 when any failed.
+
+    Raises:
+        ValueError: Neither or both of --run and --export, or bad settings.
     """
-    from vispipe.export.benchmark import REPORT_FILE, benchmark, summarize
+    from vispipe.export.benchmark import benchmark, summarize
 
-    source = os.path.abspath(args.run)
-    if os.path.isfile(os.path.join(source, REPORT_FILE)):
-        report = summarize(source, max_drop=args.max_drop, plot=not args.no_plot)
+    if bool(args.run) == bool(args.export):
+        raise ValueError("benchmark needs --run RUN_DIR (export, then benchmark) or "
+                         "--export DIR (an existing export), not both.")
+    if args.export:
+        report = summarize(args.export, max_drop=args.max_drop, plot=not args.no_plot)
     else:
-        from vispipe.export.api import ExportOptions
-
-        out = args.out or f"{source.rstrip(os.sep)}-benchmark"
-        options = ExportOptions(verify_limit=args.verify_limit, verify_split=args.verify_split,
-                                tfjs_verify_limit=args.tfjs_verify_limit,
-                                calibration_size=args.calibration_size, progress=not args.json)
+        options = _export_options(args)
+        out = args.out or f"{os.path.abspath(args.run).rstrip(os.sep)}-benchmark"
         # Converters and fine-tunes print progress on stdout; the table owns it.
         with contextlib.redirect_stdout(sys.stderr):
-            report = benchmark(source, out, args.formats, overwrite=args.overwrite,
-                               options=options, max_drop=args.max_drop, plot=not args.no_plot)
+            report = benchmark(args.run, out, overwrite=args.overwrite, options=options,
+                               max_drop=args.max_drop, plot=not args.no_plot)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -62,28 +83,22 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The `benchmark` sub-parser (its `handler` is `run_benchmark_command`).
     """
-    from vispipe.export import FORMATS
+    from vispipe.export.options import ExportOptions
 
     parser = subparsers.add_parser(
         "benchmark", help="export every format, run each in its runtime, and compare size, "
                           "accuracy and latency (table and PNG)")
-    parser.add_argument("run", help="a completed run folder (or an export folder: table only)")
-    parser.add_argument("--out", default="", help="export folder to create (default: RUN-benchmark)")
-    parser.add_argument("--formats", type=lambda text: [v.strip() for v in text.split(",")
-                                                        if v.strip()], default=None,
-                        help=f"comma-separated, from {','.join(FORMATS)} or one variant such as "
-                             "onnx_int8 (default: every installed format)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    add_settings(parser, EXPORT_SETTINGS, sections={"export": ExportOptions})
+    parser.add_argument("--run", metavar="RUN_DIR", help="a completed run folder to export")
+    parser.add_argument("--export", metavar="DIR",
+                        help="an existing export folder (table, picks and plot only)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="export folder to create (default: RUN_DIR-benchmark)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export folder (once the new one is complete)")
     parser.add_argument("--max-drop", type=float, default=0.5,
                         help="accuracy budget of the picks, in top-1 points below Keras")
-    parser.add_argument("--verify-split", default="", help="split to run on (default: test)")
-    parser.add_argument("--verify-limit", type=int, default=0,
-                        help="run on N images spread evenly over the split (0: all)")
-    parser.add_argument("--tfjs-verify-limit", type=int, default=0,
-                        help="run TF.js (pure JavaScript, slow) on N of those images (0: all)")
-    parser.add_argument("--calibration-size", type=int, default=200,
-                        help="training images for int8 calibration")
     parser.add_argument("--no-plot", action="store_true", help="do not draw benchmark.png")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_output_flags(parser)
     parser.set_defaults(handler=run_benchmark_command)
     return parser

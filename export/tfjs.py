@@ -40,7 +40,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vispipe.export.verify import check_top_k
 from vispipe.export.contract import (
     INPUT_IMAGES,
     OUTPUT_CLASSES,
@@ -48,9 +47,10 @@ from vispipe.export.contract import (
     OUTPUT_PROBABILITIES,
     OUTPUT_SCORES,
 )
+from vispipe.export.options import TFJS_QUANTIZATIONS
+from vispipe.export.verify import check_top_k
 
 __all__ = [
-    "TFJS_QUANTIZATIONS",
     "JS_DIR",
     "convert_tfjs",
     "name_outputs",
@@ -64,7 +64,6 @@ from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_save
 convert_tf_saved_model(**json.loads(sys.argv[1]))
 """
 
-TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
 _SCRIPT = os.path.join(JS_DIR, "run_graph_model.js")
 

@@ -41,11 +41,12 @@ def _batch_key(inputs: Tensors) -> tuple:
 
 
 class Batcher:
-    """Queues requests and runs them in batches on one worker thread.
+    """Queues requests and runs them in batches on `num_batch_threads` worker threads.
 
-    The worker takes the oldest request, then waits up to `batch_timeout_ms`
+    A worker takes the oldest request, then waits up to `batch_timeout_ms`
     for more requests of the same shape until `max_batch_size` rows are
     gathered, runs `run` once on the concatenation and splits the outputs.
+    A model whose outputs have no batch dimension gets each request run alone.
 
     Args:
         run: the signature call, dict of batched inputs -> dict of batched outputs.
@@ -69,8 +70,12 @@ class Batcher:
         self._queued_rows = 0
         self._closed = False
         self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"batcher-{name}-{i}", daemon=True)
+            for i in range(config.num_batch_threads)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def queue_depth(self) -> int:
@@ -108,11 +113,13 @@ class Batcher:
         return task.future
 
     def close(self, timeout: float | None = None) -> None:
-        """Refuses new requests, runs the queued ones, and stops the worker."""
+        """Refuses new requests, runs the queued ones, and stops the workers."""
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def _take(self, key: tuple, room: int) -> list[_Task]:
         """Removes from the queue the tasks of shape `key` that fit in `room` rows (caller holds the lock)."""
@@ -157,31 +164,35 @@ class Batcher:
                 self._run_batch(batch)
 
     def _run_batch(self, batch: list[_Task]) -> None:
-        total = sum(t.rows for t in batch)
-        try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                inputs = {name: np.concatenate([t.inputs[name] for t in batch]) for name in batch[0].inputs}
-            outputs = self._run(inputs)
-            for name, value in outputs.items():
-                if np.ndim(value) == 0 or np.shape(value)[0] != total:
-                    raise ServingError(
-                        "FAILED_PRECONDITION",
-                        f"batching needs outputs with a batch dimension; output {name!r} of {self._name} "
-                        f"has shape {list(np.shape(value))} for {total} rows (serve it with batching off)",
-                    )
-        except BaseException as error:  # handed to every waiting request, never lost
-            for task in batch:
-                task.future.set_exception(error)
-            return
+        if len(batch) == 1:
+            self._run_alone(batch[0])
+        else:
+            total = sum(t.rows for t in batch)
+            try:
+                outputs = self._run({name: np.concatenate([t.inputs[name] for t in batch]) for name in batch[0].inputs})
+            except Exception:  # one request's bad values must not fail the others: each runs alone
+                outputs = None
+            if outputs is not None and all(np.ndim(v) and np.shape(v)[0] == total for v in outputs.values()):
+                _split(batch, outputs)
+            else:  # no batch dimension to split along, or an error to attribute
+                for task in batch:
+                    self._run_alone(task)
         if self._on_batch is not None:
-            self._on_batch(total)
-        start = 0
-        for task in batch:
-            end = start + task.rows
-            task.future.set_result({name: value[start:end] for name, value in outputs.items()})
-            start = end
+            self._on_batch(sum(t.rows for t in batch))
+
+    def _run_alone(self, task: _Task) -> None:
+        try:
+            task.future.set_result(self._run(task.inputs))
+        except BaseException as error:  # handed to the waiting request, never lost
+            task.future.set_exception(error)
+
+
+def _split(batch: list[_Task], outputs: Tensors) -> None:
+    start = 0
+    for task in batch:
+        end = start + task.rows
+        task.future.set_result({name: value[start:end] for name, value in outputs.items()})
+        start = end
 
 
 def _rows(inputs: Tensors) -> int:

@@ -1,8 +1,13 @@
-"""TF Serving request/response encodings: REST JSON (row and columnar) and tf.Example.
+"""TF Serving's REST JSON: predict bodies (row and columnar), tf.Example bodies, and answers.
+
+Follows tensorflow_serving/util/json_tensor.cc: numbers are written as TF
+Serving writes them (a float32 0.1 is `0.1`, whole numbers get `.0`, NaN and
+Infinity are the bare tokens), binary strings as `{"b64": ...}`.
 
 ```python
-inputs, row_format = decode_predict_json({"instances": [[1.0, 2.0]]}, signature, max_instances=64)
-body = encode_predict_json(outputs, row_format)
+arrays, row_format = decode_predict_json({"instances": [[1.0, 2.0]]}, signature, max_instances=64)
+text = encode_predict_json(outputs, row_format)          # '{"predictions": [[3.0, 4.5]]}'
+serialized = examples_from_json({"examples": [{"x": 1.0}]}, max_instances=64)
 ```
 """
 
@@ -10,38 +15,157 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
+import struct
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from vispipe.serving.errors import ServingError
-from vispipe.serving.servable import SignatureInfo
+from vispipe.serving.signature import SignatureInfo
 
 __all__ = [
-    "check_inputs",
     "decode_predict_json",
     "encode_predict_json",
     "examples_from_json",
-    "classification_results",
+    "classification_json",
+    "regression_json",
+    "decimal_text",
 ]
 
 Tensors = dict[str, np.ndarray]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _bad(message: str) -> ServingError:
     return ServingError("INVALID_ARGUMENT", message)
 
 
+# -- numbers as TF Serving writes them ---------------------------------------------------
+
+
+_FLOAT32 = struct.Struct("<f")
+
+
+def decimal_text(value: float, single: bool = True) -> str:
+    """One float as json_tensor.cc's WriteDecimal writes it.
+
+    Six significant digits when they round-trip (as float32 for `single`), else full
+    precision; `.0` on whole numbers; `NaN`, `Infinity`, `-Infinity` for non-finite values.
+
+    Example:
+    >>> decimal_text(float(np.float32(0.1))), decimal_text(3.0), decimal_text(1e-05)
+    ('0.1', '3.0', '1e-05')
+    """
+    if not math.isfinite(value):
+        return "NaN" if value != value else ("-Infinity" if value < 0 else "Infinity")
+    text = "%.6g" % value
+    back = float(text)
+    if back != value:
+        try:
+            exact = single and _FLOAT32.unpack(_FLOAT32.pack(back))[0] == value
+        except OverflowError:
+            exact = False
+        if not exact:
+            text = ("%.9g" if single else "%.17g") % value
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _string_value(name: str, value: Any) -> Any:
+    value = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if not name.endswith("_bytes"):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # not text: sent as base64 rather than as invalid JSON
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
+def _texts(name: str, array: np.ndarray) -> np.ndarray:
+    """The JSON text of every element, same shape as `array`."""
+    flat = array.reshape(-1)
+    kind = array.dtype.kind
+    if kind == "f":
+        single = array.dtype.itemsize <= 4
+        texts = [decimal_text(v, single) for v in flat.astype(np.float64).tolist()]
+    elif kind == "b":
+        texts = ["true" if v else "false" for v in flat.tolist()]
+    elif kind in "iu":
+        texts = [str(v) for v in flat.tolist()]
+    else:
+        texts = [json.dumps(_string_value(name, v), ensure_ascii=False) for v in flat.tolist()]
+    return np.array(texts, dtype=object).reshape(array.shape)
+
+
+def _nest(texts: Any) -> str:
+    if not isinstance(texts, np.ndarray) or texts.ndim == 0:
+        return str(texts)
+    return "[" + ", ".join(_nest(t) for t in texts) + "]"
+
+
+def encode_predict_json(outputs: Tensors, row_format: bool) -> str:
+    """The predict answer: `predictions` (rows) or `outputs` (columns), as TF Serving writes it.
+
+    With one output its name is left out. Row format needs every output to have
+    the same first (batch) dimension.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for row format over outputs without a shared batch dimension.
+
+    Example:
+    >>> encode_predict_json({"y": np.array([2.5, 3.0], np.float32)}, row_format=True)
+    '{"predictions": [2.5, 3.0]}'
+    """
+    texts = {name: _texts(name, np.asarray(array)) for name, array in outputs.items()}
+    if not row_format:
+        if len(texts) == 1:
+            return '{"outputs": ' + _nest(next(iter(texts.values()))) + "}"
+        return '{"outputs": {' + ", ".join(f"{json.dumps(k)}: {_nest(v)}" for k, v in texts.items()) + "}}"
+    batch = None
+    for name, value in texts.items():
+        if value.ndim == 0:
+            raise _bad(f"Tensor name: {name} has no shape information ")
+        if batch is not None and value.shape[0] != batch:
+            raise _bad(f"Tensor name: {name} has inconsistent batch size: {value.shape[0]} expecting: {batch}")
+        batch = value.shape[0]
+    if len(texts) == 1:
+        rows = [_nest(row) for row in next(iter(texts.values()))]
+    else:
+        keys = {name: json.dumps(name) for name in texts}
+        rows = ["{" + ", ".join(f"{keys[k]}: {_nest(v[i])}" for k, v in texts.items()) + "}" for i in range(batch)]
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
+def classification_json(results: list[list[tuple[str, float]]]) -> str:
+    """`{"results": [[[label, score], ...], ...]}` (json_tensor.cc MakeJsonFromClassificationResult)."""
+    rows = [
+        "[" + ", ".join(f"[{json.dumps(label, ensure_ascii=False)}, {decimal_text(score)}]" for label, score in row) + "]"
+        for row in results
+    ]
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
+def regression_json(values: list[float]) -> str:
+    """`{"results": [value, ...]}` (json_tensor.cc MakeJsonFromRegressionResult)."""
+    return '{"results": [' + ", ".join(decimal_text(v) for v in values) + "]}"
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
 def _unb64(value: Any) -> Any:
     """Replaces {"b64": "..."} objects by bytes and str by utf-8 bytes, recursively."""
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
-            raise _bad(f'expected a binary value as {{"b64": "<base64 string>"}}, got an object with keys {sorted(value)}')
+            raise _bad(f"JSON Value: {json.dumps(value)[:200]} not formatted correctly for base64 data")
         try:
             return base64.b64decode(value["b64"], validate=True)
         except (binascii.Error, ValueError):
-            raise _bad("invalid base64 in a {\"b64\": ...} value") from None
+            raise _bad("Unable to base64 decode") from None
     if isinstance(value, list):
         return [_unb64(v) for v in value]
     if isinstance(value, str):
@@ -49,7 +173,11 @@ def _unb64(value: Any) -> Any:
     return value
 
 
-def _has_b64(value: Any) -> bool:
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"b64"}
+
+
+def _has_strings(value: Any) -> bool:
     while isinstance(value, list) and value:
         value = value[0]
     return isinstance(value, (dict, str))
@@ -64,7 +192,7 @@ def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
         if any(not isinstance(v, bytes) for v in array.reshape(-1)):
             raise _bad(f"input {name!r}: expected strings or {{\"b64\": ...}} values for a DT_STRING tensor")
         return array
-    if _has_b64(value):
+    if _has_strings(value):
         raise _bad(f"input {name!r}: expected numbers for a {spec.dtype.name} tensor, got strings")
     try:
         array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
@@ -72,46 +200,47 @@ def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
         raise _bad(
             f"input {name!r}: expected a rectangular list of {spec.dtype.name} values, got {error}".split("\n")[0]
         ) from None
+    if spec.dtype.is_floating and np.isinf(array).any() and not np.isinf(np.asarray(value, dtype=np.float64)).any():
+        raise _bad(f"Cannot convert JSON value of input {name!r} to {spec.dtype.name} without loss of precision.")
     return array
 
 
-def check_inputs(sig: SignatureInfo, inputs: Tensors) -> Tensors:
-    """Checks names, dtypes and shapes of `inputs` against the signature; casts dtypes.
+def _row_columns(instances: list, sig: SignatureInfo) -> dict[str, list]:
+    names = sorted(sig.inputs)
+    named = isinstance(instances[0], dict) and not _is_b64(instances[0])
+    if not named:
+        if len(names) > 1:
+            raise _bad(
+                "instances is a plain list, but expecting list of objects as multiple input tensors "
+                f"required as per tensorinfo_map (signature {sig.name!r} takes {names})"
+            )
+        if any(isinstance(i, dict) and not _is_b64(i) for i in instances):
+            raise _bad("Expecting value/list but got object in the 'instances' list")
+        return {names[0]: instances}
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict) or _is_b64(instance):
+            raise _bad(f"Expecting object but got list at item {index} of input list")
+        if sorted(instance) != names:
+            raise _bad(
+                f"Failed to process element: {index} of 'instances' list. JSON object keys "
+                f"{sorted(instance)} must be equal to: {','.join(names)}"
+            )
+    return {name: [i[name] for i in instances] for name in names}
 
-    Args:
-        sig: the signature called.
-        inputs: input name -> array (from JSON or TensorProtos).
 
-    Returns:
-        The inputs cast to the signature's dtypes.
-
-    Raises:
-        ServingError: INVALID_ARGUMENT naming the input, the expected and the received.
-    """
-    missing = sorted(set(sig.inputs) - set(inputs))
-    extra = sorted(set(inputs) - set(sig.inputs))
-    if missing or extra:
-        raise _bad(
-            f"signature {sig.name!r} takes inputs {sorted(sig.inputs)}; "
-            f"missing {missing}, unexpected {extra}"
-        )
-    checked = {}
-    for name, array in inputs.items():
-        spec = sig.inputs[name]
-        if spec.dtype == tf.string:
-            if array.dtype != object and array.dtype.kind not in "SU":
-                raise _bad(f"input {name!r}: expected DT_STRING values, got {array.dtype}")
-            array = np.asarray(array, dtype=object)
-        elif array.dtype != spec.dtype.as_numpy_dtype:
-            if array.dtype == object or array.dtype.kind in "SUV":
-                raise _bad(f"input {name!r}: expected {spec.dtype.name} values, got {array.dtype}")
-            array = array.astype(spec.dtype.as_numpy_dtype)
-        if not spec.shape.is_compatible_with(array.shape):
-            raise _bad(f"input {name!r}: expected shape {spec.shape.as_list()}, got {list(array.shape)}")
-        if array.ndim and array.shape[0] == 0:
-            raise _bad(f"input {name!r}: expected at least one instance, got an empty batch")
-        checked[name] = array
-    return checked
+def _columnar(inputs: Any, sig: SignatureInfo) -> dict[str, Any]:
+    names = sorted(sig.inputs)
+    if not isinstance(inputs, dict) or _is_b64(inputs):
+        if len(names) > 1:
+            raise _bad(
+                "inputs is a plain value/list, but expecting an object as multiple input tensors "
+                f"required as per tensorinfo_map (signature {sig.name!r} takes {names})"
+            )
+        return {names[0]: inputs}
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise _bad(f"Missing named input: {missing[0]} in 'inputs' object.")
+    return {name: inputs[name] for name in names}
 
 
 def decode_predict_json(body: Any, sig: SignatureInfo, max_instances: int) -> tuple[Tensors, bool]:
@@ -123,143 +252,97 @@ def decode_predict_json(body: Any, sig: SignatureInfo, max_instances: int) -> tu
         max_instances: most rows allowed.
 
     Returns:
-        (input name -> array, True for the row format).
+        (input alias -> array, True for the row format).
 
     Example:
     >>> decode_predict_json({"instances": [[0, 1]]}, sig, 16)  # doctest: +SKIP
-    ({'x': array([[0, 1]])}, True)
+    ({'x': array([[0., 1.]], dtype=float32)}, True)
     """
     if not isinstance(body, dict):
-        raise _bad(f"expected a JSON object with 'instances' or 'inputs', got {type(body).__name__}")
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad("JSON object: expected exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-    names = sorted(sig.inputs)
+        raise _bad(f"JSON Value: {json.dumps(body)[:100]} Is not object")
+    if "instances" in body and "inputs" in body:
+        raise _bad("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist")
     if "instances" in body:
         instances = body["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise _bad("'instances' must be a non-empty list")
+        if not isinstance(instances, list):
+            raise _bad("Excepting 'instances' to be an list/array")
+        if not instances:
+            raise _bad("No values in 'instances' array")
         if len(instances) > max_instances:
             raise _bad(f"'instances' holds {len(instances)} rows; this server takes at most {max_instances}")
-        named = all(isinstance(i, dict) and "b64" not in i for i in instances)
-        if len(names) > 1 and not named:
-            raise _bad(f"signature {sig.name!r} has several inputs {names}: each instance must be an object naming them")
-        if named:
-            keys = {tuple(sorted(i)) for i in instances}
-            if len(keys) != 1:
-                raise _bad("all instances must name the same inputs")
-            columns = {k: [i[k] for i in instances] for k in keys.pop()}
-        else:
-            columns = {names[0]: instances}
+        columns = _row_columns(instances, sig)
+    elif "inputs" in body:
+        columns = _columnar(body["inputs"], sig)
     else:
-        inputs = body["inputs"]
-        if isinstance(inputs, dict) and "b64" not in inputs:
-            columns = inputs
-        elif len(names) == 1:
-            columns = {names[0]: inputs}
-        else:
-            raise _bad(f"signature {sig.name!r} has several inputs {names}: 'inputs' must be an object naming them")
-    arrays = {}
-    for name, value in columns.items():
-        if name not in sig.inputs:
-            raise _bad(f"signature {sig.name!r} has no input {name!r}; its inputs are {names}")
-        arrays[name] = _to_array(name, value, sig.inputs[name])
-        if arrays[name].ndim and arrays[name].shape[0] > max_instances:
-            raise _bad(f"input {name!r} holds {arrays[name].shape[0]} rows; this server takes at most {max_instances}")
-    return check_inputs(sig, arrays), "instances" in body
-
-
-def _jsonable(name: str, array: np.ndarray) -> Any:
-    if array.dtype == object or array.dtype.kind == "S":
-        flat = []
-        for value in array.reshape(-1):
-            if name.endswith("_bytes"):
-                flat.append({"b64": base64.b64encode(value).decode("ascii")})
-            else:
-                try:
-                    flat.append(value.decode("utf-8"))
-                except UnicodeDecodeError:
-                    flat.append({"b64": base64.b64encode(value).decode("ascii")})
-        return np.array(flat, dtype=object).reshape(array.shape).tolist()
-    return array.tolist()
-
-
-def encode_predict_json(outputs: Tensors, row_format: bool) -> dict[str, Any]:
-    """Encodes outputs as TF Serving does: `predictions` (rows) or `outputs` (columns).
-
-    With one output its name is left out; string outputs are text, or {"b64": ...}
-    when the output name ends in `_bytes` or the bytes are not UTF-8.
-
-    Example:
-    >>> encode_predict_json({"y": np.array([[0.5]])}, row_format=True)
-    {'predictions': [[0.5]]}
-    """
-    values = {name: _jsonable(name, array) for name, array in outputs.items()}
-    if not row_format:
-        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
-    if len(values) == 1:
-        return {"predictions": next(iter(values.values()))}
-    rows = len(next(iter(values.values())))
-    return {"predictions": [{name: value[i] for name, value in values.items()} for i in range(rows)]}
+        raise _bad("Missing 'inputs' or 'instances' key")
+    arrays = {name: _to_array(name, value, sig.inputs[name]) for name, value in columns.items()}
+    for name, array in arrays.items():
+        if array.ndim and array.shape[0] > max_instances:
+            raise _bad(f"input {name!r} holds {array.shape[0]} rows; this server takes at most {max_instances}")
+    return arrays, "instances" in body
 
 
 def _feature(name: str, value: Any) -> tf.train.Feature:
-    items = value if isinstance(value, list) else [value]
-    if any(isinstance(v, (dict, str)) for v in items):
-        raw = _unb64(items)
-        if not all(isinstance(v, bytes) for v in raw):
-            raise _bad(f"feature {name!r}: expected all strings, got a mix of strings and other values")
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=raw))
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-        raise _bad(f"feature {name!r}: expected numbers, strings or {{\"b64\": ...}} (or a flat list of them), got {value!r}"[:300])
-    if all(isinstance(v, int) for v in items):
-        try:
-            return tf.train.Feature(int64_list=tf.train.Int64List(value=items))
-        except ValueError:
-            raise _bad(f"feature {name!r}: integer out of int64 range") from None
-    return tf.train.Feature(float_list=tf.train.FloatList(value=items))
+    """One JSON feature value (or flat list) as json_tensor.cc's AddValueToFeature makes it."""
+    kinds = set()
+    values = []
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, bool) or isinstance(item, int):
+            kinds.add("int64")
+            values.append(int(item))
+        elif isinstance(item, float):
+            if math.isfinite(item) and abs(item) > _FLOAT32_MAX:
+                raise _bad(f"Cannot convert JSON value: {item} to float without loss of precision.")
+            kinds.add("float")
+            values.append(item)
+        elif isinstance(item, str) or _is_b64(item):
+            kinds.add("bytes")
+            values.append(_unb64(item))
+        else:
+            raise _bad(f"Feature: {name} has element with unexpected JSON type: {type(item).__name__}")
+    if len(kinds) > 1:
+        raise _bad(f"Unexpected element type in feature: {name} expecting type: {sorted(kinds)[0]}")
+    kind = kinds.pop() if kinds else "bytes"
+    try:
+        if kind == "int64":
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        if kind == "float":
+            return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+    except ValueError:
+        raise _bad(f"Feature: {name} has an integer out of the int64 range") from None
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _example(value: Any) -> bytes:
+    if not isinstance(value, dict):
+        raise _bad(f"Example must be JSON object but got JSON {type(value).__name__}")
+    features = {name: _feature(name, v) for name, v in value.items()}
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
 def examples_from_json(body: Any, max_instances: int) -> np.ndarray:
-    """Serializes the `examples` (merged with `context`) of a REST classify body as tf.Examples.
+    """The serialized tf.Examples of a REST classify/regress body, fed as TF Serving feeds them.
+
+    A `context` is serialized in front of each example (so its features merge in,
+    the example's winning), as TF Serving does with `example_list_with_context`.
 
     Returns:
         A 1-D object array of serialized tf.Example protos.
+
+    Example:
+    >>> len(examples_from_json({"examples": [{"x": 1.0}, {"x": 2.0}]}, 16))
+    2
     """
-    if not isinstance(body, dict) or not isinstance(body.get("examples"), list) or not body["examples"]:
-        raise _bad("expected a JSON object with a non-empty 'examples' list")
+    if not isinstance(body, dict):
+        raise _bad(f"JSON Value: {json.dumps(body)[:100]} Is not object")
+    if "examples" not in body:
+        raise _bad("When method is classify, key 'examples' is expected and was not found")
     examples = body["examples"]
+    if not isinstance(examples, list):
+        raise _bad("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _bad("'examples' value is an empty array")
     if len(examples) > max_instances:
         raise _bad(f"'examples' holds {len(examples)} entries; this server takes at most {max_instances}")
-    context = body.get("context", {})
-    if not isinstance(context, dict):
-        raise _bad(f"'context' must be an object, got {type(context).__name__}")
-    serialized = []
-    for example in examples:
-        if not isinstance(example, dict):
-            raise _bad(f"each example must be an object of feature name -> value, got {type(example).__name__}")
-        features = {name: _feature(name, value) for name, value in {**context, **example}.items()}
-        serialized.append(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
-    return np.array(serialized, dtype=object)
-
-
-def classification_results(outputs: Tensors) -> list[list[tuple[str, float]]]:
-    """Pairs `classes` and `scores` outputs per example: [[(label, score), ...], ...]."""
-    scores = outputs.get("scores")
-    classes = outputs.get("classes")
-    if scores is None and classes is None:
-        raise ServingError(
-            "FAILED_PRECONDITION",
-            f"a classification signature must output 'classes' and/or 'scores', got {sorted(outputs)}",
-        )
-    reference = scores if scores is not None else classes
-    reference = reference.reshape(reference.shape[0], -1)
-    results = []
-    for i in range(reference.shape[0]):
-        row = []
-        for j in range(reference.shape[1]):
-            label = classes.reshape(reference.shape)[i, j] if classes is not None else b""
-            label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
-            score = float(scores.reshape(reference.shape)[i, j]) if scores is not None else 0.0
-            row.append((label, score))
-        results.append(row)
-    return results
+    context = _example(body["context"]) if "context" in body else b""
+    return np.array([context + _example(e) for e in examples], dtype=object)

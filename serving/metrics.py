@@ -1,22 +1,75 @@
-"""Prometheus metrics of one server (its own registry, so several servers can live in a process).
+"""Prometheus metrics of one server: vispipe's own, and TF Serving's request metrics by TF Serving's names.
+
+vispipe's metrics live in their own registry, so several servers can share a
+process. TF Serving's `:tensorflow:serving:request_count` and
+`:tensorflow:serving:request_latency` (microseconds, TF Serving's buckets) are
+written in TF Serving's exposition format (util/prometheus_exporter.cc), so
+dashboards built for TF Serving keep working.
 
 ```python
 metrics = ServingMetrics()
-metrics.observe_request("lenet", 1, "predict", 200, 0.004)
+metrics.observe_request("lenet", 1, "predict", "OK", 0.004, entrypoint="REST")
 text = metrics.render()
 ```
 """
 
 from __future__ import annotations
 
+import collections
+import threading
 from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vispipe.serving.errors import http_status
 
 __all__ = ["ServingMetrics", "CONTENT_TYPE_LATEST"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# util.cc: request_latency uses Buckets::Exponential(10, 1.8, 33), in microseconds.
+_TF_LATENCY_LIMITS = tuple(10 * 1.8**i for i in range(32))
+_TF_APIS = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "multi_inference": "MultiInference"}
+
+
+def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
+    return ",".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in pairs)
+
+
+class _TfServingRequests:
+    """TF Serving's request count and latency metrics, rendered in its own text format."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter = collections.Counter()
+        self._latency: dict[tuple, list] = {}
+
+    def observe(self, model: str, api: str, entrypoint: str, code: str, seconds: float) -> None:
+        micros = seconds * 1e6
+        with self._lock:
+            self._counts[(("model_name", model), ("status", code))] += 1
+            key = (("model_name", model), ("API", api), ("entrypoint", entrypoint), ("status", code))
+            buckets = self._latency.setdefault(key, [[0] * (len(_TF_LATENCY_LIMITS) + 1), 0.0])
+            index = next((i for i, limit in enumerate(_TF_LATENCY_LIMITS) if micros < limit), len(_TF_LATENCY_LIMITS))
+            buckets[0][index] += 1
+            buckets[1] += micros
+
+    def render(self) -> str:
+        with self._lock:
+            counts = dict(self._counts)
+            latency = {k: ([*v[0]], v[1]) for k, v in self._latency.items()}
+        lines = ["# TYPE :tensorflow:serving:request_count counter"]
+        lines += [f":tensorflow:serving:request_count{{{_labels(k)}}} {v}" for k, v in sorted(counts.items())]
+        lines.append("# TYPE :tensorflow:serving:request_latency histogram")
+        for key, (buckets, total) in sorted(latency.items()):
+            cumulative = 0
+            for i, count in enumerate(buckets):
+                cumulative += count
+                limit = "%.6g" % _TF_LATENCY_LIMITS[i] if i < len(_TF_LATENCY_LIMITS) else "+Inf"
+                lines.append(f':tensorflow:serving:request_latency_bucket{{{_labels(key)},le="{limit}"}} {cumulative}')
+            lines.append(f":tensorflow:serving:request_latency_sum{{{_labels(key)}}} {total:g}")
+            lines.append(f":tensorflow:serving:request_latency_count{{{_labels(key)}}} {cumulative}")
+        return "\n".join(lines) + "\n"
 
 
 class ServingMetrics:
@@ -35,6 +88,7 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         self._queue_depths = queue_depths
         self._loaded = loaded
+        self._tf_serving = _TfServingRequests()
         self.requests = Counter(
             "vispipe_serving_requests",
             "Requests answered, by model, version, API and HTTP status.",
@@ -68,11 +122,25 @@ class ServingMetrics:
             registry=self.registry,
         )
 
-    def observe_request(self, model: str, version: int | str, api: str, status: int, seconds: float) -> None:
-        """Counts one answered request and records its latency."""
-        labels = (model, str(version), api, str(status))
+    def observe_request(
+        self, model: str, version: int | str, api: str, code: str, seconds: float, entrypoint: str = "REST"
+    ) -> None:
+        """Counts one answered request and records its latency.
+
+        Args:
+            model: the model name asked for.
+            version: the version that answered ("none" if none did).
+            api: "predict", "classify", "regress", "multi_inference", "metadata", ...
+            code: the status code name ("OK", "INVALID_ARGUMENT", ...).
+            seconds: time to answer.
+            entrypoint: "REST" or "GRPC".
+        """
+        status = 200 if code == "OK" else http_status(code)
+        labels = (model, str(version), api if entrypoint == "REST" else f"grpc_{api}", str(status))
         self.requests.labels(*labels).inc()
         self.latency.labels(*labels).observe(seconds)
+        if api in _TF_APIS:
+            self._tf_serving.observe(model, _TF_APIS[api], entrypoint, code, seconds)
 
     def observe_batch(self, model: str, version: int, signature: str, size: int) -> None:
         """Records the size of one batch run."""
@@ -84,8 +152,9 @@ class ServingMetrics:
         for (model, version), depth in self._queue_depths().items():
             self.queue_depth.labels(model, str(version)).set(depth)
         self.version_loaded.clear()
+        self.loaded_versions.clear()
         for model, versions in self._loaded().items():
             self.loaded_versions.labels(model).set(len(versions))
             for version in versions:
                 self.version_loaded.labels(model, str(version)).set(1)
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self._tf_serving.render().encode()

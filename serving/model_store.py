@@ -1,15 +1,17 @@
-"""Model versions on disk -> loaded servables: policies, labels, polling, hot swap.
+"""Model versions on disk -> loaded servables: policies, labels, polling, hot swap, config reload.
 
-A model's base path holds numeric version folders (`<base>/<version>/saved_model.pb`).
-Each poll loads the versions the policy selects and unloads the others; a version
-that fails to load is recorded and left out, so the one already serving stays.
-Unloading only drops the store's reference: requests already holding a servable
-finish on it.
+A model's base path holds numeric version folders; `123/` and `00000123/` are
+both version 123 (as in TF Serving) and the folder keeps its own name. Each poll
+loads the versions the policy selects and unloads the others; a version that
+fails to load is recorded and left out, so the one already serving stays.
+Unloading only drops the store's reference: requests already holding a
+servable finish on it.
 
 ```python
 store = ModelStore(read_model_config_file("models.config"), BatchingConfig())
 store.poll()
 servable = store.get("lenet", label="stable")
+store.reload(parse_model_config(new_text))   # HandleReloadConfigRequest
 ```
 """
 
@@ -22,73 +24,14 @@ import threading
 import time
 from typing import Callable
 
-import numpy as np
-
-from vispipe.serving.config import BatchingConfig, ModelSpec, VersionPolicy
+from vispipe.serving.config import BatchingConfig
 from vispipe.serving.errors import ServingError
-from vispipe.serving.servable import DEFAULT_SIGNATURE, WARMUP_FILE, Servable
+from vispipe.serving.models_config import ModelSpec
+from vispipe.serving.servable import Servable
 
-__all__ = ["VersionStatus", "ModelStore", "parse_model_config", "read_model_config_file"]
+__all__ = ["VersionStatus", "ModelStore"]
 
 log = logging.getLogger("serving")
-
-
-def parse_model_config(text: str, source: str = "<models.config>") -> list[ModelSpec]:
-    """Parses a TF Serving `--model_config_file` (ModelServerConfig text proto, model_config_list).
-
-    Args:
-        text: the text proto.
-        source: the file name, for error messages.
-
-    Returns:
-        One ModelSpec per `config { ... }` entry.
-
-    Example:
-    >>> parse_model_config('model_config_list { config { name: "m" base_path: "/models/m" } }')[0].name
-    'm'
-    """
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    proto = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a ModelServerConfig text proto: {error}") from None
-    if proto.WhichOneof("config") != "model_config_list":
-        raise ValueError(f"{source}: expected a model_config_list {{ config {{ ... }} }}, got none")
-    specs = []
-    for entry in proto.model_config_list.config:
-        if not entry.name or not entry.base_path:
-            raise ValueError(f"{source}: each config needs a name and a base_path, got {entry}".strip())
-        if entry.model_platform not in ("", "tensorflow"):
-            raise ValueError(f"{source}: model {entry.name!r}: expected model_platform 'tensorflow', got {entry.model_platform!r}")
-        policy_proto = entry.model_version_policy
-        kind = policy_proto.WhichOneof("policy_choice")
-        if kind == "all":
-            policy = VersionPolicy("all")
-        elif kind == "specific":
-            policy = VersionPolicy("specific", versions=tuple(policy_proto.specific.versions))
-        else:
-            policy = VersionPolicy("latest", policy_proto.latest.num_versions or 1)
-        base_path = entry.base_path
-        if not os.path.isabs(base_path) and source != "<models.config>":
-            base_path = os.path.join(os.path.dirname(os.path.abspath(source)), base_path)
-        specs.append(
-            ModelSpec(
-                name=entry.name,
-                base_path=base_path,
-                version_policy=policy,
-                version_labels=dict(entry.version_labels),
-            )
-        )
-    return specs
-
-
-def read_model_config_file(path: str) -> list[ModelSpec]:
-    """Reads and parses a TF Serving models.config file (relative base paths are taken from its folder)."""
-    with open(path, encoding="utf-8") as f:
-        return parse_model_config(f.read(), source=path)
 
 
 @dataclasses.dataclass
@@ -109,11 +52,11 @@ class VersionStatus:
 
 
 def _fingerprint(version_path: str) -> tuple | None:
-    """(mtime, size) of the files that make a SavedModel; None while saved_model.pb is missing."""
+    """(folder, mtime, size) of the files that make a SavedModel; None while saved_model.pb is missing."""
     pb = os.path.join(version_path, "saved_model.pb")
     if not os.path.isfile(pb):
         return None
-    parts = []
+    parts: list = [os.path.basename(version_path)]
     for path in (pb, os.path.join(version_path, "variables", "variables.index")):
         if os.path.exists(path):
             stat = os.stat(path)
@@ -124,6 +67,7 @@ def _fingerprint(version_path: str) -> tuple | None:
 class _Model:
     def __init__(self, spec: ModelSpec):
         self.spec = spec
+        self.configured = True  # False once a reloaded config drops it: its versions unload
         self.versions: dict[int, Servable] = {}
         self.status: dict[int, VersionStatus] = {}
         self.failed: dict[int, tuple] = {}  # version -> fingerprint of the failed files
@@ -138,6 +82,8 @@ class ModelStore:
         warmup: run warm-up requests on load (the export's records, or a synthetic one).
         on_batch: metrics hook, called with (model, version, signature, batch size).
         on_change: metrics hook, called after versions are loaded or unloaded.
+        allow_unavailable_labels: a reloaded config may point a new label at a version
+            that is not loaded (TF Serving's --allow_version_labels_for_unavailable_models).
     """
 
     def __init__(
@@ -147,12 +93,14 @@ class ModelStore:
         warmup: bool = True,
         on_batch: Callable[[str, int, str, int], None] | None = None,
         on_change: Callable[[], None] | None = None,
+        allow_unavailable_labels: bool = False,
     ):
         self._models = {spec.name: _Model(spec) for spec in specs}
         self._batching = batching
         self._warmup = warmup
         self._on_batch = on_batch
         self._on_change = on_change
+        self._allow_unavailable_labels = allow_unavailable_labels
         self._lock = threading.RLock()
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
@@ -161,7 +109,9 @@ class ModelStore:
 
     @property
     def model_names(self) -> list[str]:
-        return list(self._models)
+        """The configured models."""
+        with self._lock:
+            return [name for name, model in self._models.items() if model.configured]
 
     def start(self, poll_interval_s: float) -> None:
         """Polls in a background thread: at once, then every `poll_interval_s` (0: once)."""
@@ -176,15 +126,19 @@ class ModelStore:
         self._thread = threading.Thread(target=loop, name="model-poller", daemon=True)
         self._thread.start()
 
+    def wait_polled(self, timeout: float | None = None) -> bool:
+        """Waits for the first poll (the initial load) to finish; returns whether it did."""
+        return self._polled.wait(timeout)
+
     def wait_ready(self, timeout: float) -> bool:
         """Waits for the first poll to finish; returns whether every model has a version available."""
         self._polled.wait(timeout)
         return self.ready()
 
     def ready(self) -> bool:
-        """True when every model has at least one loaded, warmed version."""
+        """True when every configured model has at least one loaded, warmed version."""
         with self._lock:
-            return all(model.versions for model in self._models.values())
+            return all(model.versions for model in self._models.values() if model.configured)
 
     def close(self, timeout: float | None = None) -> None:
         """Stops polling and unloads every version once its queued requests have run."""
@@ -201,26 +155,24 @@ class ModelStore:
     # -- lookups ---------------------------------------------------------------------------
 
     def _model(self, name: str) -> _Model:
-        if name not in self._models:
+        model = self._models.get(name)
+        if model is None:
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({name})")
-        return self._models[name]
+        return model
 
     def resolve_label(self, name: str, label: str) -> int:
-        """The version a label points to (404 for an unknown label)."""
+        """The version a label points to (TF Serving: INVALID_ARGUMENT for an unknown label)."""
         model = self._model(name)
-        if label not in model.spec.version_labels:
-            raise ServingError(
-                "NOT_FOUND",
-                f"Unrecognized servable version label: {label} for model {name}; "
-                f"labels are {sorted(model.spec.version_labels)}",
-            )
+        if label not in model.spec.version_labels or not model.configured:
+            raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")
         return model.spec.version_labels[label]
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable for a request: a specific version, a labelled one, or the latest loaded.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model, label or version not loaded.
+            ServingError: NOT_FOUND for an unknown model or a version not loaded,
+                INVALID_ARGUMENT for an unknown label.
         """
         model = self._model(name)
         if label is not None:
@@ -235,21 +187,22 @@ class ModelStore:
             return model.versions[version]
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
-        """Version states of a model (or one version), as GetModelStatus reports them."""
-        model = self._model(name)
+        """Version states of a model (or one version), newest first, as GetModelStatus reports them."""
+        model = self._models.get(name)
         with self._lock:
-            if version is not None:
-                if version not in model.status:
-                    raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
-                return [dataclasses.replace(model.status[version])]
-            if not model.status:
-                raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
-            return [dataclasses.replace(s) for _, s in sorted(model.status.items())]
+            states = dict(model.status) if model is not None else {}
+        if version is not None:
+            if version not in states:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
+            return [dataclasses.replace(states[version])]
+        if not states:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
+        return [dataclasses.replace(s) for _, s in sorted(states.items(), reverse=True)]
 
     def loaded(self) -> dict[str, list[int]]:
-        """Model name -> loaded versions."""
+        """Configured model name -> loaded versions."""
         with self._lock:
-            return {name: sorted(model.versions) for name, model in self._models.items()}
+            return {name: sorted(m.versions) for name, m in self._models.items() if m.configured}
 
     def queue_depths(self) -> dict[tuple[str, int], int]:
         """(model, version) -> rows waiting in batchers."""
@@ -257,12 +210,61 @@ class ModelStore:
             servables = [s for model in self._models.values() for s in model.versions.values()]
         return {(s.name, s.version): s.queue_depth() for s in servables}
 
+    # -- config reload ---------------------------------------------------------------------
+
+    def _check_labels(self, specs: list[ModelSpec]) -> None:
+        # server_core.cc UpdateModelVersionLabelMap: a label may only point at an available
+        # version; with the flag, a new (or unchanged) label may point at any version.
+        for spec in specs:
+            model = self._models.get(spec.name)
+            for label, version in spec.version_labels.items():
+                current = model.spec.version_labels.get(label) if model is not None and model.configured else None
+                if self._allow_unavailable_labels and current in (None, version):
+                    continue
+                if model is None or version not in model.versions:
+                    raise ServingError(
+                        "FAILED_PRECONDITION",
+                        f"Request to assign label to version {version} of model {spec.name}, "
+                        "which is not currently available for inference",
+                    )
+
+    def reload(self, specs: list[ModelSpec]) -> None:
+        """Serves `specs` instead of the current models (HandleReloadConfigRequest, config file poll).
+
+        Models not in `specs` are unloaded; new ones are loaded before this returns.
+
+        Raises:
+            ServingError: FAILED_PRECONDITION for a label on a version that is not
+                available (the old config stays), UNKNOWN when a new model loads no version.
+        """
+        with self._lock:
+            self._check_labels(specs)
+            new = [spec.name for spec in specs if spec.name not in self._models or not self._models[spec.name].configured]
+            wanted = {spec.name: spec for spec in specs}
+            for name, model in self._models.items():
+                model.configured = name in wanted
+            for spec in specs:
+                if spec.name in self._models:
+                    self._models[spec.name].spec = spec
+                    self._models[spec.name].configured = True
+                else:
+                    self._models[spec.name] = _Model(spec)
+        self.poll()
+        with self._lock:
+            missing = [name for name in new if not self._models[name].versions]
+        if missing:
+            raise ServingError(
+                "UNKNOWN", f"{len(missing)} model(s) did not become available: {{{', '.join(missing)}}}"
+            )
+
     # -- polling ---------------------------------------------------------------------------
 
     def poll(self) -> None:
         """Scans every base path once: loads newly selected versions, unloads deselected ones."""
         with self._poll_lock:
-            for model in self._models.values():
+            with self._lock:
+                models = list(self._models.values())
+            for model in models:
                 try:
                     self._poll_model(model)
                 except OSError as error:
@@ -271,16 +273,23 @@ class ModelStore:
                 self._on_change()
 
     def _candidates(self, model: _Model) -> dict[int, tuple]:
-        found = {}
+        """Version -> fingerprint of the loadable version folders (the folder name is its first part)."""
+        found: dict[int, tuple] = {}
         base = model.spec.base_path
+        if not model.configured:
+            return found
         if not os.path.isdir(base):
             log.warning("model %r: base path %s does not exist (yet)", model.spec.name, base)
             return found
-        for entry in os.listdir(base):
+        for entry in sorted(os.listdir(base), key=lambda e: (len(e), e)):
             if not (entry.isascii() and entry.isdigit()):
                 continue
-            fingerprint = _fingerprint(os.path.join(base, entry))
             version = int(entry)
+            if version in found:
+                log.warning("model %r: folders %s and %s are both version %d; serving %s",
+                            model.spec.name, found[version][0], entry, version, found[version][0])
+                continue
+            fingerprint = _fingerprint(os.path.join(base, entry))
             if fingerprint is not None and model.failed.get(version) != fingerprint:
                 found[version] = fingerprint
         return found
@@ -290,7 +299,7 @@ class ModelStore:
         # Loading can fail; reselect until the policy's choice loaded, so a broken
         # new version leaves the previous one selected (and serving).
         while True:
-            wanted = model.spec.version_policy.select(list(candidates))
+            wanted = model.spec.version_policy.select(list(candidates)) if model.configured else []
             pending = [v for v in wanted if v not in model.versions]
             if not pending:
                 break
@@ -307,7 +316,7 @@ class ModelStore:
 
     def _load(self, model: _Model, version: int, fingerprint: tuple) -> bool:
         name = model.spec.name
-        path = os.path.join(model.spec.base_path, str(version))
+        path = os.path.join(model.spec.base_path, fingerprint[0])
         with self._lock:
             model.status[version] = VersionStatus(version, "LOADING")
         started = time.monotonic()
@@ -317,7 +326,7 @@ class ModelStore:
         try:
             servable = Servable.load(name, version, path, self._batching, on_batch)
             if self._warmup:
-                _warm_up(servable)
+                servable.warm_up()
         except Exception as error:  # any load failure is reported, never fatal to the server
             message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             log.error("model %r: version %d failed to load from %s: %s", name, version, path, message)
@@ -329,33 +338,5 @@ class ModelStore:
             model.versions[version] = servable
             model.status[version] = VersionStatus(version, "AVAILABLE")
             model.failed.pop(version, None)
-        log.info("model %r: version %d available (%.1fs)", name, version, time.monotonic() - started)
+        log.info("model %r: version %d available from %s (%.1fs)", name, version, path, time.monotonic() - started)
         return True
-
-
-def _warm_up(servable: Servable) -> None:
-    """Replays the export's warm-up records, else one synthetic row through serving_default."""
-    from vispipe.serving.codec import check_inputs
-    from vispipe.serving.protos import arrays_from_tensor_protos, examples_from_input, warmup_requests
-
-    path = os.path.join(servable.path, WARMUP_FILE)
-    if os.path.isfile(path):
-        for record in warmup_requests(path):
-            kind = record.WhichOneof("log_type")
-            if kind == "predict_log":
-                request = record.predict_log.request
-                sig = servable.signature(request.model_spec.signature_name or None)
-                servable.run(sig.name, check_inputs(sig, arrays_from_tensor_protos(request.inputs)))
-            elif kind == "classify_log":
-                request = record.classify_log.request
-                sig = servable.signature(request.model_spec.signature_name or "classify")
-                servable.run(sig.name, {next(iter(sig.inputs)): examples_from_input(request.input)})
-        return
-    sig = servable.signatures.get(DEFAULT_SIGNATURE)
-    if sig is None or any(spec.dtype.name == "string" for spec in sig.inputs.values()):
-        return  # no synthetic value is a valid encoded image; the first request warms it
-    inputs = {}
-    for name, spec in sig.inputs.items():
-        shape = [1] + [d if d is not None else 32 for d in spec.shape.as_list()[1:]] if spec.shape.rank else []
-        inputs[name] = np.zeros(shape, dtype=spec.dtype.as_numpy_dtype)
-    servable.run(sig.name, inputs)

@@ -84,13 +84,15 @@ def write_test_model(
     num_classes: int = 3,
     shape: tuple[int, int, int] = (4, 4, 1),
     labels: list[str] | None = None,
+    folder: str | None = None,
 ) -> str:
-    """Writes `<base_path>/<version>/` atomically: a toy classifier with TF Serving signatures.
+    """Writes `<base_path>/<folder>/` atomically: a toy classifier with TF Serving signatures.
 
     Signatures: serving_default (images uint8 [B,H,W,C] -> probabilities [B,K], label [B]),
     classify (serialized tf.Examples with an encoded "image" -> classes, scores),
     pair (a, b float32 [B,2] -> sum, product). A blank image's top class is `version % num_classes`.
-    Labels go to assets/labels.txt.
+    Labels go to assets/labels.txt. `folder` defaults to the version number; TF Serving also
+    reads zero-padded names (`00000123` is version 123).
 
     Returns:
         The version folder.
@@ -101,7 +103,7 @@ def write_test_model(
     """
     labels = labels or [f"class_{i}" for i in range(num_classes)]
     os.makedirs(base_path, exist_ok=True)
-    final = os.path.join(base_path, str(version))
+    final = os.path.join(base_path, folder or str(version))
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=base_path)
     model = _Toy(version, num_classes, shape, labels)
     tf.saved_model.save(model, staging, signatures=_signatures(model))

@@ -27,8 +27,11 @@ def make_run(info, run_dir: str, model_cfg, *, epochs: int, status: str = "compl
     """
     import keras
 
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.configs import TrainConfig
+    from vispipe.data.inputs import load_arrays
     from vispipe.models import build_classifier
+    from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_info import Normalization, RunInfo
 
     keras.utils.set_random_seed(1)
     model = build_classifier(model_cfg, info, "standardize")
@@ -39,12 +42,11 @@ def make_run(info, run_dir: str, model_cfg, *, epochs: int, status: str = "compl
     model.save(os.path.join(run_dir, "model.keras"))
     with open(os.path.join(run_dir, "labels.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in info.classes))
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump({"version": 1, "name": name, "status": status, "dataset_dir": info.path,
-                   "classes": info.classes, "image_shape": list(info.image_shape),
-                   "model": {"name": model_cfg.name}, "train": {"epochs": epochs},
-                   "preprocess": {"mode": "standardize", "mean": info.mean_pixel,
-                                  "std": info.std_pixel}}, f)
+    RunFolder(run_dir).write_info(RunInfo(
+        name=name, status=status, dataset_dir=info.path, classes=info.classes,
+        image=info.image, normalization=Normalization("standardize", info.mean_pixel,
+                                                      info.std_pixel),
+        model=model_cfg, train=TrainConfig(epochs=epochs)))
     return run_dir
 
 
@@ -83,7 +85,7 @@ def exported(tmp_path_factory):
 
 
 def _test_images(dataset_dir: str):
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     return load_arrays(dataset_dir, "test")
 
@@ -419,19 +421,23 @@ def test_benchmark_tabulates_the_export_and_picks_formats(exported, capsys):
         assert os.path.getsize(os.path.join(exported["out"], name)) > 0
     assert json.load(open(os.path.join(exported["out"], "benchmark.json")))["picks"] == report.picks
 
-    assert main(["benchmark", exported["out"], "--max-drop", "5"]) == 0
+    assert main(["benchmark", "--export", exported["out"], "--max-drop", "5"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"Benchmarks complete for tiny on {report.verify_images} test images")
     assert "openvino_int8" in text and "Picks:" in text
 
 
-def test_benchmark_a_run_exports_then_tabulates(exported, tmp_path):
-    from vispipe.export import ExportOptions
-    from vispipe.export.benchmark import benchmark
+def test_benchmark_a_run_exports_then_tabulates(exported, tmp_path, capsys):
+    """`vispipe benchmark --run` takes `vispipe export`'s settings grammar."""
+    from vispipe.cli import main
 
-    report = benchmark(exported["run"], tmp_path / "bench", "onnx_float32,openvino_int8",
-                       options=ExportOptions(verify_limit=16, progress=False), plot=False)
-    assert [r.format for r in report.rows] == ["keras", "onnx_float32", "openvino_int8"]
-    assert report.verify_images == 16 and report.seconds > 0 and report.plot_path == ""
-    assert os.path.isfile(tmp_path / "bench" / "benchmark.md")
-    assert not os.path.exists(tmp_path / "bench" / "benchmark.png")
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--run", exported["run"], "--out", str(out),
+                 "--formats", "onnx_float32,openvino_int8", "--set", "export.verify_limit=16",
+                 "--no-plot", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in report["rows"]] == ["keras", "onnx_float32", "openvino_int8"]
+    assert report["verify_images"] == 16 and report["seconds"] > 0 and report["plot_path"] == ""
+    assert os.path.isfile(out / "benchmark.md")
+    assert not os.path.exists(out / "benchmark.png")
+    assert main(["benchmark", "--run", exported["run"], "--export", exported["out"]]) == 2

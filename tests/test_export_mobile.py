@@ -65,7 +65,7 @@ def mobile(request, cifar_small, tmp_path_factory):
     import keras
 
     from vispipe.configs import ModelConfig
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
     from vispipe.export.contract import RunSpec
     from vispipe.models import build_classifier
 

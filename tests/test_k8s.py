@@ -86,7 +86,7 @@ def test_pipeline_settings_reach_the_manifests():
     serve = _find(docs, "Deployment", "vispipe-serve")["spec"]["template"]["spec"]
     container = serve["containers"][0]
     assert container["image"] == "reg/serve:1"
-    assert container["args"][container["args"].index("--model-base-path") + 1] == f"/models/{name}"
+    assert "--model_config_file=/config/models.config" in container["args"]  # TF Serving's flags
     assert f'name: "{name}"' in _find(docs, "ConfigMap", "tfserving-models-config")["data"][
         "models.config"]
 
@@ -96,8 +96,8 @@ def test_serving_pods_are_probed_non_root_and_read_only():
         docs = render(overlay=overlay)
         pod = _find(docs, "Deployment", "vispipe-serve")["spec"]["template"]["spec"]
         container = pod["containers"][0]
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v1/models/mnist"  # as TF Serving's
+        assert container["livenessProbe"]["tcpSocket"]["port"] == "grpc"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert {"requests", "limits"} <= set(container["resources"])

@@ -13,7 +13,8 @@ import keras
 from fastapi.testclient import TestClient
 
 from vispipe.serving.app import create_app
-from vispipe.serving.config import ModelSpec, ServerConfig
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.models_config import ModelSpec
 from vispipe.serving.testing import encode_png
 
 

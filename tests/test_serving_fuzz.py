@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from vispipe.serving.app import create_app
-from vispipe.serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.config import LimitsConfig, ServerConfig
+from vispipe.serving.models_config import ModelSpec, VersionPolicy
 from vispipe.serving.testing import write_test_model
 
 

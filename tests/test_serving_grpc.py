@@ -19,7 +19,8 @@ from tensorflow_serving.apis import (
 )
 
 from vispipe.serving.app import create_app
-from vispipe.serving.config import ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.config import ServerConfig
+from vispipe.serving.models_config import ModelSpec, VersionPolicy
 from vispipe.serving.testing import encode_png, write_test_model
 
 TOKEN = "grpc-secret"
@@ -102,7 +103,7 @@ def test_grpc_metadata_and_status(server):
     status_request = get_model_status_pb2.GetModelStatusRequest()
     status_request.model_spec.name = "toy"
     status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status_request, timeout=30, metadata=AUTH)
-    assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30), (2, 30)]
+    assert [(s.version, s.state) for s in status.model_version_status] == [(2, 30), (1, 30)]  # newest first
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ pytest.importorskip("fastapi", reason="the serving extra (fastapi) is not instal
 from fastapi.testclient import TestClient
 
 from vispipe.serving.app import create_app
-from vispipe.serving.config import LimitsConfig, ModelSpec, ServerConfig, VersionPolicy
+from vispipe.serving.config import LimitsConfig, ServerConfig
+from vispipe.serving.models_config import ModelSpec, VersionPolicy
 from vispipe.serving.testing import encode_png, write_test_model
 
 BLANK = np.zeros((4, 4, 1), np.uint8).tolist()
@@ -37,14 +38,16 @@ def client(tmp_path_factory):
 
 def test_model_status_has_tf_serving_shape(client):
     body = client.get("/v1/models/toy").json()
+    # Newest first: TF Serving's ServableStateMonitor::VersionMap is ordered by std::greater.
     assert body == {
         "model_version_status": [
-            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
             {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}},
         ]
     }
     assert client.get("/v1/models/toy/versions/1").json()["model_version_status"][0]["version"] == "1"
-    assert client.get("/v1/models/toy/labels/canary").json()["model_version_status"][0]["version"] == "2"
+    # GetModelStatusImpl only narrows by version; a label answers every version, as in TF Serving.
+    assert client.get("/v1/models/toy/labels/canary").json() == body
 
 
 def test_metadata_lists_signature_defs(client):
@@ -133,13 +136,15 @@ def test_classify_image_multipart_and_raw_give_top_k(client):
     [
         ("/v1/models/nope", 404),
         ("/v1/models/toy/versions/9", 404),
-        ("/v1/models/toy/labels/nolabel", 404),
-        ("/v1/models/toy/versions/x1", 404),
-        ("/v1/models/toy/versions/%C2%B2", 404),  # "²" passes str.isdigit
-        ("/v1/models/..%2F..%2Fetc", 404),
+        ("/v1/models/nope/metadata", 404),
+        ("/v1/models/toy/labels/nolabel/metadata", 400),  # "Unrecognized servable version label"
+        ("/v1/models/toy/versions/x1", 400),  # TF Serving: "Malformed request"
+        ("/v1/models/toy/versions/%C2%B2", 400),  # "²" passes str.isdigit
+        ("/v1/models/..%2F..%2Fetc", 400),
+        ("/v1/models", 400),  # "Missing model name in request."
     ],
 )
-def test_unknown_model_version_label_are_404(client, path, status):
+def test_unknown_or_malformed_model_version_label_get_tf_serving_status(client, path, status):
     response = client.get(path)
     assert response.status_code == status
     assert set(response.json()) == {"error"}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 
 import numpy as np
 import pytest
 
 from vispipe.serving.batcher import Batcher
-from vispipe.serving.config import BatchingConfig, ModelSpec, VersionPolicy, validate_model_name
+from vispipe.serving.config import BatchingConfig
+from vispipe.serving.models_config import ModelSpec, VersionPolicy, parse_model_config, read_model_config_file, validate_model_name
 from vispipe.serving.errors import ServingError
-from vispipe.serving.model_store import ModelStore, parse_model_config, read_model_config_file
+from vispipe.serving.model_store import ModelStore
 from vispipe.serving.testing import write_broken_version, write_test_model
 
 BLANK = np.zeros((1, 4, 4, 1), np.uint8)
@@ -54,7 +56,9 @@ def test_labels_and_specific_versions_route_requests(three_versions):
     assert _top(store.get("toy", version=2)) == 2
     with pytest.raises(ServingError) as error:
         store.get("toy", label="beta")
-    assert error.value.code == "NOT_FOUND" and "beta" in error.value.message
+    # TF Serving (server_core.cc GetModelVersionForLabel): an unknown label is INVALID_ARGUMENT.
+    assert error.value.code == "INVALID_ARGUMENT"
+    assert error.value.message == "Unrecognized servable version label: beta"
     with pytest.raises(ServingError, match="Specific"):
         store.get("toy", version=9)
     with pytest.raises(ServingError, match="Latest"):
@@ -186,4 +190,89 @@ def test_batcher_refuses_when_queue_is_full_and_keeps_shapes_apart():
     concurrent.futures.wait([first, *queued], timeout=10)
     assert all(f.exception() is None for f in [first, *queued])
     assert sorted({s[1] for s in seen}) == [2, 3]
+    batcher.close()
+
+
+def test_zero_padded_version_folders_load_under_their_own_name(tmp_path):
+    base = str(tmp_path / "toy")
+    write_test_model(base, 7, folder="00000007")
+    write_test_model(base, 2, folder="2")
+    store = ModelStore([ModelSpec("toy", base, VersionPolicy("all"))])
+    store.poll()
+    assert store.loaded() == {"toy": [2, 7]}
+    assert store.get("toy").path == os.path.join(base, "00000007")
+    assert _top(store.get("toy", version=7)) == 1  # 7 % 3
+    assert [(s.version, s.state) for s in store.status("toy")] == [(7, "AVAILABLE"), (2, "AVAILABLE")]
+    store.close()
+
+
+def test_reload_follows_tf_servings_label_rules(tmp_path):
+    base = str(tmp_path / "toy")
+    for version in (1, 2):
+        write_test_model(base, version)
+    store = ModelStore([ModelSpec("toy", base, VersionPolicy("all"))])
+    store.poll()
+    store.reload([ModelSpec("toy", base, VersionPolicy("all"), {"stable": 1})])
+    assert store.get("toy", label="stable").version == 1
+    with pytest.raises(ServingError) as error:  # server_core.cc UpdateModelVersionLabelMap
+        store.reload([ModelSpec("toy", base, VersionPolicy("all"), {"stable": 1, "canary": 3})])
+    assert error.value.code == "FAILED_PRECONDITION"
+    assert error.value.message == "Request to assign label to version 3 of model toy, which is not currently available for inference"
+    assert store.resolve_label("toy", "stable") == 1  # the old config stays
+    lenient = ModelStore([ModelSpec("toy", base, VersionPolicy("all"), {"stable": 1})], allow_unavailable_labels=True)
+    lenient.poll()
+    lenient.reload([ModelSpec("toy", base, VersionPolicy("all"), {"stable": 1, "canary": 3})])  # a new label: allowed
+    with pytest.raises(ServingError, match="version 3 of model toy"):  # moving an existing one: not
+        lenient.reload([ModelSpec("toy", base, VersionPolicy("all"), {"stable": 3})])
+    store.close()
+    lenient.close()
+
+
+def test_reload_adds_and_removes_models(tmp_path):
+    write_test_model(str(tmp_path / "a"), 1)
+    write_test_model(str(tmp_path / "b"), 1)
+    store = ModelStore([ModelSpec("a", str(tmp_path / "a"))])
+    store.poll()
+    store.reload([ModelSpec("b", str(tmp_path / "b"))])
+    assert store.loaded() == {"b": [1]} and store.model_names == ["b"]
+    assert [(s.version, s.state) for s in store.status("a")] == [(1, "END")]
+    with pytest.raises(ServingError, match="Latest"):
+        store.get("a")
+    with pytest.raises(ServingError) as error:
+        store.reload([ModelSpec("b", str(tmp_path / "b")), ModelSpec("c", str(tmp_path / "missing"))])
+    assert error.value.code == "UNKNOWN" and "1 model(s) did not become available: {c}" in error.value.message
+    store.close()
+
+
+def test_batcher_runs_requests_alone_when_outputs_have_no_batch_dimension():
+    batcher = Batcher(lambda inputs: {"total": inputs["x"].sum()}, BatchingConfig(max_batch_size=4, batch_timeout_ms=500))
+    futures = [batcher.submit({"x": np.array([[float(i)]])}) for i in range(3)]
+    assert [float(f.result(10)["total"]) for f in futures] == [0.0, 1.0, 2.0]
+    batcher.close()
+
+
+def test_batcher_keeps_one_bad_request_from_failing_the_others():
+    def run(inputs):
+        if (inputs["x"] < 0).any():
+            raise ServingError("INVALID_ARGUMENT", "negative input")
+        return {"y": inputs["x"] * 2}
+
+    batcher = Batcher(run, BatchingConfig(max_batch_size=4, batch_timeout_ms=500))
+    futures = [batcher.submit({"x": np.array([[v]])}) for v in (1.0, -1.0, 3.0)]
+    assert futures[0].result(10)["y"].tolist() == [[2.0]] and futures[2].result(10)["y"].tolist() == [[6.0]]
+    with pytest.raises(ServingError, match="negative"):
+        futures[1].result(10)
+    batcher.close()
+
+
+def test_batcher_runs_num_batch_threads_batches_at_once():
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(inputs):
+        both_running.wait()  # only returns when two batches run at the same time
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(run, BatchingConfig(max_batch_size=1, batch_timeout_ms=0, num_batch_threads=2))
+    futures = [batcher.submit({"x": np.array([[float(i)]])}) for i in range(2)]
+    assert [f.result(15)["y"].tolist() for f in futures] == [[[0.0]], [[1.0]]]
     batcher.close()

@@ -1,4 +1,7 @@
-"""Web UI jobs with real tiny trainings: dataset, train, abort, resume, restart."""
+"""Web UI jobs with real tiny trainings: dataset, train, abort, resume, restart.
+
+The requests are a script's: the token in `Authorization` (no cookies, no CSRF token).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +55,11 @@ def _epochs_logged(run_dir: str) -> int:
     return len(RunFolder(run_dir).read_metrics("epoch"))
 
 
+def _client(settings: UISettings, **kwargs) -> TestClient:
+    return TestClient(create_app(settings, **kwargs), base_url="http://localhost",
+                      headers={"Authorization": f"Bearer {settings.token}"})
+
+
 def _train_form(dataset_id: int, name: str, epochs: int) -> dict:
     return {"name": name, "dataset": str(dataset_id), "network": "lenet", "epochs": str(epochs),
             "batch_size": "16", "steps_per_epoch": "2", "base_lr": "0.01", "policy": "fixed",
@@ -60,7 +68,7 @@ def _train_form(dataset_id: int, name: str, epochs: int) -> dict:
 
 def test_dataset_train_abort_resume_classify(mnist_small):
     settings = UISettings(data_roots=[mnist_small], max_jobs=1)
-    with TestClient(create_app(settings)) as client:
+    with _client(settings) as client:
         response = client.post("/datasets/new", data={
             "name": "digits <1>", "source_kind": "folder", "source": "train",
             "val_percent": "25", "channels": "1", "height": "28", "width": "28"},
@@ -173,7 +181,12 @@ def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, 
     assert second.abort(ids[1]).status == "aborted"
 
 
-def test_network_preview_builds_the_custom_network_for_the_dataset(tmp_path):
+def test_network_preview_builds_the_custom_network_for_the_dataset(tmp_path, monkeypatch):
+    # Started where a folder named vispipe would shadow the installed package (issue 10,
+    # finding 7): the child that builds the network runs vispipe's own code all the same.
+    (tmp_path / "vispipe").mkdir()
+    (tmp_path / "vispipe" / "__init__.py").write_text("raise ImportError('the wrong vispipe')\n")
+    monkeypatch.chdir(tmp_path)
     code = (
         "import keras\n"
         "def build(input_shape, num_classes):\n"
@@ -183,7 +196,7 @@ def test_network_preview_builds_the_custom_network_for_the_dataset(tmp_path):
         "    x = keras.layers.Flatten()(keras.layers.Add(name='join')([a, b]))\n"
         "    return keras.Model(inputs, keras.layers.Dense(num_classes, name='logits')(x))\n")
     settings = UISettings(data_roots=[str(tmp_path)])
-    with TestClient(create_app(settings, start_jobs=False)) as client:
+    with _client(settings, start_jobs=False) as client:
         body = client.post("/models/network-preview", data={"custom_code": code}).json()
         layers = {layer["name"]: layer for layer in body["layers"]}
         assert layers["join"]["inputs"] == ["left", "right"]

@@ -1,9 +1,15 @@
-"""Web UI pages: escaping, path confinement, upload limits, token (no training)."""
+"""Web UI pages: escaping, path confinement, upload limits, token (no training).
+
+Requests go as a browser's do: the session starts at the token URL and posts
+carry the page's CSRF token and Origin (`tests/test_ui_security.py` checks
+that nothing else gets in).
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import time
 
 import pytest
@@ -26,7 +32,13 @@ def roots(tmp_path):
 
 
 def _client(roots, **kwargs) -> TestClient:
-    return TestClient(create_app(UISettings(data_roots=[str(roots)], **kwargs), start_jobs=False))
+    """A browser session: opened at the token URL, posting with the page's CSRF token."""
+    settings = UISettings(data_roots=[str(roots)], **kwargs)
+    client = TestClient(create_app(settings, start_jobs=False), base_url="http://localhost")
+    page = client.get(f"/?token={settings.token}")
+    token = re.search(r'<meta name="csrf-token" content="(\w+)">', page.text).group(1)
+    client.headers.update({"Origin": "http://localhost", "X-CSRF-Token": token})
+    return client
 
 
 def test_confine_accepts_inside_and_rejects_traversal_and_symlinks(roots, tmp_path):
@@ -82,23 +94,34 @@ def test_dataset_form_validates_percentages_and_limits(roots):
     assert "expected 0 (all) or at least min per class (5), got 3" in response.text
 
 
-def test_valid_dataset_form_queues_a_job_with_the_confined_path(roots):
-    client = _client(roots)
-    response = client.post("/datasets/new", data={
-        "name": EVIL, "source_kind": "folder", "source": "cats"}, follow_redirects=False)
-    assert response.status_code == 303
-    (job,) = Registry.open().list("job")
-    argv = job.params["argv"]
-    assert argv[argv.index("--source") + 1] == str((roots / "cats").resolve())
-    assert job.params["target"].endswith(EVIL.strip())
-    page = client.get(response.headers["location"]).text
-    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
-
-
 def _png(size=(8, 8)) -> bytes:
     buffer = io.BytesIO()
     Image.new("L", size).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def _class_folders(parent, classes=("cat", "dog")):
+    for name in classes:
+        (parent / name).mkdir(parents=True)
+        (parent / name / "1.png").write_bytes(_png())
+    return parent
+
+
+def test_valid_dataset_form_queues_a_job_with_the_confined_path(roots):
+    _class_folders(roots / "pets")
+    client = _client(roots)
+    response = client.post("/datasets/new", data={
+        "name": EVIL, "source_kind": "folder", "source": "pets"}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    (job,) = Registry.open().list("job")
+    argv = job.params["argv"]
+    assert argv[argv.index("--source") + 1] == str((roots / "pets").resolve())
+    # The job itself refuses files outside the data roots too.
+    assert argv[argv.index("--data-root") + 1] == str(roots.resolve())
+    assert job.params["target"].endswith(EVIL.strip())
+    page = client.get(response.headers["location"]).text
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
 
 
 def test_uploads_are_size_limited_and_type_checked(roots, tmp_path):
@@ -129,11 +152,16 @@ def test_export_files_cannot_escape_the_export_folder(roots, tmp_path):
     assert client.get(f"/exports/{job_id}/file/tfjs/../../secret.txt").status_code == 404
 
 
-def test_token_is_required_when_set(roots):
-    client = _client(roots, token="s3cret")
+def test_a_token_is_required_by_default(roots):
+    settings = UISettings(data_roots=[str(roots)])
+    assert len(settings.token) == 48  # A fresh random one.
+    client = TestClient(create_app(settings, start_jobs=False), base_url="http://localhost")
     assert client.get("/").status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert client.get("/?token=s3cret").status_code == 200
+    assert client.get("/?token=wrong").status_code == 401
+    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    headers = {"Authorization": f"Bearer {settings.token}"}
+    assert client.get("/", headers=headers).status_code == 200
+    assert client.get(f"/?token={settings.token}").status_code == 200
     assert client.get("/").status_code == 200  # The cookie set by ?token= is kept.
 
 
@@ -628,3 +656,34 @@ def test_a_job_runs_under_its_launcher(tmp_path):
         log = f.read()
     assert log.startswith(f"$ /usr/bin/env VISPIPE_HOME={other} vispipe registry --kind dataset")
     assert "only-in-other" in log
+
+
+# --- structure --------------------------------------------------------------------
+
+def test_ui_modules_import_each_other_one_way():
+    # Issue 11: no import cycle, not even through an import inside a function.
+    import ast
+
+    import vispipe.ui
+
+    folder = os.path.dirname(vispipe.ui.__file__)
+    imports: dict[str, set[str]] = {}
+    for name in os.listdir(folder):
+        if name.endswith(".py") and name != "__init__.py":
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+            imports[name[:-3]] = {node.module.rsplit(".", 1)[1] for node in ast.walk(tree)
+                                  if isinstance(node, ast.ImportFrom) and node.module
+                                  and node.module.startswith("vispipe.ui.")}
+
+    def reached(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for module in imports.get(todo.pop(), ()):
+                if module not in seen:
+                    seen.add(module)
+                    todo.append(module)
+        return seen
+
+    assert "templating" in imports["pages_runs"] and "uploads" in imports["pages_classify"]
+    assert [m for m in imports if m in reached(m)] == []

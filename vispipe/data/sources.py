@@ -14,7 +14,10 @@ A `DatasetConfig` names exactly one source kind:
 - `builtin`: `"digits"`, scikit-learn's handwritten digits.
 
 Files are only listed here; decoding (and rejecting bad files) happens when
-the dataset is written.
+the dataset is written. With `data_roots`, every folder, list and file must
+resolve inside one of them (`vispipe.data.roots.confine`); the images are
+then recorded by their real paths, so a symlink swapped in later is not
+followed.
 
 Example:
 
@@ -37,6 +40,7 @@ from typing import Any
 
 from vispipe.configs import DatasetConfig
 from vispipe.data.format import SPLITS
+from vispipe.data.roots import confine, real_roots
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -152,7 +156,13 @@ def _check_percentages(config: DatasetConfig, held_out: list[str]) -> None:
         )
 
 
-def _require_dir(path: str, field_name: str) -> str:
+def _inside(path: str, roots: list[str], what: str) -> str:
+    """`path`, or with `roots` its real path, refused when outside every root."""
+    return confine(os.path.abspath(path), roots, what) if roots else path
+
+
+def _require_dir(path: str, field_name: str, roots: list[str]) -> str:
+    path = _inside(path, roots, field_name)
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"Dataset source folder {path!r} does not exist ({field_name})."
@@ -177,9 +187,13 @@ def _class_folders(root: str) -> list[str]:
 
 
 def _scan_folder(
-    root: str, classes: list[str], field_name: str
+    root: str, classes: list[str], field_name: str, roots: list[str]
 ) -> list[SourceImage]:
-    """Lists the candidate files of each class sub-folder, recursively."""
+    """Lists the candidate files of each class sub-folder, recursively.
+
+    With `roots`, a class folder or file that is a symlink to somewhere
+    outside them is refused.
+    """
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in _class_folders(root) if name not in index]
     if unknown:
@@ -194,13 +208,15 @@ def _scan_folder(
             for file in files:
                 if _is_candidate(file):
                     path = os.path.join(folder, file)
-                    images.append(
-                        SourceImage(path, index[name], os.path.relpath(path, root))
-                    )
+                    images.append(SourceImage(
+                        _inside(path, roots, f"{field_name} image"), index[name],
+                        os.path.relpath(path, root),
+                    ))
     return sorted(images, key=lambda image: image.name)
 
 
-def _read_labels_file(path: str) -> list[str]:
+def _read_labels_file(path: str, roots: list[str]) -> list[str]:
+    path = _inside(path, roots, "labels_file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"labels_file {path!r} does not exist.")
     with open(path, encoding="utf-8") as f:
@@ -223,13 +239,19 @@ def _parse_label(text: str, classes: list[str]) -> int | None:
     return classes.index(text) if text in classes else None
 
 
-def _read_list(path: str, classes: list[str], field_name: str) -> list[SourceImage]:
-    """Reads a `path label` list; relative paths are relative to the list."""
-    if not os.path.isfile(path):
+def _read_list(
+    path: str, classes: list[str], field_name: str, roots: list[str]
+) -> list[SourceImage]:
+    """Reads a `path label` list; relative paths are relative to the list.
+
+    With `roots`, the list and every file it names must lie inside them.
+    """
+    checked = _inside(path, roots, field_name)
+    if not os.path.isfile(checked):
         raise FileNotFoundError(f"{field_name} {path!r} does not exist.")
     base = os.path.dirname(os.path.abspath(path))
     images = []
-    with open(path, encoding="utf-8") as f:
+    with open(checked, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -246,6 +268,7 @@ def _read_list(path: str, classes: list[str], field_name: str) -> list[SourceIma
                     f"0-{len(classes) - 1} or one of the classes in labels_file."
                 )
             file = name if os.path.isabs(name) else os.path.join(base, name)
+            file = _inside(file, roots, where)
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"{where}: image file {file!r} does not exist.")
             images.append(SourceImage(file, label, name))
@@ -320,18 +343,19 @@ def _check_classes(classes: list[str], where: str) -> None:
 
 
 def _folder_source(config: DatasetConfig, kind: str) -> Source:
-    train_root = _require_dir(getattr(config, kind), kind)
+    roots = real_roots(config.data_roots)
+    train_root = _require_dir(getattr(config, kind), kind, roots)
     classes = _class_folders(train_root)
     _check_classes(classes, f"{kind} {train_root!r} (one sub-folder per class)")
-    train = _scan_folder(train_root, classes, kind)
+    train = _scan_folder(train_root, classes, kind, roots)
     description: dict[str, Any] = {"kind": "folder", kind: train_root}
     given: dict[str, list[SourceImage] | None] = {"val": None, "test": None}
     if kind == "train_dir":
         for split in ("val", "test"):
             folder = getattr(config, f"{split}_dir")
             if folder:
-                root = _require_dir(folder, f"{split}_dir")
-                given[split] = _scan_folder(root, classes, f"{split}_dir")
+                root = _require_dir(folder, f"{split}_dir", roots)
+                given[split] = _scan_folder(root, classes, f"{split}_dir", roots)
                 description[f"{split}_dir"] = root
     splits = _split_sources(config, train, given)
     return Source(classes, splits, description)
@@ -342,9 +366,10 @@ def _list_source(config: DatasetConfig) -> Source:
         raise ValueError(
             "train_list needs labels_file (the class names, one per line)."
         )
-    classes = _read_labels_file(config.labels_file)
+    roots = real_roots(config.data_roots)
+    classes = _read_labels_file(config.labels_file, roots)
     _check_classes(classes, f"labels_file {config.labels_file!r}")
-    train = _read_list(config.train_list, classes, "train_list")
+    train = _read_list(config.train_list, classes, "train_list", roots)
     description: dict[str, Any] = {
         "kind": "list",
         "train_list": os.path.abspath(config.train_list),
@@ -354,7 +379,7 @@ def _list_source(config: DatasetConfig) -> Source:
     for split in ("val", "test"):
         path = getattr(config, f"{split}_list")
         if path:
-            given[split] = _read_list(path, classes, f"{split}_list")
+            given[split] = _read_list(path, classes, f"{split}_list", roots)
             description[f"{split}_list"] = os.path.abspath(path)
     return Source(classes, _split_sources(config, train, given), description)
 
@@ -432,8 +457,9 @@ def _temp_source(config: DatasetConfig, kind: str) -> Source:
             f"{split}_dir": os.path.join(folder, split) if split in written else ""
             for split in SPLITS
         }
+        # The folders are this function's own: nothing to confine.
         as_folders = dataclasses.replace(
-            config, **folders, builtin="", tfds_name="", tfds_data_dir=""
+            config, **folders, builtin="", tfds_name="", tfds_data_dir="", data_roots=[]
         )
         source = _folder_source(as_folders, "train_dir")
     except BaseException:
@@ -463,6 +489,8 @@ def load_source(config: DatasetConfig) -> Source:
         FileNotFoundError: A folder, list or listed file does not exist.
         ValueError: No source or more than one, fewer than 2 classes, bad
             percentages, or a list line with an unknown label.
+        OutsideRootsError: With `data_roots`, a folder, list or file (a
+            symlink's target included) outside them.
 
     Example:
 
@@ -475,4 +503,6 @@ def load_source(config: DatasetConfig) -> Source:
         return _folder_source(config, kind)
     if kind == "train_list":
         return _list_source(config)
+    if kind == "tfds_name" and config.tfds_data_dir:
+        _inside(config.tfds_data_dir, real_roots(config.data_roots), "tfds_data_dir")
     return _temp_source(config, kind)

@@ -38,10 +38,14 @@ from vispipe.evaluate.classify import IMAGE_EXTENSIONS
 from vispipe.train.run_folder import write_json_atomic
 from vispipe.ui.settings import UnsafeInputError, confine
 
-__all__ = ["MAX_IMAGES", "BadUpload", "Request", "Row", "Results", "prepare_request",
-           "read_request", "classify_argv", "read_results", "input_paths"]
+__all__ = ["MAX_IMAGES", "MAX_ARCHIVE_ENTRIES", "BadUpload", "Request", "Row", "Results",
+           "prepare_request", "read_request", "classify_argv", "read_results", "input_paths"]
 
+# Images of one list (an archive is bounded by MAX_ARCHIVE_ENTRIES).
 MAX_IMAGES = 100_000
+# Entries of any kind (files, folders, links) read from one archive: a tar.gz of
+# 100,000 empty members is 470 KB, and reading its headers alone takes seconds.
+MAX_ARCHIVE_ENTRIES = 20_000
 # A small compressed archive may unpack to far more than the upload limit;
 # this many times the limit is the most that is unpacked.
 UNPACK_FACTOR = 8
@@ -125,16 +129,22 @@ def _archive_members(data: bytes, max_bytes: int) -> Iterator[tuple[str, bytes]]
     """`(name, bytes)` of every regular file of a zip or tar archive, else None.
 
     Raises:
-        BadUpload: A file over `max_bytes`, or all files over
-            `UNPACK_FACTOR * max_bytes` (413).
+        BadUpload: A file over `max_bytes`, all files over
+            `UNPACK_FACTOR * max_bytes`, or more than `MAX_ARCHIVE_ENTRIES`
+            entries (413); each found while reading, before going on.
     """
     limit = UNPACK_FACTOR * max_bytes
     too_big = BadUpload(f"The archive unpacks to more than {limit} bytes, or holds a file over "
                         f"{max_bytes} bytes; expected at most {UNPACK_FACTOR}x the upload limit "
                         "in all and the upload limit per file.", status=413)
+    too_many = BadUpload(f"The archive holds more than {MAX_ARCHIVE_ENTRIES} entries; expected "
+                         f"at most {MAX_ARCHIVE_ENTRIES} (classify more images at once with a "
+                         "list of paths inside the data roots).", status=413)
     buffer = io.BytesIO(data)
     if zipfile.is_zipfile(buffer):
         archive = zipfile.ZipFile(buffer)
+        if len(archive.infolist()) > MAX_ARCHIVE_ENTRIES:
+            raise too_many
         infos = [i for i in archive.infolist() if not i.is_dir()]
         if sum(i.file_size for i in infos) > limit or any(i.file_size > max_bytes for i in infos):
             raise too_big
@@ -153,10 +163,14 @@ def _archive_members(data: bytes, max_bytes: int) -> Iterator[tuple[str, bytes]]
         return None
 
     def tar_files():
-        # Members are read one by one, so a compressed bomb stops at the limit.
-        for member in archive:
+        # Every header is read, and the limits checked, before a file is written: a
+        # compressed bomb stops at the first limit it passes, having cost no disk.
+        for count, member in enumerate(archive, start=1):
+            if count > MAX_ARCHIVE_ENTRIES:
+                raise too_many
             if member.offset_data + member.size > limit or member.size > max_bytes:
                 raise too_big
+        for member in archive.getmembers():
             if member.isfile():
                 yield member.name, archive.extractfile(member).read()
     return tar_files()
@@ -181,9 +195,6 @@ def _unpack(members: Iterator[tuple[str, bytes]], classes: Sequence[str],
                     or parts[0] == "__MACOSX":
                 skipped += 1
                 continue
-            if len(entries) >= MAX_IMAGES:
-                raise BadUpload(f"The archive holds more than {MAX_IMAGES} images; expected at "
-                                "most that many.", status=413)
             parent = parts[-2] if len(parts) > 1 else ""
             label = list(classes).index(parent) if parent in classes else None
             if label is None and parent:

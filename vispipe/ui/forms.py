@@ -15,12 +15,26 @@ from typing import Any, Mapping
 
 from vispipe.ui.settings import UnsafeInputError, check_name
 
-__all__ = ["int_field", "float_field", "choice_field", "text_field", "new_folder_field"]
+__all__ = ["int_field", "float_field", "choice_field", "text_field", "new_folder_field",
+           "local_path_field"]
 
 
 def text_field(form: Mapping[str, Any], name: str) -> str:
     value = form.get(name)
     return value.strip() if isinstance(value, str) else ""
+
+
+def local_path_field(form: Mapping[str, Any], name: str, default: str) -> str:
+    """The field if it is a path of this server ("/runs/3#export"), else `default`.
+
+    A redirect target taken from a form never leads to another site: no scheme,
+    no host ("//evil.example"), no backslash (which browsers read as "/").
+    """
+    value = text_field(form, name)
+    if (value.startswith("/") and not value.startswith("//") and "\\" not in value
+            and not any(ord(c) < 32 for c in value)):
+        return value
+    return default
 
 
 def new_folder_field(form: Mapping[str, Any], parent: str, what: str,

@@ -8,9 +8,11 @@ and `log.txt` (the process's output). Nothing lives only in memory: a new
 were running when the last UI process stopped "interrupted" (after ending
 any process left over), and `resume_argv` offers to continue them.
 
-Each job runs `python -m vispipe ARGV...` in its own process group, so abort
-is SIGTERM to the group: the trainer then marks its run "interrupted" and
-`vispipe train --resume RUN` continues it.
+Each job runs `python -P -m vispipe ARGV...` in its job folder, in its own
+process group. `-P` keeps the working directory off the import path, so a
+folder named `vispipe` (or anything else) where the UI was started cannot
+stand in for the installed code. Abort is SIGTERM to the group: the trainer
+then marks its run "interrupted" and `vispipe train --resume RUN` continues it.
 
 Example:
 
@@ -159,7 +161,7 @@ class JobQueue:
 
     Args:
         settings: The UI settings (job folders go under `<home>/jobs`).
-        python: Interpreter that runs `-m vispipe` (default: this one).
+        python: Interpreter that runs `-P -m vispipe` (default: this one).
     """
 
     def __init__(self, settings: UISettings, python: str = sys.executable):
@@ -230,7 +232,7 @@ class JobQueue:
 
     def submit(self, title: str, verb: str, argv: list[str], *, target: str = "",
                target_kind: str = "", launcher: list[str] | None = None) -> int:
-        """Queues `python -m vispipe ARGV`; returns the job id.
+        """Queues `python -P -m vispipe ARGV`; returns the job id.
 
         Args:
             title: What the pages call the job.
@@ -318,13 +320,13 @@ class JobQueue:
         if self.settings.token:
             env["VISPIPE_SERVE_AUTH_TOKEN"] = self.settings.token
         launcher = job.entry.params.get("launcher") or []
-        argv = [*launcher, self.python, "-m", "vispipe", *job.entry.params["argv"]]
+        argv = [*launcher, self.python, "-P", "-m", "vispipe", *job.entry.params["argv"]]
         with open(job.log_path, "ab") as log:
             log.write(("$ " + " ".join(launcher + ["vispipe"] + job.entry.params["argv"])
                        + "\n").encode())
             log.flush()
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=job.entry.path,
                                     start_new_session=True)
         self._procs[job.id] = proc
         self._write_state(job.entry.path, state="running", pid=proc.pid, abort=False)

@@ -94,9 +94,11 @@ async def describe_network(path: str, input_shape: tuple[int, int, int], num_cla
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                # The summary needs no GPU; leave its memory to training jobs.
                CUDA_VISIBLE_DEVICES="-1")
+    # -P and the network's folder as working directory: whatever folder the UI
+    # was started in, the installed vispipe is what runs (as for jobs).
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vispipe.ui.network_summary", path,
-        *map(str, input_shape), str(num_classes), env=env,
+        sys.executable, "-P", "-m", "vispipe.ui.network_summary", path,
+        *map(str, input_shape), str(num_classes), env=env, cwd=os.path.dirname(path),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL)
     try:

@@ -9,6 +9,7 @@ app.include_router(router)
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import os
@@ -20,13 +21,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
-from vispipe.ui.app import render
 from vispipe.ui.classify_many import (PREDICTIONS_FILE, BadUpload, classify_argv, input_paths,
                                       prepare_request, read_request, read_results)
 from vispipe.ui.forms import int_field
 from vispipe.ui.jobs import Job, log_tail, read_job
-from vispipe.ui.pages_runs import read_limited
 from vispipe.ui.settings import UnsafeInputError, confine
+from vispipe.ui.templating import render
+from vispipe.ui.uploads import read_limited
 from vispipe.ui.views import entry_or_404, load_entry
 
 __all__ = ["router"]
@@ -61,8 +62,10 @@ async def classify_many(request: Request, entry_id: int, inputs: UploadFile):
     folder = os.path.join(entry.path, f"classify-{time.strftime('%Y%m%d-%H%M%S')}-"
                                       f"{uuid.uuid4().hex[:6]}")
     try:
-        req = prepare_request(data, inputs.filename or "upload", classes, settings.data_roots,
-                              folder, settings.max_upload_bytes, top_k)
+        # Unpacking may take seconds: in a thread, so other requests are served meanwhile.
+        req = await asyncio.to_thread(prepare_request, data, inputs.filename or "upload",
+                                      classes, settings.data_roots, folder,
+                                      settings.max_upload_bytes, top_k)
     except BadUpload as error:
         raise HTTPException(error.status, str(error)) from None
     except PermissionError as error:
@@ -144,6 +147,8 @@ def thumbnail(request: Request, entry_id: int, job_id: int, index: int):
             image.save(buffer, "PNG")
     except UnsafeInputError as error:
         raise HTTPException(403, str(error)) from None
+    except Image.DecompressionBombError as error:
+        raise HTTPException(400, f"Image {index} has too many pixels to show: {error}") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise HTTPException(404, f"Image {index} cannot be shown: {error}") from None
     return Response(buffer.getvalue(), media_type="image/png",

@@ -9,19 +9,21 @@ app.include_router(router)
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
 import os
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from vispipe.configs import ENCODINGS, RESIZE_MODES
+from vispipe.configs import ENCODINGS, RESIZE_MODES, DatasetConfig
 from vispipe.registry import Registry
-from vispipe.ui.app import render
 from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
 from vispipe.ui.jobs import log_tail
 from vispipe.ui.settings import UnsafeInputError, confine
+from vispipe.ui.templating import render
 from vispipe.ui.views import entry_or_404, jobs_by_target, load_entry
 
 __all__ = ["router"]
@@ -49,17 +51,24 @@ def new_dataset(request: Request):
                   encodings=ENCODINGS)
 
 
-def parse_dataset_form(form, settings) -> tuple[list[str], str, str, dict[str, str]]:
+def parse_dataset_form(form, settings
+                       ) -> tuple[list[str], str, str, dict[str, str], dict[str, str]]:
     """The `vispipe dataset create` arguments of a submitted form.
 
+    The job gets the data roots too (`--data-root`): it refuses any file that
+    resolves outside them, even one swapped in after the form was checked.
+
     Returns:
-        (argv, name, output folder, errors by field); argv is only usable
-        when errors is empty.
+        (argv, name, output folder, source paths by `DatasetConfig` field,
+        errors by field); argv is only usable when errors is empty.
     """
     errors: dict[str, str] = {}
     name, output = new_folder_field(form, settings.folder("datasets"), "dataset", errors)
     kind = choice_field(form, "source_kind", SOURCE_KINDS, errors, "folder")
     argv = ["dataset", "create", "--output", output]
+    for root in settings.data_roots:
+        argv += ["--data-root", root]
+    sources: dict[str, str] = {}
     for field in _PATH_FIELDS.get(kind, ()):
         value = text_field(form, field)
         if not value:
@@ -73,6 +82,7 @@ def parse_dataset_form(form, settings) -> tuple[list[str], str, str, dict[str, s
             continue
         if not os.path.exists(path):
             errors[field] = f"{value!r} does not exist"
+        sources[field] = path
         argv += [f"--{field.replace('_', '-')}", path]
     val = float_field(form, "val_percent", errors, low=0, high=90, default=25)
     test = float_field(form, "test_percent", errors, low=0, high=90, default=0)
@@ -91,14 +101,31 @@ def parse_dataset_form(form, settings) -> tuple[list[str], str, str, dict[str, s
              "--size", f"{height}x{width}", "--channels", str(channels),
              "--resize-mode", mode, "--encoding", encoding,
              "--min-per-class", str(low), "--max-per-class", str(high)]
-    return argv, name, output, errors
+    return argv, name, output, sources, errors
+
+
+def _source_problem(sources: dict[str, str], roots: list[str]) -> str | None:
+    """Why the job would refuse these sources (a file outside the data roots, one
+    class, a bad list line ...), found by listing them as it will; else None."""
+    from vispipe.data.sources import load_source
+
+    try:
+        load_source(DatasetConfig(**sources, data_roots=roots, val_percent=0, test_percent=0))
+    except (OSError, ValueError) as error:
+        return str(error)
+    return None
 
 
 @router.post("/datasets/new")
 async def create_dataset(request: Request):
     settings = request.app.state.settings
     form = await request.form()
-    argv, name, output, errors = parse_dataset_form(form, settings)
+    argv, name, output, sources, errors = parse_dataset_form(form, settings)
+    if not errors:
+        # Listing a large folder takes a while: off the event loop.
+        problem = await asyncio.to_thread(_source_problem, sources, settings.data_roots)
+        if problem:
+            errors[next(iter(sources))] = problem
     if errors:
         return render(request, "dataset_new.html", status_code=400, form=dict(form),
                       errors=errors, roots=settings.data_roots, modes=RESIZE_MODES,
@@ -153,8 +180,27 @@ def dataset_page(request: Request, entry_id: int):
     samples = [(label, name, min(SAMPLES_PER_CLASS, info.class_counts.get(split, {}).get(name, 0)))
                for label, name in enumerate(info.classes[:SAMPLE_CLASSES])] if split else []
     return render(request, "dataset.html", entry=entry, info=info, problem=problem, job=job,
+                  imbalance=_imbalance(info) if info else {},
                   log=log_tail(job) if job else "", split=split, samples=samples,
                   more_classes=max(0, len(info.classes) - SAMPLE_CLASSES) if info else 0)
+
+
+# A split whose largest class has this many times the images of its smallest
+# gets the page's advice on class weights.
+IMBALANCE_WARNING = 3.0
+
+
+def _imbalance(info) -> dict[str, tuple[str, bool]]:
+    """Per split: largest / smallest class count as text ("20.0x"), and whether to warn."""
+    from vispipe.data.balance import class_counts_of, imbalance_ratio
+
+    shown = {}
+    for split in info.splits:
+        if split in info.class_counts:
+            ratio = imbalance_ratio(class_counts_of(info, split))
+            text = "a class has no image" if math.isinf(ratio) else f"{ratio:.1f}x"
+            shown[split] = (text, ratio >= IMBALANCE_WARNING)
+    return shown
 
 
 def _sample_split(info) -> str | None:

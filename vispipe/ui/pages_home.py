@@ -9,6 +9,7 @@ app.include_router(router)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 
@@ -16,9 +17,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from vispipe.registry import Registry
-from vispipe.ui.app import render
+from vispipe.ui.forms import local_path_field
 from vispipe.ui.jobs import log_tail, read_job, resume_argv
 from vispipe.ui.settings import is_within
+from vispipe.ui.templating import render
 from vispipe.ui.views import entry_or_404, home_items
 
 __all__ = ["router"]
@@ -103,14 +105,16 @@ def job_file(job_id: int, name: str):
 
 
 @router.post("/jobs/{job_id}/abort")
-def abort(request: Request, job_id: int):
+async def abort(request: Request, job_id: int):
+    """Aborts a job; back to the form's `next` page of this server (default: the job's)."""
+    back = local_path_field(await request.form(), "next", f"/jobs/{job_id}")
     try:
-        request.app.state.queue.abort(job_id)
+        await asyncio.to_thread(request.app.state.queue.abort, job_id)
     except KeyError as error:
         raise HTTPException(404, str(error)) from None
     except ValueError as error:
         raise HTTPException(409, str(error)) from None
-    return RedirectResponse(request.headers.get("referer") or f"/jobs/{job_id}", status_code=303)
+    return RedirectResponse(back, status_code=303)
 
 
 @router.post("/jobs/{job_id}/resume")

@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from vispipe.configs import LR_POLICIES, OPTIMIZERS
 from vispipe.models import list_models
 from vispipe.registry import Registry
-from vispipe.ui.app import render
 from vispipe.ui.devices import capabilities, horovod_launcher
 from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
+from vispipe.ui.templating import render
 
 __all__ = ["router", "parse_train_form"]
 

@@ -15,7 +15,6 @@ import json
 import os
 import threading
 import time
-import uuid
 import zipfile
 
 from fastapi import APIRouter, HTTPException, Request, UploadFile
@@ -24,18 +23,17 @@ from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Res
 
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
-from vispipe.ui.app import render
 from vispipe.ui.forms import int_field
 from vispipe.ui.jobs import Job, log_tail, read_job, resume_argv
 from vispipe.ui.settings import is_within
+from vispipe.ui.templating import render
+from vispipe.ui.uploads import read_limited, save_image
 from vispipe.ui.views import entry_or_404, entry_status, load_entry
 
-__all__ = ["router", "save_upload", "read_limited"]
+__all__ = ["router", "export_available"]
 
 router = APIRouter()
 
-_IMAGE_TYPES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif",
-                "WEBP": ".webp", "PPM": ".ppm"}
 _EXPORT_FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
 _FINAL = ("completed", "failed", "interrupted", "aborted")
 _models: dict[tuple[str, float], object] = {}
@@ -140,41 +138,6 @@ def _live_status(entry: Entry) -> dict:
     return {"status": entry.status, "log": log_tail(job, 8) if job else ""}
 
 
-def save_upload(upload: UploadFile, settings, data: bytes) -> str:
-    """Checks an uploaded image (size, decodable type) and stores it; returns its path.
-
-    Raises:
-        HTTPException: 413 over the size limit, 415 not an image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"Upload {upload.filename!r} is {len(data)} bytes; "
-                                 f"expected at most {settings.max_upload_bytes}.")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-            kind = image.format
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise HTTPException(415, f"Upload {upload.filename!r} is not a readable image: {error}") from None
-    if kind not in _IMAGE_TYPES:
-        raise HTTPException(415, f"Upload {upload.filename!r} is a {kind} image; expected one "
-                                 f"of {sorted(_IMAGE_TYPES)}.")
-    # The stored name is ours: the uploaded file name never becomes a path.
-    path = os.path.join(settings.folder("uploads"), uuid.uuid4().hex + _IMAGE_TYPES[kind])
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
-async def read_limited(upload: UploadFile, limit: int) -> bytes:
-    """The upload's bytes; HTTP 413 past `limit` (reads at most `limit + 1` bytes)."""
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"Upload {upload.filename!r} is over {limit} bytes.")
-    return data
-
-
 def _cached_model(run_dir: str):
     from vispipe.train.run_folder import load_run_model
 
@@ -194,7 +157,8 @@ async def classify_one(request: Request, entry_id: int, image: UploadFile):
     """The most probable classes of one uploaded image (JSON).
 
     Form fields: `top` (classes to return, default 5; the TF.js page asks
-    for all of them) and `visualize=1` (adds per-layer statistics).
+    for all of them), `visualize=1` (adds per-layer statistics) and
+    `explain=1` (adds a Grad-CAM overlay for the top class, as a data URL).
     """
     settings = request.app.state.settings
     entry = load_entry(entry_id, "run")
@@ -204,14 +168,33 @@ async def classify_one(request: Request, entry_id: int, image: UploadFile):
     if errors:
         raise HTTPException(400, f"top: {errors['top']}.")
     data = await read_limited(image, settings.max_upload_bytes)
-    path = save_upload(image, settings, data)
-    return await asyncio.to_thread(_classify_sync, entry.path, path, top,
-                                   bool(form.get("visualize")))
+    return await asyncio.to_thread(_classify_sync, entry.path, image.filename, data, settings,
+                                   top, bool(form.get("visualize")), bool(form.get("explain")))
 
 
-def _classify_sync(run_dir: str, path: str, top: int, with_layers: bool) -> JSONResponse:
+def _explain(model, path: str, run_dir: str) -> dict:
+    """Grad-CAM of the top class over the image, as the page shows it."""
+    import base64
+
+    from vispipe.data.images import load_image
+    from vispipe.evaluate.classify import run_image_options
+    from vispipe.evaluate.gradcam import GradCam, overlay_png
+
+    image, _ = load_image(path, run_image_options(run_dir))
+    try:
+        result = GradCam(model)(image[None])
+    except ValueError as error:  # A network without a spatial layer.
+        return {"error": str(error)}
+    png = overlay_png(image, result.heatmaps[0])
+    return {"image": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            "layer": result.layer, "class_id": int(result.class_ids[0])}
+
+
+def _classify_sync(run_dir: str, filename: str | None, data: bytes, settings, top: int,
+                   with_layers: bool, explain: bool = False) -> JSONResponse:
     from vispipe.evaluate.classify import classify, run_image_options
 
+    path = save_image(filename, data, settings)  # Decoding checks stay off the event loop.
     info = RunFolder(run_dir).read_info()
     try:
         model = _cached_model(run_dir)
@@ -222,6 +205,8 @@ def _classify_sync(run_dir: str, path: str, top: int, with_layers: bool) -> JSON
                           image_options=run_image_options(run_dir), progress=False)[0]
     body = {"top": prediction.top, "error": prediction.error, "note": prediction.note,
             "ms": round(1000 * (time.perf_counter() - started), 1)}
+    if explain and not prediction.error:
+        body["gradcam"] = _explain(model, path, run_dir)
     if with_layers and not prediction.error:
         from vispipe.evaluate import visualize
 
@@ -328,10 +313,12 @@ def export_zip(job_id: int):
         raise HTTPException(409, f"Export {job_id} is {job.status}; no folder to download.")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for folder, _, files in os.walk(job.target):
+        for folder, _, files in os.walk(job.target):  # Symlinked folders are not entered.
             for name in files:
                 path = os.path.join(folder, name)
-                archive.write(path, os.path.relpath(path, os.path.dirname(job.target)))
+                # The export's own files only: a symlink could point anywhere.
+                if not os.path.islink(path) and os.path.isfile(path):
+                    archive.write(path, os.path.relpath(path, os.path.dirname(job.target)))
     return Response(buffer.getvalue(), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="export-{job_id}.zip"'})
 
@@ -372,7 +359,9 @@ async def serve(request: Request, job_id: int):
     config = os.path.join(job.target, "savedmodel", "models.config")
     if not os.path.isfile(config):
         raise HTTPException(409, f"Export {job_id} has no SavedModel (savedmodel/models.config).")
-    argv = ["serve", "--model-config-file", config, "--port", port, "--grpc-port", "-1"]
+    # REST only, on this machine only, as the page's address says (TF Serving's flag names).
+    argv = ["serve", "--model_config_file", config, "--rest_api_port", port, "--port", "0",
+            "--host", "127.0.0.1"]
     serve_id = request.app.state.queue.submit(f"Serve export {job_id} on :{port}", "serve", argv,
                                               target=f"http://127.0.0.1:{port}",
                                               target_kind="serve")

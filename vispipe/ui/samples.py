@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import struct
 from typing import Iterator
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from vispipe.data.format import (FEATURE_CHANNELS, FEATURE_FORMAT, FEATURE_HEIGHT,
                                  FEATURE_IMAGE, FEATURE_LABEL, FEATURE_WIDTH, DatasetInfo)
+from vispipe.data.roots import is_within
 
 __all__ = ["iter_records", "read_record", "parse_example", "sample_index", "sample_png"]
 
@@ -157,9 +159,17 @@ def sample_index(info: DatasetInfo, split: str, per_class: int) -> dict[int, lis
         Per label id, `(shard path, record offset)` pairs (fewer for a class
         that has fewer images, or none within the first `MAX_SCANNED`
         records).
+
+    Raises:
+        ValueError: `dataset.json` names a shard outside the dataset folder
+            (it is never read).
     """
-    return _index(info.path, info.content_hash, tuple(info.shard_paths(split)),
-                  info.num_classes, per_class)
+    folder = os.path.realpath(info.path)
+    shards = tuple(info.shard_paths(split))
+    for shard in shards:
+        if not is_within(os.path.realpath(shard), folder):
+            raise ValueError(f"shard {shard!r} is outside the dataset folder {folder!r}.")
+    return _index(info.path, info.content_hash, shards, info.num_classes, per_class)
 
 
 def sample_png(shard: str, offset: int) -> bytes:

@@ -16,11 +16,24 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 
-__all__ = ["UISettings", "UnsafeInputError", "confine", "check_name", "is_within"]
+from vispipe.data.roots import OutsideRootsError, is_within, real_roots
+from vispipe.data.roots import confine as confine_to_roots
+
+__all__ = ["UISettings", "UnsafeInputError", "LOCAL_HOSTS", "new_token", "confine",
+           "check_name", "is_within"]
 
 _BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+# The names a browser on this machine uses for it; `Host` must be one of these
+# or one given with `--allowed-host` (a page under any other name is refused).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def new_token() -> str:
+    """A fresh random access token (48 hex digits, as Jupyter's)."""
+    return secrets.token_hex(24)
 
 
 class UnsafeInputError(ValueError):
@@ -36,16 +49,21 @@ class UISettings:
             every path typed in a form must lie inside one of them.
         home: Where the UI writes datasets, runs, exports and job folders
             (default `$VISPIPE_HOME/ui`, with `VISPIPE_HOME` ~/.vispipe).
-        token: When set, every request needs it (`Authorization: Bearer`,
-            the `vispipe_token` cookie, or `?token=` once to set the cookie).
+        token: Every request needs it (`Authorization: Bearer`, the
+            `vispipe_token` cookie, or `?token=` once to set the cookie);
+            a fresh random one by default, None for none (`--no-token`).
             The serving stage started from the UI gets the same token.
+        allowed_hosts: Names the server answers to in the `Host` header
+            (default: `LOCAL_HOSTS`); "*" answers to any (no DNS-rebinding
+            protection).
         max_jobs: Jobs running at once; the others wait in the queue.
         max_upload_bytes: Largest accepted upload.
     """
 
     data_roots: list[str] = field(default_factory=list)
     home: str = ""
-    token: str | None = None
+    token: str | None = field(default_factory=new_token)
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))
     max_jobs: int = 1
     max_upload_bytes: int = 64 << 20
 
@@ -55,7 +73,10 @@ class UISettings:
                 os.path.expanduser("~"), ".vispipe")
             self.home = os.path.join(base, "ui")
         self.home = os.path.abspath(self.home)
-        self.data_roots = [os.path.realpath(r) for r in self.data_roots]
+        self.data_roots = real_roots(self.data_roots)
+        self.allowed_hosts = [h.strip().strip("[]").lower() for h in self.allowed_hosts]
+        if self.token == "":
+            raise ValueError("token: expected a token, or None for no token; got an empty one.")
         if self.max_jobs < 1:
             raise ValueError(f"max_jobs: expected at least 1, got {self.max_jobs}.")
 
@@ -67,19 +88,7 @@ class UISettings:
 
 
 def confine(path: str, roots: list[str], what: str = "path") -> str:
-    """The real path of `path` if it lies inside one of `roots`.
-
-    Args:
-        path: A user-supplied path (absolute, or relative to the first root).
-        roots: Allowed folders (real paths).
-        what: The form field, for the error message.
-
-    Returns:
-        The resolved absolute path (symlinks followed).
-
-    Raises:
-        UnsafeInputError: Empty, or outside every root (after `..` and
-            symlinks are resolved).
+    """`vispipe.data.roots.confine`, failing with `UnsafeInputError` (a 400 page).
 
     Example:
 
@@ -87,23 +96,10 @@ def confine(path: str, roots: list[str], what: str = "path") -> str:
     confine("cats", ["/data"])  # "/data/cats"
     ```
     """
-    if not path or "\x00" in path:
-        raise UnsafeInputError(f"{what}: expected a path inside the data roots, got {path!r}.")
-    if not roots:
-        raise UnsafeInputError(
-            f"{what}: no data roots are configured (start `vispipe ui --data-root DIR`).")
-    candidate = path if os.path.isabs(path) else os.path.join(roots[0], path)
-    real = os.path.realpath(candidate)
-    for root in roots:
-        if is_within(real, root):
-            return real
-    raise UnsafeInputError(
-        f"{what}: {path!r} is outside the data roots {roots}; expected a path inside one of them.")
-
-
-def is_within(path: str, folder: str) -> bool:
-    """Whether `path` is `folder` or inside it (both already resolved with realpath)."""
-    return path == folder or path.startswith(folder + os.sep)
+    try:
+        return confine_to_roots(path, roots, what)
+    except OutsideRootsError as error:
+        raise UnsafeInputError(str(error)) from None
 
 
 def check_name(name: str, what: str = "name") -> str:

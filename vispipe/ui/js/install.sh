@@ -9,4 +9,4 @@ if [ -f package-lock.json ]; then
 else
   npm install --no-audit --no-fund --loglevel=error
 fi
-test -f node_modules/@tensorflow/tfjs/dist/tf.min.js
+test -f node_modules/@tensorflow/tfjs/dist/tf.es2017.min.js

@@ -2,8 +2,11 @@
 // job polling, classify forms, LR preview, the network's layer graph and the TF.js
 // page. No dependencies; user text is only ever inserted with textContent, or in
 // the server's escaped layer-graph SVG, parsed as XML.
+// The pages hold no script (their Content-Security-Policy allows none inline):
+// each says what to run in <script type="application/json" id="page-data">, as
+// {"function": [arguments...]}, and every POST carries the page's CSRF token.
 "use strict";
-const vispipe = (() => {
+(() => {
   const COLORS = { loss: "#1f6feb", val_loss: "#d97706", val_accuracy: "#2e7d32", accuracy: "#7c3aed", lr: "#c62828" };
 
   function el(tag, attrs = {}, text = "") {
@@ -63,6 +66,12 @@ const vispipe = (() => {
       ctx.textAlign = "left"; ctx.fillRect(lx, 6, 10, 10); ctx.fillStyle = "#1d2430"; ctx.fillText(s.name, lx + 14, 15);
       lx += ctx.measureText(s.name).width + 30;
     }
+  }
+
+  // A POST from this page: its session's CSRF token goes along (the server refuses it without).
+  function post(url, body) {
+    const token = document.querySelector('meta[name="csrf-token"]').content;
+    return fetch(url, { method: "POST", body, headers: { "X-CSRF-Token": token } });
   }
 
   async function poll(url) {
@@ -141,11 +150,12 @@ const vispipe = (() => {
     if (extra) target.appendChild(el("p", { class: "muted" }, extra));
   }
 
-  async function classifyBlob(url, blob, name, visualize) {
+  async function classifyBlob(url, blob, name, visualize, explain) {
     const data = new FormData();
     data.append("image", blob, name);
     if (visualize) data.append("visualize", "1");
-    const r = await fetch(url, { method: "POST", body: data });
+    if (explain) data.append("explain", "1");
+    const r = await post(url, data);
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
     return body;
@@ -159,9 +169,19 @@ const vispipe = (() => {
       if (!file) return;
       out.textContent = "Classifying…";
       try {
-        const body = await classifyBlob(url, file, file.name, form.querySelector("[name=visualize]").checked);
+        const explain = form.querySelector("[name=explain]");
+        const body = await classifyBlob(url, file, file.name, form.querySelector("[name=visualize]").checked,
+                                        explain && explain.checked);
         if (body.error) { out.textContent = body.error; return; }
         showTop(out, "Top predictions for " + file.name, body.top, `${body.ms} ms` + (body.note ? " · " + body.note : ""));
+        if (body.gradcam) {
+          const fig = el("figure", { class: "gradcam" });
+          if (body.gradcam.image) {
+            fig.appendChild(el("img", { src: body.gradcam.image, id: "gradcam-image", alt: "Grad-CAM heat map over the image" }));
+            fig.appendChild(el("figcaption", { class: "muted" }, `Where the model looks for "${body.top[0][0]}" (Grad-CAM at layer ${body.gradcam.layer})`));
+          } else fig.appendChild(el("figcaption", { class: "muted" }, body.gradcam.error));
+          out.appendChild(fig);
+        }
         if (body.layers) {
           const t = el("table", { class: "list" }); const head = el("tr");
           for (const h of ["layer", "activation shape", "mean", "std", "params"]) head.appendChild(el("th", {}, h));
@@ -213,7 +233,7 @@ const vispipe = (() => {
       out.replaceChildren(el("p", { class: "muted" }, "Building the network…"));
       button.disabled = true;
       try {
-        const r = await fetch("/models/network-preview", { method: "POST", body: data });
+        const r = await post("/models/network-preview", data);
         const body = await r.json();
         if (!r.ok) { out.replaceChildren(el("p", { class: "error", role: "alert" }, Object.values(body.errors || {}).join("; ") || "HTTP " + r.status)); return; }
         const table = el("table", { class: "list", id: "network-layers" });
@@ -326,7 +346,7 @@ const vispipe = (() => {
         const data = new FormData();
         data.append("image", blob, name);
         data.append("top", String(probs.length));
-        const r = await fetch(serverUrl, { method: "POST", body: data });
+        const r = await post(serverUrl, data);
         const body = await r.json();
         if (!r.ok) throw new Error(body.detail || ("HTTP " + r.status));
         if (body.error) throw new Error(body.error);
@@ -365,5 +385,44 @@ const vispipe = (() => {
     load().catch((err) => { browserOut.textContent = "Cannot load the model: " + err.message; });
   }
 
-  return { lineChart, followJob, reloadWhenDone, followRun, classifyForm, lrPreview, networkPreview, tfjsPage };
+  // Confusion-matrix cells shaded by their share of the row (data-share, 0 to 1).
+  function shadeShares(tableId) {
+    const table = document.getElementById(tableId);
+    if (!table) return;
+    for (const td of table.querySelectorAll("td[data-share]")) td.style.background = `rgba(31, 111, 235, ${(0.85 * td.dataset.share).toFixed(2)})`;
+  }
+
+  // The compare page: one chart per metric, one line per model (its colour), and
+  // the colour swatches of the table headers.
+  function compareRuns(runs, canvases) {
+    for (const [metric, id] of Object.entries(canvases)) {
+      const series = runs.map((r) => ({ name: r.name, color: r.color, points: r.curves[metric] || [] }));
+      lineChart(byId(id), series, { empty: "No " + metric.replace("_", " ") + " recorded." });
+    }
+    for (const swatch of document.querySelectorAll(".swatch[data-color]")) swatch.style.background = swatch.dataset.color;
+  }
+
+  // What a page may ask for in its page data; ids are looked up here.
+  const byId = (id) => document.getElementById(id);
+  const PAGE_FUNCTIONS = {
+    followJob, reloadWhenDone, followRun, tfjsPage, shadeShares, compareRuns,
+    classifyForm: (formId, url, outId) => classifyForm(byId(formId), url, byId(outId)),
+    lrPreview: (formId, canvasId) => lrPreview(byId(formId), byId(canvasId)),
+    networkPreview: (formId, buttonId, outId) => networkPreview(byId(formId), byId(buttonId), byId(outId)),
+    reloadAfter: (ms) => setTimeout(() => location.reload(), ms),
+  };
+
+  function start() {
+    const data = JSON.parse(byId("page-data").textContent);
+    for (const [name, args] of Object.entries(data)) PAGE_FUNCTIONS[name](...args);
+    document.addEventListener("submit", (e) => {
+      const question = e.target.dataset.confirm;
+      if (question && !confirm(question)) e.preventDefault();
+    });
+    document.addEventListener("click", (e) => {
+      if (e.target.closest("[data-back]") && history.length > 1) { e.preventDefault(); history.back(); }
+    });
+  }
+
+  start();
 })();

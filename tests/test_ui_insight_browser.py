@@ -1,0 +1,108 @@
+"""The pages of issue 17 in headless Chromium, under the UI's Content-Security-Policy:
+models compared (charts drawn, differing settings highlighted), Grad-CAM over an
+uploaded digit, the dataset's imbalance warning.
+
+Screenshots go to `test-artifacts/ui/` (or `$VISPIPE_TEST_ARTIFACTS/ui`):
+`20-compare.png`, `21-gradcam.png`, `22-dataset-imbalance.png`.
+
+Cost: about 25 s on 2 idle cores (the two small runs of `ui_insight_runs`, one
+browser).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from test_ui_browser import ARTIFACTS, CHROMIUM, FLAGS, UI, _free_port, _shot, _wait_until
+from ui_insight_runs import make_runs
+from vispipe.ui import UISettings, create_app
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isfile(CHROMIUM),
+                       reason=f"Debian's Chromium is not installed at {CHROMIUM}"),
+]
+
+
+@pytest.fixture
+def runs(mnist_small, tmp_path, monkeypatch):
+    made = make_runs(mnist_small, str(tmp_path))
+    monkeypatch.setenv("VISPIPE_HOME", made.home)
+    return made
+
+
+@pytest.fixture
+def server(runs, mnist_small):
+    import uvicorn
+
+    port = _free_port()
+    settings = UISettings(data_roots=[mnist_small], max_jobs=1)
+    uv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                       log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    yield UI(f"http://127.0.0.1:{port}", settings.token)
+    uv.should_exit = True
+    thread.join()
+
+
+@pytest.fixture
+def page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)
+        blocked = []
+        page.on("console", lambda m: blocked.append(m.text)
+                if "Content Security Policy" in m.text else None)
+        yield page
+        browser.close()
+        assert not blocked, blocked
+
+
+def _painted(page, canvas_id: str) -> int:
+    """Distinct colours drawn on a canvas (a blank one has 1)."""
+    return page.evaluate(
+        f"(() => {{ const c = document.getElementById('{canvas_id}');"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " const seen = new Set(); for (let i = 0; i < d.length; i += 4)"
+        " seen.add(d[i] * 65536 + d[i + 1] * 256 + d[i + 2]); return seen.size; })()")
+
+
+def test_compare_gradcam_and_imbalance_in_the_browser(server, page, runs):
+    page.goto(server.login_url)
+    for run_id in runs.run_ids:
+        page.check(f"input[name=run][value='{run_id}']")
+    with page.expect_navigation(url="**/compare?*"):
+        page.click("#compare-button")
+    page.wait_for_selector("#compare-settings")
+    assert page.locator("#compare-settings tr.differs").count() >= 2
+    # Both models' lines and the legend are drawn on each chart.
+    for canvas in ("compare-val-acc", "compare-loss", "compare-val-loss"):
+        assert _painted(page, canvas) > 20, canvas
+    swatch = page.evaluate("getComputedStyle(document.querySelector('.swatch')).backgroundColor")
+    assert swatch == "rgb(31, 111, 235)"
+    _shot(page, "20-compare")
+    page.click("#show-all")
+    page.wait_for_selector("#compare-settings tr:not(.differs) th")
+
+    page.goto(f"{server.url}/runs/{runs.run_ids[1]}")
+    page.set_input_files("#classify-file", runs.digit)
+    page.check("#classify-explain")
+    page.click("#classify-button")
+    page.wait_for_selector("#gradcam-image")
+    _wait_until(page, "document.getElementById('gradcam-image').naturalWidth === 140")
+    assert "Grad-CAM at layer pool2" in page.inner_text("#classify-result")
+    page.locator("#classify").screenshot(path=os.path.join(ARTIFACTS, "21-gradcam.png"))
+
+    page.goto(f"{server.url}/datasets/{runs.dataset_id}")
+    page.wait_for_selector("#imbalance-note")
+    assert page.locator("#imbalance td.warn").count() >= 1
+    _shot(page, "22-dataset-imbalance")
