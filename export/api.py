@@ -43,9 +43,9 @@ from vispipe.export.options import (
     FORMAT_CHOICES,
     FORMAT_VARIANTS,
     FORMATS,
-    INTEROP_FORMATS,
     TFJS_QUANTIZATIONS,
     ExportOptions,
+    installed_formats,
 )
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
@@ -61,16 +61,10 @@ class UnwritableOutputError(PermissionError, ValueError):
     """The export folder cannot be created or written."""
 
 
-def _installed(fmt: str) -> bool:
-    from importlib.util import find_spec
-
-    return all(find_spec(module) is not None for module in INTEROP_FORMATS.get(fmt, ()))
-
-
 def _check_formats(formats: Sequence[str] | str) -> list[str]:
     """The requested names in a fixed order; empty: every format whose tools are installed."""
     if not isinstance(formats, str) and not formats:
-        return [f for f in FORMATS if _installed(f)]
+        return list(installed_formats())
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMAT_CHOICES]
@@ -483,7 +477,7 @@ def export_model(
     """
     options = options or ExportOptions()
     formats = options.formats if formats is None else formats
-    not_installed = [f for f in FORMATS if not _installed(f)] if not formats else []
+    not_installed = [f for f in FORMATS if f not in installed_formats()] if not formats else []
     formats = _check_formats(formats)
     _check_options(options)
     out = _check_output(os.fspath(out_dir), overwrite)

@@ -15,11 +15,12 @@ options = from_dict(ExportOptions, {"formats": ["tflite"], "top_k": 3}, "export"
 from __future__ import annotations
 
 import dataclasses
+from importlib.util import find_spec
 
 from vispipe.configs import SPLITS, WHICH_MODELS, choices
 
 __all__ = ["FORMATS", "FORMAT_VARIANTS", "FORMAT_CHOICES", "INTEROP_FORMATS", "COREML_WEIGHTS",
-           "TFJS_QUANTIZATIONS", "ExportOptions"]
+           "TFJS_QUANTIZATIONS", "ExportOptions", "installed_formats"]
 
 FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs", "onnx", "openvino")
 # Formats whose variants can also be asked for alone, e.g. "onnx_int8".
@@ -30,6 +31,17 @@ FORMAT_CHOICES = FORMATS + tuple(f"{f}_{v}" for f, variants in FORMAT_VARIANTS.i
 # Formats from the optional `interop` extra, with the modules they need; the
 # default export includes them only when those are installed.
 INTEROP_FORMATS = {"onnx": ("tf2onnx", "onnxruntime"), "openvino": ("openvino", "nncf")}
+
+
+def installed_formats() -> tuple[str, ...]:
+    """The `FORMATS` whose converters and runtimes are installed (what an empty `formats` means).
+
+    Returns:
+        E.g. every format, or all but "onnx" and "openvino" without the
+        `interop` extra.
+    """
+    return tuple(f for f in FORMATS
+                 if all(find_spec(module) is not None for module in INTEROP_FORMATS.get(f, ())))
 COREML_WEIGHTS = ("float16", "int8")
 TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 
