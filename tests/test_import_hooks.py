@@ -1,0 +1,34 @@
+"""`on_import` runs its set-up when a module loads, not when it is only looked up (~10 s)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_a_lookup_before_the_import_does_not_spend_the_hook():
+    assert _run(
+        "import importlib.util, sys\n"
+        "from vispipe.import_hooks import on_import\n"
+        "calls = []\n"
+        "assert 'colorsys' not in sys.modules\n"
+        "on_import('colorsys', lambda load: (load(), calls.append('loaded')))\n"
+        "importlib.util.find_spec('colorsys')\n"
+        "assert calls == []\n"
+        "import colorsys\n"
+        "print(calls)") == "['loaded']"
+
+
+def test_keras_objects_are_registered_when_tensorflow_loads_keras():
+    # TensorFlow looks "keras" up (find_spec) before it imports it; the CLI
+    # imports TensorFlow first, then loads a run's model.
+    assert _run(
+        "import vispipe, tensorflow, keras\n"
+        "print(keras.saving.get_registered_object('vispipe>Preprocess').__name__)") == "Preprocess"
