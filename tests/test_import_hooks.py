@@ -1,4 +1,8 @@
-"""`on_import` runs its set-up when a module loads, not when it is only looked up (~10 s)."""
+"""`on_import` runs its set-up when a module loads, not when it is only looked up (~1 s).
+
+`tests/test_imports.py` checks the same with TensorFlow, which looks "keras" up
+before it imports it.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +29,3 @@ def test_a_lookup_before_the_import_does_not_spend_the_hook():
         "import colorsys\n"
         "print(calls)") == "['loaded']"
 
-
-def test_keras_objects_are_registered_when_tensorflow_loads_keras():
-    # TensorFlow looks "keras" up (find_spec) before it imports it; the CLI
-    # imports TensorFlow first, then loads a run's model.
-    assert _run(
-        "import vispipe, tensorflow, keras\n"
-        "print(keras.saving.get_registered_object('vispipe>Preprocess').__name__)") == "Preprocess"
