@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -33,31 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from cifar_subset import cifar_subset  # noqa: E402  (bench/, next to this file)
+
 CLASSES = ("dog", "frog", "horse", "ship", "truck")
-
-
-def _cifar_subset(root: str, per_class: int, size: int) -> str:
-    from vispipe.configs import DatasetConfig, ImageOptions
-    from vispipe.data.create import create_dataset
-
-    shared = os.environ.get("VISPIPE_SHARED_DATASETS") or os.path.join(REPO, "..", "shared",
-                                                                       "datasets")
-    taken: dict[tuple[str, str], int] = {}
-    with tarfile.open(os.path.join(shared, "cifar10-jpg.tar.gz")) as tar:
-        members = []
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 4 and parts[2] in CLASSES:
-                key = (parts[1], parts[2])
-                if taken.get(key, 0) < per_class:
-                    taken[key] = taken.get(key, 0) + 1
-                    members.append(member)
-        tar.extractall(root, members=members)
-    images = os.path.join(root, "cifar10-jpg")
-    return create_dataset(DatasetConfig(
-        output=os.path.join(root, "dataset"), train_dir=os.path.join(images, "train"),
-        val_dir=os.path.join(images, "test"), workers=2,
-        image=ImageOptions(height=size, width=size, channels=3)), progress=False).path
 
 
 def _random_weights_file(model: str, folder: str, size: int) -> None:
@@ -92,7 +69,7 @@ def main() -> None:
 
     root = tempfile.mkdtemp(prefix="vispipe-bench-head-")
     os.environ.setdefault("VISPIPE_HOME", os.path.join(root, "home"))
-    dataset = _cifar_subset(root, args.per_class, args.size)
+    dataset = cifar_subset(root, CLASSES, args.per_class, args.per_class, args.size)
     weights_dir, random_weights = args.weights_dir, False
     if args.weights == "imagenet" and not weights_dir:
         weights_dir, random_weights = os.path.join(root, "weights"), True
