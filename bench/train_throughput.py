@@ -48,7 +48,7 @@ from vispipe.configs import DatasetConfig, ImageOptions  # noqa: E402
 from vispipe.data.archive import unpack_archive  # noqa: E402
 from vispipe.data.create import create_dataset  # noqa: E402
 from vispipe.data.format import DatasetInfo  # noqa: E402
-from vispipe.data.pipeline import load_arrays, make_dataset  # noqa: E402
+from vispipe.data.inputs import load_arrays, make_dataset  # noqa: E402
 from vispipe.models import build_model  # noqa: E402
 
 SHAPE = (28, 28, 1)

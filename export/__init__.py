@@ -16,16 +16,16 @@ print(report["markdown"])
 
 from __future__ import annotations
 
-__all__ = ["FORMATS", "ExportOptions", "export_model"]
+# Light (no TensorFlow): the CLI lists the formats and options without the converters.
+from vispipe.export.options import FORMATS, ExportOptions
 
-# Here, not in `vispipe.export.api`, so the CLI can list them without loading TensorFlow.
-FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
+__all__ = ["FORMATS", "ExportOptions", "export_model"]
 
 
 def __getattr__(name: str):
     # TensorFlow and the converters load only when an export runs.
-    if name in ("ExportOptions", "export_model"):
-        from vispipe.export import api
+    if name == "export_model":
+        from vispipe.export.api import export_model
 
-        return getattr(api, name)
+        return export_model
     raise AttributeError(f"module 'vispipe.export' has no attribute {name!r}")

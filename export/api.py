@@ -11,8 +11,8 @@
   tfjs/{float32,float16,uint8}/model.json + weight shards
 ```
 
-Everything is written into `<out>.partial-<random>` and renamed when
-complete. A format that fails is recorded with its reason and does not stop
+Everything is written into a temporary folder beside `<out>`
+(`vispipe.fileio.atomic_path`) and renamed when complete. A format that fails is recorded with its reason and does not stop
 the others.
 
 Example:
@@ -25,22 +25,21 @@ print(report["markdown"])
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
-import secrets
 import shutil
 import traceback
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vispipe.export import FORMATS
+from vispipe.config_io import validate_config
 from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
+from vispipe.export.options import COREML_WEIGHTS, FORMATS, TFJS_QUANTIZATIONS, ExportOptions
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
-from vispipe.fileio import replace_folder
+from vispipe.fileio import atomic_path
 
 __all__ = ["FORMATS", "ExportOptions", "UnwritableOutputError", "export_model"]
 
@@ -50,51 +49,6 @@ _MIN_AGREEMENT = {"float32": 0.995, "float16": 0.99, "quantized": 0.95}
 
 class UnwritableOutputError(PermissionError, ValueError):
     """The export folder cannot be created or written."""
-
-
-@dataclasses.dataclass
-class ExportOptions:
-    """Settings of `export_model` (defaults export and verify everything).
-
-    Args:
-        name: Model name (default: the run's name).
-        version: TF Serving version number.
-        which: Run model to export: "final", "best" or "last".
-        top_k: Top labels every artifact returns.
-        calibration_size: Training images for int8 calibration.
-        sparsities: Target sparsities of the pruned models.
-        prune_epochs: Fine-tuning epochs per pruned model.
-        prune_limit: Training images for the fine-tune (0: all).
-        prune_learning_rate: Adam learning rate of the fine-tune.
-        prune_max_drop: A pruned model fails verification when its top-1
-            accuracy is more than this below the Keras model's (it is
-            fine-tuned, so top-1 agreement is not the measure).
-        coreml_weights: CoreML weight types ("float16", "int8").
-        tfjs_quantizations: TF.js weight types ("float32", "float16", "uint8").
-        verify_split: Split to verify on ("" : test, else val).
-        verify_limit: Verify on N images spread evenly over the split (0: all).
-        metadata: CoreML metadata (author, license, description, version).
-        seed: Seed of the fine-tunes.
-        progress: Show progress.
-    """
-
-    name: str = ""
-    version: int = 1
-    which: str = "final"
-    top_k: int = 5
-    calibration_size: int = 200
-    sparsities: Sequence[float] = (0.5, 0.8)
-    prune_epochs: int = 2
-    prune_limit: int = 0
-    prune_learning_rate: float = 1e-4
-    prune_max_drop: float = 0.01
-    coreml_weights: Sequence[str] = ("float16",)
-    tfjs_quantizations: Sequence[str] = ("float32", "float16", "uint8")
-    verify_split: str = ""
-    verify_limit: int = 0
-    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
-    seed: int = 42
-    progress: bool = True
 
 
 def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
@@ -110,9 +64,7 @@ def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
 
 
 def _check_options(options: ExportOptions) -> None:
-    from vispipe.export.coreml import COREML_WEIGHTS
-    from vispipe.export.tfjs import TFJS_QUANTIZATIONS
-
+    validate_config(options, "export")
     bad = [s for s in options.sparsities if not 0.0 < s < 1.0]
     if bad or not options.sparsities:
         raise ValueError(f"sparsities: expected values in (0, 1), got {list(options.sparsities)}.")
@@ -149,7 +101,7 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
     """(calibration images, train images, train labels, verify images, verify labels, split)."""
     from vispipe.export.tflite import MIN_CALIBRATION_SAMPLES
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     try:
         info = read_dataset_info(spec.dataset_dir)
@@ -399,7 +351,8 @@ def export_model(
     Args:
         run_dir: A completed run folder.
         out_dir: The export folder to create.
-        formats: Names from `FORMATS` (a list or "a,b"); None: all.
+        formats: Names from `FORMATS` (a list or "a,b"); None:
+            `options.formats` (all by default).
         overwrite: Replace an existing `out_dir` (only once the new export
             is complete).
         options: Everything else (`ExportOptions`).
@@ -424,15 +377,13 @@ def export_model(
     ```
     """
     options = options or ExportOptions()
-    formats = _check_formats(formats)
+    formats = _check_formats(options.formats if formats is None else formats)
     _check_options(options)
     out = _check_output(os.fspath(out_dir), overwrite)
     spec, model = load_run(run_dir, name=options.name, which=options.which, top_k=options.top_k)
     data = _load_data(spec, formats, options)
 
-    partial = f"{out}.partial-{secrets.token_hex(4)}"
-    os.makedirs(partial)
-    try:
+    with atomic_path(out, folder=True) as partial:
         exporter = _Exporter(spec, model, partial, out, options, data)
         exporter.keras()
         if "savedmodel" in formats or "tfjs" in formats:
@@ -456,8 +407,4 @@ def export_model(
                    "verify_split": exporter.split, "verify_images": int(len(exporter.labels)),
                    "platform": platform.platform()}
         markdown = write_report(partial, exporter.results, context)
-        replace_folder(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**context, "formats": [r.to_json() for r in exporter.results], "markdown": markdown}

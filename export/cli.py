@@ -1,9 +1,14 @@
-"""The `vispipe export` verb.
+"""The `vispipe export` verb, in the command line's one config grammar.
 
 ```
-vispipe export runs/mnist --out exports/mnist
-vispipe export runs/mnist --formats tflite,tfjs --out exports/mnist --overwrite --verify-limit 1000
+vispipe export --run runs/mnist --out exports/mnist
+vispipe export --run runs/mnist --formats tflite,tfjs --out exports/mnist --overwrite \
+    --set export.verify_limit=1000
+vispipe export --run runs/mnist --out exports/mnist --config pipeline.yaml   # its export: section
 ```
+
+Every settings flag sets one key of the `export:` section (`ExportOptions`),
+which `--config` and `--set export.KEY=VALUE` set too.
 
 Example:
 
@@ -16,21 +21,48 @@ add_export_parser(verbs)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-__all__ = ["add_export_parser", "run_export_command"]
+from vispipe.cli_grammar import (
+    Flag,
+    add_output_flags,
+    add_run_flag,
+    add_settings,
+    positional_operand,
+    resolve,
+)
+
+__all__ = ["EXPORT_SETTINGS", "add_export_parser", "run_export_command"]
+
+# flag -> key of the export: section (type, default and choices: ExportOptions).
+EXPORT_SETTINGS = (
+    Flag("--formats", "export.formats", "formats to export, comma-separated"),
+    Flag("--name", "export.name", "model name (default: the run's name)"),
+    Flag("--version", "export.version", "TF Serving version number"),
+    Flag("--which", "export.which", "which model of the run"),
+    Flag("--top-k", "export.top_k", "top labels every artifact returns"),
+    Flag("--calibration-size", "export.calibration_size", "training images for int8 calibration"),
+    Flag("--sparsity", "export.sparsities", "pruning target sparsities, comma-separated"),
+    Flag("--prune-epochs", "export.prune_epochs", "fine-tune epochs per sparsity"),
+    Flag("--prune-limit", "export.prune_limit", "training images for the fine-tune (0: all)"),
+    Flag("--prune-max-drop", "export.prune_max_drop",
+         "largest top-1 accuracy drop a pruned model may have (0.01: 1 point)"),
+    Flag("--coreml-weights", "export.coreml_weights", "CoreML weight types"),
+    Flag("--tfjs-weights", "export.tfjs_quantizations", "TF.js weight types"),
+    Flag("--verify-split", "export.verify_split", "split to verify on (default: test, else val)"),
+    Flag("--verify-limit", "export.verify_limit",
+         "verify on N images spread evenly over the split (0: all)"),
+    Flag("--author", "export.metadata.author", "CoreML author metadata"),
+    Flag("--license", "export.metadata.license", "CoreML licence metadata"),
+)
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+def _sections() -> dict[str, type]:
+    from vispipe.export.options import ExportOptions
 
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
+    return {"export": ExportOptions}
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -40,21 +72,19 @@ def run_export_command(args: argparse.Namespace) -> int:
         0 when every format passed, 1 when any failed (the others are still
         written), and raises on bad input (the CLI prints it as an error).
     """
-    from vispipe.export.api import ExportOptions, export_model
+    from vispipe.config_io import from_dict
+    from vispipe.export.api import export_model
+    from vispipe.export.options import ExportOptions
 
-    options = ExportOptions(
-        name=args.name, version=args.version, which=args.which, top_k=args.top_k,
-        calibration_size=args.calibration_size, sparsities=args.sparsity,
-        prune_epochs=args.prune_epochs, prune_limit=args.prune_limit,
-        prune_max_drop=args.prune_max_drop,
-        coreml_weights=args.coreml_weights, tfjs_quantizations=args.tfjs_weights,
-        verify_split=args.verify_split, verify_limit=args.verify_limit,
-        metadata={k: v for k, v in (("author", args.author), ("license", args.license))
-                  if v},
-        progress=not args.json,
-    )
-    report = export_model(args.run, args.out, args.formats, overwrite=args.overwrite,
-                          options=options)
+    positional_operand(args, "legacy_run", "--run", "RUN", "export")
+    if not args.run or not args.out:
+        raise ValueError("export needs --run RUN_DIR and --out DIR.")
+    config = resolve(args, verb="export")
+    where = f"{args.config}: export" if args.config else "export"
+    options = from_dict(ExportOptions, config.export, where)
+    options = dataclasses.replace(options, progress=options.progress and not args.json
+                                  and not args.quiet)
+    report = export_model(args.run, args.out, overwrite=args.overwrite, options=options)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "markdown"}, indent=2,
                          default=str))
@@ -72,40 +102,14 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     Returns:
         The `export` sub-parser.
     """
-    from vispipe.export import FORMATS
-
     parser = subparsers.add_parser(
         "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js) "
                        "and verify every artifact")
-    parser.add_argument("run", help="a completed run folder")
-    parser.add_argument("--out", required=True, help="export folder to create")
-    parser.add_argument("--formats", type=_names, default=None,
-                        help=f"comma-separated, from {','.join(FORMATS)} (default: all)")
+    add_settings(parser, EXPORT_SETTINGS, sections=_sections())
+    add_run_flag(parser, "a completed run folder")
+    parser.add_argument("--out", metavar="DIR", help="export folder to create")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing export folder")
-    parser.add_argument("--name", default="", help="model name (default: the run's name)")
-    parser.add_argument("--version", type=int, default=1, help="TF Serving version number")
-    parser.add_argument("--which", choices=("final", "best", "last"), default="final",
-                        help="which model of the run")
-    parser.add_argument("--top-k", type=int, default=5, help="top labels returned")
-    parser.add_argument("--calibration-size", type=int, default=200,
-                        help="training images for int8 calibration")
-    parser.add_argument("--sparsity", type=_floats, default=[0.5, 0.8],
-                        help="pruning target sparsities, comma-separated")
-    parser.add_argument("--prune-epochs", type=int, default=2, help="fine-tune epochs per sparsity")
-    parser.add_argument("--prune-limit", type=int, default=0,
-                        help="training images for the fine-tune (0: all)")
-    parser.add_argument("--prune-max-drop", type=float, default=0.01,
-                        help="largest top-1 accuracy drop a pruned model may have (0.01: 1 point)")
-    parser.add_argument("--coreml-weights", type=_names, default=["float16"],
-                        help="float16 and/or int8")
-    parser.add_argument("--tfjs-weights", type=_names, default=["float32", "float16", "uint8"],
-                        help="TF.js weight types")
-    parser.add_argument("--verify-split", default="", help="split to verify on (default: test)")
-    parser.add_argument("--verify-limit", type=int, default=0,
-                        help="verify on N images spread evenly over the split (0: all)")
-    parser.add_argument("--author", default="", help="CoreML author metadata")
-    parser.add_argument("--license", default="", help="CoreML licence metadata")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+                        help="replace an existing export folder (once the new one is complete)")
+    add_output_flags(parser)
     parser.set_defaults(handler=run_export_command)
     return parser

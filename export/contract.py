@@ -29,7 +29,8 @@ from typing import Any, Callable
 import tensorflow as tf
 
 from vispipe.data.format import FEATURE_IMAGE, LABELS_FILE
-from vispipe.train.run_folder import RUN_FORMAT_VERSION, NotARunFolderError, RunFolder
+from vispipe.train.run_folder import RunFolder
+from vispipe.train.run_info import RunInfo
 
 __all__ = [
     "INPUT_IMAGES",
@@ -119,16 +120,6 @@ class RunSpec:
         }
 
 
-def _resize_mode(dataset_dir: str) -> str:
-    from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-
-    try:
-        info = read_dataset_info(dataset_dir)
-    except (IncompleteDatasetError, ValueError):
-        return "squash"
-    return (info.options.get("image") or {}).get("resize_mode", "squash")
-
-
 def load_run(
     run_dir: str | os.PathLike,
     *,
@@ -150,9 +141,10 @@ def load_run(
         images in, probabilities out).
 
     Raises:
-        IncompleteRunError: No `run.json`, a different run format version, a
-            run that is not "completed", a missing model or `labels.txt`, or
-            labels that disagree with `run.json`.
+        IncompleteRunError: No `run.json`, an older or unknown run format
+            (the message says how to upgrade), a missing field, a run that is
+            not "completed", a missing model or `labels.txt`, or labels that
+            disagree with `run.json`.
 
     Example:
 
@@ -164,54 +156,51 @@ def load_run(
 
     run = RunFolder(run_dir)
     try:
-        info = run.read_info()
-    except NotARunFolderError as e:
+        info = run.read_run_info()
+    except (FileNotFoundError, ValueError) as e:  # Missing, outdated or damaged run.json.
         raise IncompleteRunError(str(e)) from None
-    except ValueError as e:
+    if info.status != "completed":
         raise IncompleteRunError(
-            f"{e} This vispipe exports run format {RUN_FORMAT_VERSION}; "
-            "retrain the run with this version."
-        ) from None
-    missing = [k for k in ("classes", "image_shape", "preprocess") if not info.get(k)]
-    if missing:
-        raise IncompleteRunError(f"{run.info_path}: missing field(s) {missing}.")
-    if info.get("status") != "completed":
-        raise IncompleteRunError(
-            f"Run {run.path!r} has status {info.get('status')!r}; only a 'completed' run "
+            f"Run {run.path!r} has status {info.status!r}; only a 'completed' run "
             "can be exported (finish or resume it first)."
         )
+    labels = _read_labels(run, info)
+    try:
+        model = load_run_model(run.path, which)
+    except FileNotFoundError as e:
+        raise IncompleteRunError(str(e)) from None
+    if tuple(model.input_shape[1:]) != info.image.shape:
+        raise IncompleteRunError(
+            f"Run {run.path!r}: run.json says image {info.image.shape}, the model takes "
+            f"{tuple(model.input_shape[1:])}."
+        )
+    spec = RunSpec(
+        name=name or info.name or os.path.basename(run.path),
+        run_dir=run.path,
+        run_name=info.name,
+        classes=tuple(labels),
+        image_shape=info.image.shape,
+        preprocess=info.normalization.to_json(),
+        resize_mode=info.image.resize_mode,
+        dataset_dir=info.dataset_dir,
+        top_k=max(1, min(top_k, len(labels))),
+    )
+    return spec, model
+
+
+def _read_labels(run: RunFolder, info: RunInfo) -> list[str]:
+    """`labels.txt`, checked against `run.json`'s classes."""
     labels_path = run.file(LABELS_FILE)
     if not os.path.isfile(labels_path):
         raise IncompleteRunError(f"Run {run.path!r} has no {LABELS_FILE}.")
     with open(labels_path, encoding="utf-8") as f:
         labels = [line.rstrip("\n") for line in f if line.strip()]
-    if labels != list(info["classes"]):
+    if labels != info.classes:
         raise IncompleteRunError(
             f"{labels_path} lists {len(labels)} classes {labels[:5]}..., run.json has "
-            f"{len(info['classes'])} {info['classes'][:5]}...; the run folder is inconsistent."
+            f"{info.num_classes} {info.classes[:5]}...; the run folder is inconsistent."
         )
-    try:
-        model = load_run_model(run.path, which)
-    except FileNotFoundError as e:
-        raise IncompleteRunError(str(e)) from None
-    shape = tuple(int(v) for v in info["image_shape"])
-    if tuple(model.input_shape[1:]) != shape:
-        raise IncompleteRunError(
-            f"Run {run.path!r}: run.json says image_shape {shape}, the model takes "
-            f"{tuple(model.input_shape[1:])}."
-        )
-    spec = RunSpec(
-        name=name or info.get("name") or os.path.basename(run.path),
-        run_dir=run.path,
-        run_name=info.get("name", ""),
-        classes=tuple(labels),
-        image_shape=shape,  # type: ignore[arg-type]
-        preprocess=dict(info["preprocess"]),
-        resize_mode=_resize_mode(info.get("dataset_dir", "")),
-        dataset_dir=info.get("dataset_dir", ""),
-        top_k=max(1, min(top_k, len(labels))),
-    )
-    return spec, model
+    return labels
 
 
 def serving_function(model, spec: RunSpec, *, resize: bool) -> Callable:

@@ -35,16 +35,15 @@ import numpy as np
 import tensorflow as tf
 
 from vispipe.export.contract import RunSpec
+from vispipe.export.options import COREML_WEIGHTS
 
 __all__ = [
-    "COREML_WEIGHTS",
     "image_scale_bias",
     "convert_coreml",
     "verify_coreml_spec",
     "coreml_runner",
 ]
 
-COREML_WEIGHTS = ("float16", "int8")
 _INPUT = "image"
 
 

@@ -30,8 +30,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vispipe.export.options import TFJS_QUANTIZATIONS
+
 __all__ = [
-    "TFJS_QUANTIZATIONS",
     "JS_DIR",
     "convert_tfjs",
     "ensure_node_packages",
@@ -44,7 +45,6 @@ from tensorflowjs.converters.tf_saved_model_conversion_v2 import convert_tf_save
 convert_tf_saved_model(**json.loads(sys.argv[1]))
 """
 
-TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 JS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
 _SCRIPT = os.path.join(JS_DIR, "run_graph_model.js")
 

@@ -55,7 +55,7 @@ def test_classify_one_file_gives_sorted_top_k(pixel_model, tmp_path):
 
 
 def test_classify_folder_reports_bad_files_and_classifies_the_rest(pixel_model, image_folder):
-    from vispipe.evaluate import accuracy, classify, format_table
+    from vispipe.evaluate import accuracy, classify, predictions_table
 
     preds = classify(pixel_model, str(image_folder), classes=CLASSES, batch_size=2,
                      progress=False)
@@ -67,12 +67,12 @@ def test_classify_folder_reports_bad_files_and_classifies_the_rest(pixel_model, 
     assert broken.error and broken.top == []
     assert all(p.error is None and len(p.top) == 3 for p in preds if p is not broken)
     assert accuracy(preds) is None
-    table = format_table(preds)
+    table = predictions_table(preds)
     assert "ERROR" in table and "1 of 4 files could not be classified" in table
 
 
 def test_classify_list_file_with_labels_computes_accuracy(pixel_model, tmp_path):
-    from vispipe.evaluate import accuracy, classify, format_table, write_predictions_csv
+    from vispipe.evaluate import accuracy, classify, predictions_table, write_predictions_csv
 
     _save_png(tmp_path / "imgs" / "one.png", winner=0)
     _save_png(tmp_path / "imgs" / "two words.png", winner=1)
@@ -91,7 +91,7 @@ def test_classify_list_file_with_labels_computes_accuracy(pixel_model, tmp_path)
     assert [p.predicted for p in preds] == ["cat", "dog", "bird", "bird"]
     assert [p.correct for p in preds] == [True, False, True, None]
     assert accuracy(preds) == pytest.approx(2 / 3)
-    assert "Accuracy: 66.67% of 3 labelled images" in format_table(preds)
+    assert "Accuracy: 66.67% of 3 labelled images" in predictions_table(preds)
 
     out = write_predictions_csv(preds, str(tmp_path / "out" / "preds.csv"))
     with open(out, newline="") as f:

@@ -52,7 +52,7 @@ def vispipe_home(module_home, monkeypatch):
 def dataset(workspace, module_home):
     source = _write_patterns(workspace / "images")
     (source / "horizontal" / "broken.png").write_bytes(b"not an image")
-    assert main(["dataset", "create", "--source", str(source), "--output", str(workspace / "ds"),
+    assert main(["dataset", "create", "--source", str(source), "--out", str(workspace / "ds"),
                  "--size", "16x16", "--channels", "1", "--val-percent", "25",
                  "--test-percent", "25", "--quiet"]) == 0
     return str(workspace / "ds")
@@ -61,14 +61,14 @@ def dataset(workspace, module_home):
 @pytest.fixture(scope="module")
 def run_dir(workspace, dataset):
     out = str(workspace / "run")
-    assert main(["train", "--dataset", dataset, "--out", out, "--model", "lenet", "--epochs", "4",
+    assert main(["train", "--dataset", dataset, "--run", out, "--model", "lenet", "--epochs", "4",
                  "--batch-size", "8", "--optimizer", "adam", "--lr", "0.003",
                  "--set", "train.lr.policy=cosine", "--quiet"]) == 0
     return out
 
 
 def test_dataset_create_reports_counts_and_rejected_file(dataset, capsys):
-    info = _json(capsys, ["dataset", "info", dataset, "--json"])
+    info = _json(capsys, ["dataset", "info", "--dataset", dataset, "--json"])
     # 25% of each class per held-out split; the broken file is dropped after the split.
     assert sum(info["split_counts"].values()) == 72
     assert info["split_counts"]["val"] == 18
@@ -78,7 +78,7 @@ def test_dataset_create_reports_counts_and_rejected_file(dataset, capsys):
 
 def test_dataset_create_missing_folder_is_a_clean_error(tmp_path, capsys):
     code = main(["dataset", "create", "--source", str(tmp_path / "nope"),
-                 "--output", str(tmp_path / "ds"), "--quiet"])
+                 "--out", str(tmp_path / "ds"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err
     assert "nope" in err and "does not exist" in err and "Traceback" not in err
@@ -93,19 +93,22 @@ def test_models_lists_the_standard_networks(capsys):
 
 def test_train_writes_a_run_that_evaluates_above_chance(run_dir, capsys):
     assert os.path.isfile(os.path.join(run_dir, "model.keras"))
-    result = _json(capsys, ["evaluate", run_dir, "--split", "test", "--json"])
+    result = _json(capsys, ["evaluate", "--run", run_dir, "--split", "test", "--json"])
+    assert list(result["evaluations"]) == ["test"]
+    result = result["evaluations"]["test"]
     assert result["num_images"] == 17
     assert result["top1_accuracy"] > 0.6  # chance is 1/3
     assert os.path.isfile(os.path.join(run_dir, "eval-test", "confusion_matrix.csv"))
 
 
 def test_train_refuses_an_existing_run(run_dir, dataset, capsys):
-    assert main(["train", "--dataset", dataset, "--out", run_dir, "--quiet"]) == 2
+    assert main(["train", "--dataset", dataset, "--run", run_dir, "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
 
 
 def test_resume_extends_a_finished_run(run_dir, capsys):
-    result = _json(capsys, ["train", "--resume", run_dir, "--epochs", "5", "--json", "--quiet"])
+    result = _json(capsys, ["train", "--run", run_dir, "--resume", "--epochs", "5", "--json",
+                            "--quiet"])
     assert result["epochs_completed"] == 5
     epochs = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))
               if '"kind": "epoch"' in line or '"kind":"epoch"' in line]
@@ -114,27 +117,34 @@ def test_resume_extends_a_finished_run(run_dir, capsys):
 
 def test_classify_one_image_and_a_folder(run_dir, workspace, capsys):
     image = str(workspace / "images" / "vertical" / "0.png")
-    assert main(["classify", run_dir, image, "--top-k", "2"]) == 0
+    assert main(["classify", "--run", run_dir, image, "--top-k", "2"]) == 0
     table = capsys.readouterr().out
     assert "vertical" in table
+    one = _json(capsys, ["classify", "--run", run_dir, image, "--top-k", "2", "--json"])
+    assert [len(p["top"]) for p in one["predictions"]] == [2]
     csv_path = str(workspace / "preds.csv")
-    assert main(["classify", run_dir, str(workspace / "images"), "--csv", csv_path]) == 0
+    assert main(["classify", "--run", run_dir, str(workspace / "images"), "--out",
+                 csv_path]) == 0
     lines = open(csv_path).read().splitlines()
     assert len(lines) == 1 + 3 * 24 + 1  # header, good images, the broken one reported
 
 
 def test_visualize_writes_layer_stats(run_dir, workspace, capsys):
     out = str(workspace / "viz")
-    assert main(["visualize", run_dir, str(workspace / "images" / "diagonal" / "1.png"),
-                 "--out", out]) == 0
+    result = _json(capsys, ["visualize", "--run", run_dir,
+                            str(workspace / "images" / "diagonal" / "1.png"), "--out", out,
+                            "--json"])
     layers = json.load(open(os.path.join(out, "layers.json")))
     assert any("conv" in layer["name"] for layer in layers["layers"])
+    assert [layer["name"] for layer in result["layers"]] == [
+        layer["name"] for layer in layers["layers"]]
 
 
 def test_lr_plot_writes_a_png(tmp_path, capsys):
     out = str(tmp_path / "lr.png")
-    assert main(["lr-plot", "--lr-policy", "step", "--epochs", "30", "--set",
-                 "train.lr.step_size=33", "--out", out]) == 0
+    result = _json(capsys, ["lr-plot", "--lr-policy", "step", "--epochs", "30", "--set",
+                            "train.lr.step_size=33", "--out", out, "--json"])
+    assert result["total_steps"] == 30 * 100 and result["policy"] == "step"
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -152,7 +162,27 @@ def test_registry_lists_what_the_cli_did(run_dir, capsys):
 
 
 def test_unknown_set_key_is_rejected(dataset, tmp_path, capsys):
-    code = main(["train", "--dataset", dataset, "--out", str(tmp_path / "r"),
+    code = main(["train", "--dataset", dataset, "--run", str(tmp_path / "r"),
                  "--set", "train.epoch=3", "--quiet"])
     assert code == 2
     assert "train.epoch: unknown key" in capsys.readouterr().err
+
+
+def test_dataset_create_from_a_config_file(workspace, tmp_path, capsys):
+    """The config tree in a file: the shape the web UI writes."""
+    config = tmp_path / "job.yaml"
+    config.write_text(f"""
+dataset:
+  source: {workspace / "images"}
+  val_percent: 25
+  image: {{height: 12, width: 12, channels: 1, resize_mode: crop}}
+train: {{epochs: 99}}   # other sections are read by other verbs
+""")
+    out = str(tmp_path / "ds")
+    summary = _json(capsys, ["dataset", "create", "--config", str(config), "--out", out,
+                             "--set", "dataset.image.width=14", "--json", "--quiet"])
+    assert summary["split_counts"]["val"] == 18
+    from vispipe.data.format import read_dataset_info
+
+    assert read_dataset_info(out).image.shape == (12, 14, 1)
+    assert read_dataset_info(out).image.resize_mode == "crop"

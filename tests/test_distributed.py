@@ -31,7 +31,8 @@ from vispipe.cli import main
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
 from vispipe.registry import Registry
 from vispipe.train import train
-from vispipe.train.distributed import Replicas, ReplicaScaledSchedule, setup
+from vispipe.train.distributed import Replicas, setup
+from vispipe.train.schedules import ReplicaScaledSchedule
 from vispipe.train.run_folder import RunFolder
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
@@ -124,7 +125,7 @@ def mnist_dataset(mnist_archive, tmp_path_factory) -> str:
     extract_subset(mnist_archive, str(root), per_class=40, splits=("train",))
     out = root / "ds"
     assert main(["dataset", "create", "--source", str(root / "mnist-png" / "train"),
-                 "--output", str(out), "--size", "28x28", "--channels", "1",
+                 "--out", str(out), "--size", "28x28", "--channels", "1",
                  "--val-percent", "20", "--quiet"]) == 0
     return str(out)
 
@@ -141,7 +142,7 @@ def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
             work = tmp_path_factory.mktemp(f"hvd-{compression}")
             cfg = _config(work / "cfg.yaml", epochs=3, distributed="horovod",
                           gradient_compression=compression)
-            code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--out",
+            code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--run",
                                                 str(work / "run"), "--config", cfg]))
             assert code == 0, output[-3000:]
             runs[compression] = RunFolder(str(work / "run"))
@@ -154,17 +155,17 @@ def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
 @pytest.mark.parametrize("compression", ["none", "fp16"])
 def test_two_horovod_ranks_complete_with_identical_weights(horovod_runs, compression):
     run = horovod_runs(compression)
-    info = run.read_info()
-    assert info["status"] == "completed"
-    assert info["epochs_completed"] == 3
-    dist = info["distributed"]
+    info = run.read_run_info()
+    assert info.status == "completed"
+    assert info.epochs_completed == 3
+    dist = info.distributed
     assert dist["mode"] == "horovod" and dist["size"] == 2
     assert dist["compression"] == compression
     # Each rank hashed its own weights after training.
     assert len(dist["weight_digests"]) == 2
     assert dist["weight_digests"][0] == dist["weight_digests"][1]
     # 320 records, 160 per rank, 16 per rank-batch (global 32): 10 steps.
-    assert info["steps_per_epoch"] == 10
+    assert info.steps_per_epoch == 10
     assert os.path.isfile(run.model_path)
 
 
@@ -196,8 +197,8 @@ def test_fp16_gradient_compression_trains_like_full_precision(horovod_runs):
     # Same data, same ranks (uncompressed runs repeat bit for bit): only the
     # rounding of the allreduced gradients differs, so different weights
     # show that the compression took effect.
-    assert (half.read_info()["distributed"]["weight_digests"][0]
-            != full.read_info()["distributed"]["weight_digests"][0])
+    assert (half.read_run_info().distributed["weight_digests"][0]
+            != full.read_run_info().distributed["weight_digests"][0])
 
 
 def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
@@ -227,23 +228,22 @@ def _kill_rank_when(launcher: subprocess.Popen, rank: int, ready, what: str) -> 
 def test_a_killed_worker_fails_the_job_and_resume_continues(mnist_dataset, tmp_path):
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=40, distributed="horovod", val_interval=0)
-    launcher = _horovodrun(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg])
+    launcher = _horovodrun(["--dataset", mnist_dataset, "--run", run.path, "--config", cfg])
     _kill_rank_when(launcher, 1, lambda: run.latest_checkpoint() is not None
                     and run.latest_checkpoint().epoch >= 2, "epoch-2 checkpoint")
     # The job ends on its own, well before the timeout: no hang.
     code, output = _finish(launcher)
     assert code != 0
-    info = run.read_info()
-    assert info["status"] in ("failed", "interrupted")
+    assert run.read_run_info().status in ("failed", "interrupted")
     killed_at = run.latest_checkpoint().epoch
     assert killed_at < 40
 
-    code, output = _finish(_horovodrun(["--resume", run.path]))
+    code, output = _finish(_horovodrun(["--run", run.path, "--resume"]))
     assert code == 0, output[-3000:]
     assert f"at epoch {killed_at + 1}/40" in output
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 40
-    assert info["distributed"]["weights_identical"]
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 40
+    assert info.distributed["weights_identical"]
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 41))
 
 
@@ -253,7 +253,7 @@ def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
     run = RunFolder(str(tmp_path / "run"))
     cfg = _config(tmp_path / "cfg.yaml", epochs=2, distributed="multiworker", log_every_steps=1)
     homes = [tmp_path / "home0", tmp_path / "home1"]
-    workers = _multiworker(["--dataset", mnist_dataset, "--out", run.path, "--config", cfg],
+    workers = _multiworker(["--dataset", mnist_dataset, "--run", run.path, "--config", cfg],
                            homes)
     try:
         for code, output in [_finish(worker) for worker in workers]:
@@ -261,15 +261,15 @@ def test_two_multiworker_processes_train_like_one_and_only_the_chief_writes(
     finally:
         for worker in workers:
             worker.kill()
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 2
-    dist = info["distributed"]
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 2
+    dist = info.distributed
     assert (dist["mode"], dist["size"], dist["replicas"]) == ("multiworker", 2, 2)
     # Each worker hashed its own weights after training.
     assert len(dist["weight_digests"]) == 2
     assert dist["weight_digests"][0] == dist["weight_digests"][1]
     # The workers split each global batch: 320 records, 32 a step.
-    assert info["steps_per_epoch"] == 10
+    assert info.steps_per_epoch == 10
     # One writer: one record and one checkpoint per epoch, one registry entry.
     multi = run.read_metrics("epoch")
     assert [r["epoch"] for r in multi] == [1, 2]
@@ -309,7 +309,7 @@ def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
                   lr={"policy": "fixed", "base_lr": 0.003}, distributed="horovod",
                   elastic=True, val_interval=0, log_every_steps=2)
     launcher = _horovodrun(
-        ["--dataset", mnist_dataset, "--out", run.path, "--config", cfg, "--quiet"],
+        ["--dataset", mnist_dataset, "--run", run.path, "--config", cfg, "--quiet"],
         hosts=("--min-np", "1", "--max-np", "2", "--host-discovery-script", str(discovery)))
     # A rank dies in the first half of epoch 3, which the chief has begun to
     # log. Without the chief, the other worker becomes rank 0 and carries on.
@@ -321,9 +321,9 @@ def test_an_elastic_horovod_job_loses_a_worker_and_finishes_on_the_other(
     assert code == 0, output[-3000:]
     # Back to the state committed after epoch 2, on one rank.
     assert "Horovod elastic: 1 rank(s) now, training on from epoch 3/8." in output
-    info = run.read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 8
-    assert (info["distributed"]["size"], info["distributed"]["elastic"]) == (1, True)
+    info = run.read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 8
+    assert (info.distributed["size"], info.distributed["elastic"]) == (1, True)
     # Epoch 3 was redone once: the records of its first attempt are gone.
     assert [r["epoch"] for r in run.read_metrics("epoch")] == list(range(1, 9))
     steps = [r["step"] for r in run.read_metrics("step")]
@@ -371,8 +371,8 @@ def test_mirrored_strategy_trains_and_records_its_replicas(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=16, mixed_precision="off", distributed="mirrored",
                       scale_lr=True, warmup_epochs=0.5)
     result = train(data, str(tmp_path / "run"), ModelConfig(name="lenet"), cfg, progress=False)
-    info = RunFolder(result.run_dir).read_info()
-    assert info["status"] == "completed"
-    assert info["distributed"]["mode"] == "mirrored"
-    assert info["distributed"]["replicas"] >= 1
+    info = RunFolder(result.run_dir).read_run_info()
+    assert info.status == "completed"
+    assert info.distributed["mode"] == "mirrored"
+    assert info.distributed["replicas"] >= 1
     assert np.isfinite(result.history[-1]["loss"])

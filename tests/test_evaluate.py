@@ -249,10 +249,15 @@ def _write_dataset_info(path, classes, split_counts):
 
 
 def _write_run(path, classes, dataset_dir):
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "run.json"), "w") as f:
-        json.dump({"version": 1, "name": "r", "status": "completed", "dataset_dir": dataset_dir,
-                   "classes": classes, "image_shape": [SIZE, SIZE, 1]}, f)
+    from vispipe.configs import ModelConfig, TrainConfig
+    from vispipe.data.format import ImageInput
+    from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_info import Normalization, RunInfo
+
+    RunFolder(path).write_info(RunInfo(
+        name="r", status="completed", dataset_dir=dataset_dir, classes=classes,
+        image=ImageInput(SIZE, SIZE, 1, "squash"), normalization=Normalization("none"),
+        model=ModelConfig(), train=TrainConfig()))
 
 
 def test_evaluate_run_names_the_missing_split(tmp_path):
@@ -297,12 +302,13 @@ def _write_class_folders(root, per_class: int = 8) -> None:
 
 
 def test_run_folder_end_to_end(tmp_path):
-    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig
+    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig, TrainConfig
     from vispipe.data.create import create_dataset
-    from vispipe.data.pipeline import make_dataset
+    from vispipe.data.inputs import make_dataset
     from vispipe.evaluate import classify, evaluate_run, visualize
     from vispipe.models import build_classifier
     from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_info import Normalization, RunInfo
 
     source = str(tmp_path / "photos")
     _write_class_folders(source)
@@ -314,9 +320,10 @@ def test_run_folder_end_to_end(tmp_path):
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(make_dataset(info, "train", 4, training=True), epochs=1, verbose=0)
     run = RunFolder(tmp_path / "run")
-    run.write_info({"version": 1, "name": "e2e", "status": "completed",
-                    "dataset_dir": info.path, "classes": info.classes,
-                    "image_shape": list(info.image_shape)})
+    run.write_info(RunInfo(name="e2e", dataset_dir=info.path, classes=info.classes,
+                           image=info.image, normalization=Normalization("standardize"),
+                           model=ModelConfig(name="lenet"), train=TrainConfig(),
+                           status="completed"))
     model.save(run.model_path)
 
     result = evaluate_run(run.path, split="test", top_losses=4, progress=False)

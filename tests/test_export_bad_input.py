@@ -39,7 +39,7 @@ def test_run_from_another_format_version(tiny_run, tmp_path):
     shutil.copytree(tiny_run[1], run)
     info = json.load(open(os.path.join(run, "run.json")))
     json.dump({**info, "version": 7}, open(os.path.join(run, "run.json"), "w"))
-    with pytest.raises(IncompleteRunError, match="expected run format version 1, got 7"):
+    with pytest.raises(IncompleteRunError, match="expected run format version 2, got 7"):
         _export(run, str(tmp_path / "out"))
 
 
@@ -123,11 +123,11 @@ def test_cli_reports_bad_input_as_an_error(tiny_run, tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="vispipe")
     add_export_parser(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["export", tiny_run[1], "--out", str(tmp_path / "o"),
+    args = parser.parse_args(["export", "--run", tiny_run[1], "--out", str(tmp_path / "o"),
                               "--formats", "tflite,bogus"])
     with pytest.raises(ValueError, match="bogus"):
         args.handler(args)
-    args = parser.parse_args(["export", tiny_run[1], "--out", str(tmp_path / "o"),
-                              "--formats", "savedmodel", "--verify-limit", "4"])
+    args = parser.parse_args(["export", "--run", tiny_run[1], "--out", str(tmp_path / "o"),
+                              "--formats", "savedmodel", "--set", "export.verify_limit=4"])
     assert args.handler(args) == 0
     assert "| savedmodel | passed |" in capsys.readouterr().out

@@ -20,10 +20,12 @@ def make_tiny_run(root: str, *, status: str = "completed", epochs: int = 25) -> 
     """
     import keras
 
-    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig
+    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig, TrainConfig
     from vispipe.data.create import create_dataset
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
     from vispipe.models import build_classifier
+    from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_info import Normalization, RunInfo
 
     info = create_dataset(DatasetConfig(
         builtin="digits", output=os.path.join(root, "dataset"), val_percent=10,
@@ -39,12 +41,11 @@ def make_tiny_run(root: str, *, status: str = "completed", epochs: int = 25) -> 
     model.save(os.path.join(run_dir, "model.keras"))
     with open(os.path.join(run_dir, "labels.txt"), "w") as f:
         f.write("".join(f"{c}\n" for c in info.classes))
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump({"version": 1, "name": "tiny", "status": status, "dataset_dir": info.path,
-                   "classes": info.classes, "image_shape": list(info.image_shape),
-                   "model": {"name": "lenet"}, "train": {"epochs": epochs},
-                   "preprocess": {"mode": "standardize", "mean": info.mean_pixel,
-                                  "std": info.std_pixel}}, f)
+    RunFolder(run_dir).write_info(RunInfo(
+        name="tiny", status=status, dataset_dir=info.path, classes=info.classes,
+        image=info.image, normalization=Normalization("standardize", info.mean_pixel,
+                                                      info.std_pixel),
+        model=ModelConfig(name="lenet"), train=TrainConfig(epochs=epochs)))
     return info.path, run_dir
 
 
@@ -65,7 +66,7 @@ def exported(tmp_path_factory):
 
 
 def _test_images(dataset_dir: str):
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     return load_arrays(dataset_dir, "test")
 

@@ -55,3 +55,36 @@ def test_delete_removes_only_that_entry(tmp_path):
     with pytest.raises(KeyError, match=f"No registry entry with id {gone}"):
         reg.delete(gone)
     assert os.path.isdir(tmp_path / "b")  # The folder is the caller's to remove.
+
+
+def test_recording_finishes_the_entry_by_how_the_block_ends(tmp_path):
+    reg = Registry.open(str(tmp_path / "r.db"))
+    with reg.recording("dataset", "ok", str(tmp_path), {"size": 8}) as entry:
+        assert reg.get(entry.id).status == "running"
+        entry.summary = {"images": 10}
+    assert (reg.get(entry.id).status, reg.get(entry.id).summary) == ("completed", {"images": 10})
+    with pytest.raises(ValueError):
+        with reg.recording("dataset", "bad", str(tmp_path), {}) as failed:
+            raise ValueError("no images")
+    assert reg.get(failed.id).status == "failed"
+    assert reg.get(failed.id).summary == {"error": "no images"}
+    with pytest.raises(KeyboardInterrupt):
+        with reg.recording("run", "stopped", str(tmp_path), {}) as stopped:
+            stopped.summary = {"epochs_completed": 2}
+            raise KeyboardInterrupt
+    assert reg.get(stopped.id).status == "interrupted"
+    # A resumed run continues its entry.
+    with reg.recording("run", "stopped", str(tmp_path), {}, entry_id=stopped.id) as resumed:
+        assert reg.get(stopped.id).status == "running"
+    assert resumed.id == stopped.id and reg.get(stopped.id).status == "completed"
+
+
+def test_best_effort_recording_never_fails_the_work(tmp_path):
+    reg = Registry.open(str(tmp_path / "r.db"))
+    reg.close()  # Every statement now fails with sqlite3.ProgrammingError.
+    with reg.recording("run", "x", ".", {}, best_effort=True) as entry:
+        entry.summary = {"done": True}
+    assert entry.id is None
+    with pytest.raises(Exception, match="closed database"):
+        with reg.recording("run", "x", ".", {}):
+            pass

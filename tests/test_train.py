@@ -14,6 +14,7 @@ import yaml
 
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
 from vispipe.data import format as fmt
+from vispipe.data.format import ImageInput
 from vispipe.models import build_classifier
 from vispipe.registry import Registry
 from vispipe.train import RunFolder, load_run_model, lr_at, resume, train
@@ -67,6 +68,8 @@ def write_pattern_dataset(path: str, counts: dict[str, int], seed: int = 0) -> s
         split_counts=dict(counts),
         class_counts={s: {c: n // CLASSES for c in classes} for s, n in counts.items()},
         shards=shards, mean_pixel=[float(all_train.mean())], std_pixel=[float(all_train.std())],
+        options={"image": {"height": SIZE, "width": SIZE, "channels": 1, "resize_mode": "crop",
+                           "encoding": "raw"}},
     )
     with open(os.path.join(path, fmt.INFO_FILE), "w") as f:
         json.dump(info.to_json(), f)
@@ -105,18 +108,19 @@ def finished_run(dataset, tmp_path_factory):
 
 def test_training_fills_the_run_folder(finished_run, dataset):
     run_dir, result, _ = finished_run
-    info = RunFolder(run_dir).read_info()
-    assert info["status"] == "completed" and info["epochs_completed"] == 3
-    assert info["name"] == "tiny" and info["dataset_dir"] == os.path.abspath(dataset)
-    assert info["classes"] == [f"pattern{k}" for k in range(CLASSES)]
-    assert info["image_shape"] == [SIZE, SIZE, 1]
-    assert info["preprocess"]["mode"] == "standardize" and len(info["preprocess"]["std"]) == 1
-    assert info["model"]["name"] == "lenet" and info["train"]["lr"]["policy"] == "step"
-    assert info["result"]["best_val_accuracy"] == result.best_val_accuracy
+    info = RunFolder(run_dir).read_run_info()
+    assert info.status == "completed" and info.epochs_completed == 3
+    assert info.name == "tiny" and info.dataset_dir == os.path.abspath(dataset)
+    assert info.classes == [f"pattern{k}" for k in range(CLASSES)]
+    # The dataset's image input is copied into the run: consumers read only the run.
+    assert info.image == ImageInput(SIZE, SIZE, 1, "crop")
+    assert info.normalization.mode == "standardize" and len(info.normalization.std) == 1
+    assert info.model.name == "lenet" and info.train.lr.policy == "step"
+    assert info.result["best_val_accuracy"] == result.best_val_accuracy
     with open(os.path.join(run_dir, "config.yaml")) as f:
         assert yaml.safe_load(f)["train"]["batch_size"] == 16
     with open(os.path.join(run_dir, "labels.txt")) as f:
-        assert f.read().split() == info["classes"]
+        assert f.read().split() == info.classes
     assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == [
         "epoch-0001.keras", "epoch-0002.keras", "epoch-0003.keras", "latest.json"]
     with open(os.path.join(run_dir, "checkpoints", "latest.json")) as f:
@@ -124,7 +128,7 @@ def test_training_fills_the_run_folder(finished_run, dataset):
     for name in ("curves.png", "model.keras", "best.keras"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
-    assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(run_dir) if ".partial-" in n]
 
 
 def test_metrics_jsonl_has_step_and_epoch_records(finished_run):
@@ -158,7 +162,7 @@ def test_training_learns_and_the_saved_model_predicts_the_same(finished_run, dat
 def test_the_run_is_in_the_registry(finished_run):
     run_dir, _, home = finished_run
     registry = Registry.open(os.path.join(home, "registry.db"))
-    entry = registry.get(RunFolder(run_dir).read_info()["registry_id"])
+    entry = registry.get(RunFolder(run_dir).read_run_info().registry_id)
     assert entry.kind == "run" and entry.status == "completed" and entry.path == run_dir
 
 
@@ -178,7 +182,7 @@ def test_load_run_model_without_run_json_says_so(tmp_path):
 def test_invalid_settings_fail_before_creating_the_folder(dataset, tmp_path):
     run_dir = str(tmp_path / "bad")
     with pytest.raises(ValueError,
-                       match="train.optimizer: unknown optimizer 'lion'; expected one of sgd"):
+                       match="train.optimizer: expected one of sgd.*got 'lion'"):
         train(dataset, run_dir, ModelConfig(name="lenet"), _cfg(optimizer="lion"), progress=False)
     with pytest.raises(ValueError, match="train.lr.base_lr"):
         train(dataset, run_dir, ModelConfig(name="lenet"),
@@ -205,7 +209,7 @@ def test_sigterm_interrupts_and_resume_continues_the_schedule(dataset, tmp_path)
         train(dataset, run_dir, ModelConfig(name="lenet"), cfg, progress=False,
               callbacks=[_SigtermAtEpoch(2)])
     run = RunFolder(run_dir)
-    assert run.read_info()["status"] == "interrupted"
+    assert run.read_run_info().status == "interrupted"
     assert run.latest_checkpoint().epoch == 2
     assert [r["epoch"] for r in run.read_metrics("epoch")] == [1, 2]
     # A half-written epoch of a harder kill: resume must drop it.
@@ -214,7 +218,7 @@ def test_sigterm_interrupts_and_resume_continues_the_schedule(dataset, tmp_path)
 
     result = resume(run_dir, progress=False)
 
-    assert result.epochs_completed == 4 and run.read_info()["status"] == "completed"
+    assert result.epochs_completed == 4 and run.read_run_info().status == "completed"
     epochs = run.read_metrics("epoch")
     assert [r["epoch"] for r in epochs] == [1, 2, 3, 4]
     steps = [r["step"] for r in run.read_metrics("step")]
@@ -240,7 +244,7 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_on_resume(dataset, tm
         train(dataset, run_dir, ModelConfig(name="lenet"), _cfg(epochs=1, val_interval=0),
               progress=False, callbacks=[_SigtermAtEpoch(0)])
     run = RunFolder(run_dir)
-    assert run.read_info()["status"] == "interrupted" and run.latest_checkpoint() is None
+    assert run.read_run_info().status == "interrupted" and run.latest_checkpoint() is None
     result = resume(run_dir, progress=False)
     assert result.epochs_completed == 1
     assert [r["epoch"] for r in run.read_metrics("epoch")] == [1]
@@ -252,7 +256,7 @@ def test_resume_can_extend_a_finished_run(dataset, tmp_path):
           progress=False)
     result = resume(run_dir, epochs=2, progress=False)
     assert result.epochs_completed == 2
-    assert RunFolder(run_dir).read_info()["train"]["epochs"] == 2
+    assert RunFolder(run_dir).read_run_info().train.epochs == 2
     last = load_run_model(run_dir, which="last", compile=True)
     assert int(last.optimizer.iterations) == 2 * STEPS
 
@@ -285,7 +289,7 @@ def test_a_diverging_run_fails_with_a_clear_message(dataset, tmp_path):
     cfg = _cfg(epochs=3, optimizer="sgd", lr=LRPolicyConfig(policy="fixed", base_lr=1e6))
     with pytest.raises(ArithmeticError, match="training diverged.*Lower train.lr.base_lr"):
         train(dataset, run_dir, ModelConfig(name="lenet"), cfg, progress=False)
-    info = RunFolder(run_dir).read_info()
-    assert info["status"] == "failed" and "diverged" in info["error"]
+    info = RunFolder(run_dir).read_run_info()
+    assert info.status == "failed" and "diverged" in info.error
     # Nothing was saved from the NaN weights.
     assert not os.path.exists(os.path.join(run_dir, "model.keras"))

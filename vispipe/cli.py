@@ -1,15 +1,15 @@
-"""The `vispipe` command: one verb per stage, flags plus `--set key=value`.
+"""The `vispipe` command: one verb per stage, one config grammar (`vispipe.cli_grammar`).
 
 ```
-vispipe dataset create --source photos/ --output datasets/photos --size 64x64 --channels 3
+vispipe dataset create --source photos/ --out datasets/photos --size 64x64 --channels 3
 vispipe models
-vispipe train --dataset datasets/photos --out runs/photos --model resnet18 --epochs 20
-vispipe train --resume runs/photos
+vispipe train --dataset datasets/photos --run runs/photos --model resnet18 --epochs 20
+vispipe train --run runs/photos --resume --epochs 30
 vispipe lr-find --dataset datasets/photos --model resnet18 --out runs/lr
-vispipe lr-plot --set lr.policy=step --epochs 30 --out lr.png
-vispipe evaluate runs/photos --split test --json
-vispipe classify runs/photos some/image.png
-vispipe visualize runs/photos some/image.png --out viz/
+vispipe lr-plot --lr-policy step --epochs 30 --out lr.png
+vispipe evaluate --run runs/photos --split test --json
+vispipe classify --run runs/photos some/image.png
+vispipe visualize --run runs/photos some/image.png --out viz/
 vispipe run pipelines/digits-demo.yaml --set train.epochs=1 --json
 vispipe registry --kind run
 ```
@@ -26,13 +26,93 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
 
-from vispipe.config_io import ConfigError, apply_overrides, from_dict
-from vispipe.configs import DatasetConfig, ModelConfig, PipelineConfig, TrainConfig
+from vispipe.cli_grammar import (
+    Flag,
+    add_deprecated_flag,
+    add_output_flags,
+    add_run_flag,
+    add_settings,
+    parse_size,
+    positional_operand,
+    raw_settings,
+    resolve,
+)
+from vispipe.config_io import ConfigError
+from vispipe.configs import RESIZE_MODES
 from vispipe.tables import format_table
+from vispipe.tensorflow_startup import quiet_tensorflow_startup
 
-__all__ = ["COMMAND_GROUP", "main", "build_parser"]
+__all__ = ["COMMAND_GROUP", "SETTINGS", "main", "build_parser"]
 
 COMMAND_GROUP = "vispipe.commands"
+LR_PLOT_STEPS_PER_EPOCH = 100  # lr-plot's x axis when train.steps_per_epoch is 0 (a full pass)
+
+_PATH_FLAGS = ("train_dir", "val_dir", "test_dir", "train_list", "val_list", "test_list",
+               "labels_file", "tfds_name", "tfds_data_dir")
+_DATASET = (
+    Flag("--out", "dataset.output", "dataset folder to write", metavar="DIR"),
+    Flag("--source", "dataset.source", "folder with one sub-folder per class", metavar="DIR"),
+    Flag("--archive", "dataset.archive", ".tar.gz/.zip holding the folders (paths are then "
+                                         "inside it)", metavar="FILE"),
+    *(Flag(f"--{name.replace('_', '-')}", f"dataset.{name}", "source", metavar="PATH")
+      for name in _PATH_FLAGS),
+    Flag("--builtin", "dataset.builtin", "a dataset shipped inside an installed package"),
+    Flag("--size", ("dataset.image.height", "dataset.image.width"), "stored image size",
+         parse=parse_size, metavar="HxW"),
+    Flag("--channels", "dataset.image.channels", "1: grayscale, 3: color"),
+    Flag("--resize-mode", "dataset.image.resize_mode", "how an image is fit to the size"),
+    Flag("--encoding", "dataset.image.encoding", "pixel encoding in the shards"),
+    Flag("--jpeg-quality", "dataset.image.jpeg_quality", "quality of jpeg encoding"),
+    Flag("--val-percent", "dataset.val_percent", "share of each class held out for validation"),
+    Flag("--test-percent", "dataset.test_percent", "share of each class held out for test"),
+    Flag("--min-per-class", "dataset.min_per_class", "fewer usable images is an error"),
+    Flag("--max-per-class", "dataset.max_per_class", "keep at most this many (0: all)"),
+    Flag("--shard-size", "dataset.shard_size", "images per TFRecord shard"),
+    Flag("--workers", "dataset.workers", "decode processes (0: one per core)"),
+    Flag("--seed", "dataset.seed", "seed of the split"),
+    Flag("--overwrite", "dataset.overwrite", "replace an existing dataset folder"),
+    Flag("--data-root", "dataset.data_roots", "refuse files that resolve outside these folders "
+                                             "(repeatable)", metavar="DIR"),
+)
+_TRAIN = (
+    Flag("--model", "model.name", "network (see `vispipe models`)", metavar="NAME"),
+    Flag("--weights", "model.weights", "initialise from a weights file or run folder",
+         metavar="PATH"),
+    Flag("--epochs", "train.epochs", "training epochs (with --resume: the new total)"),
+    Flag("--batch-size", "train.batch_size", "global batch size"),
+    Flag("--optimizer", "train.optimizer", "solver"),
+    Flag("--lr", "train.lr.base_lr", "base learning rate"),
+    Flag("--lr-policy", "train.lr.policy", "learning-rate policy"),
+    Flag("--seed", "train.seed", "seed of weights, shuffling and augmentation"),
+    Flag("--distributed", "train.distributed", "data parallelism (horovod: under horovodrun)"),
+)
+_WHICH = Flag("--which", "evaluate.which", "which model of the run")
+_INFERENCE_BATCH = Flag("--batch-size", "evaluate.batch_size", "inference batch size")
+
+# The table: verb -> its settings flags, each setting one key of the config tree.
+SETTINGS: dict[str, tuple[Flag, ...]] = {
+    "dataset create": _DATASET,
+    "train": _TRAIN,
+    "lr-find": _TRAIN + (
+        Flag("--start-lr", "lr_find.start_lr", "first learning rate"),
+        Flag("--end-lr", "lr_find.end_lr", "last learning rate"),
+        Flag("--steps", "lr_find.num_steps", "steps at most"),
+    ),
+    "lr-plot": _TRAIN + (
+        Flag("--steps-per-epoch", "train.steps_per_epoch",
+             f"steps per epoch on the x axis (0: {LR_PLOT_STEPS_PER_EPOCH})"),
+    ),
+    "evaluate": (
+        Flag("--split", "evaluate.splits", "splits to evaluate, comma-separated"),
+        _WHICH,
+        Flag("--top-losses", "evaluate.top_losses", "images in the top-losses grid"),
+        _INFERENCE_BATCH,
+    ),
+    "classify": (Flag("--top-k", "evaluate.top_k", "classes per image"), _WHICH,
+                 _INFERENCE_BATCH),
+    "visualize": (_WHICH, Flag("--max-filters", "evaluate.max_filters",
+                               "most tiles per activation or weight grid")),
+}
 
 
 class CommandError(Exception):
@@ -53,28 +133,14 @@ def _print_json(data: dict[str, Any]) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    height, sep, width = text.lower().partition("x")
-    try:
-        return int(height), int(width if sep else height)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected HEIGHTxWIDTH such as 28x28 or one number, got {text!r}"
-        ) from None
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _load_yaml_mapping(path: str) -> dict[str, Any]:
-    import yaml
-
-    from vispipe.config_io import expand_env
-
-    if not os.path.isfile(path):
-        raise CommandError(f"Config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(expand_env(f.read())) or {}
-    if not isinstance(data, dict):
-        raise CommandError(f"{path}: expected a mapping at the top.")
-    return data
+def _need(value: Any, message: str) -> Any:
+    if not value:
+        raise CommandError(message)
+    return value
 
 
 # --- dataset -----------------------------------------------------------------
@@ -83,41 +149,15 @@ def _dataset_create(args: argparse.Namespace) -> int:
     from vispipe.data import create_dataset
     from vispipe.registry import Registry
 
-    data: dict[str, Any] = {"image": {}}
-    for name in ("output", "archive", "source", "train_dir", "val_dir", "test_dir",
-                 "train_list", "val_list", "test_list", "labels_file", "tfds_name",
-                 "tfds_data_dir", "builtin", "val_percent", "test_percent",
-                 "min_per_class", "max_per_class", "shard_size", "workers", "seed"):
-        value = getattr(args, name)
-        if value is not None:
-            data[name] = value
-    data["overwrite"] = args.overwrite
-    if args.data_root:
-        data["data_roots"] = args.data_root
-    if args.size:
-        data["image"]["height"], data["image"]["width"] = args.size
-    for name in ("channels", "resize_mode", "encoding", "jpeg_quality"):
-        if getattr(args, name) is not None:
-            data["image"][name] = getattr(args, name)
-    apply_overrides(data, args.set)
-    config = from_dict(DatasetConfig, data, "dataset")
-    registry = Registry.open()
-    entry = registry.add("dataset", os.path.basename(os.path.abspath(config.output)),
-                         config.output, dataclasses.asdict(config))
-    try:
+    config = resolve(args, verb="dataset create", relative_to="dataset").dataset
+    _need(config.output, "dataset create needs --out DIR (dataset.output).")
+    with Registry.open().recording("dataset", os.path.basename(os.path.abspath(config.output)),
+                                   config.output, dataclasses.asdict(config)) as entry:
         with _stdout_to_stderr(args.json):
             info = create_dataset(config, progress=not args.quiet)
-    except BaseException as error:
-        registry.finish(entry, "failed", {"error": str(error)})
-        raise
-    summary = {
-        "dataset_dir": info.path, "classes": info.num_classes,
-        "split_counts": info.split_counts, "rejected": len(info.rejected),
-        "converted": len(info.converted), "duration_s": round(info.duration_s, 2),
-    }
-    registry.finish(entry, "completed", summary)
+        entry.summary = info.summary()
     if args.json:
-        _print_json(summary)
+        _print_json(info.summary())
     else:
         _print_dataset_summary(info)
     return 0
@@ -144,7 +184,8 @@ def _print_dataset_summary(info: Any) -> None:
 def _dataset_info(args: argparse.Namespace) -> int:
     from vispipe.data.format import read_dataset_info
 
-    info = read_dataset_info(args.dataset)
+    positional_operand(args, "legacy_dataset", "--dataset", "DATASET", "dataset info")
+    info = read_dataset_info(_need(args.dataset, "dataset info needs --dataset DIR."))
     if args.json:
         _print_json(dict(info.to_json(), path=info.path))
     else:
@@ -169,38 +210,6 @@ def _models(args: argparse.Namespace) -> int:
 
 # --- train -------------------------------------------------------------------
 
-def _model_and_train(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    data: dict[str, Any] = {"model": {}, "train": {"lr": {}}}
-    if args.config:
-        loaded = _load_yaml_mapping(args.config)
-        unknown = set(loaded) - {"model", "train", "name", "dataset", "evaluate"}
-        if unknown:
-            raise ConfigError(f"{args.config}: unknown keys {sorted(unknown)}")
-        data["model"].update(loaded.get("model") or {})
-        data["train"].update(loaded.get("train") or {})
-        data["train"].setdefault("lr", {})
-    flags = {
-        ("model", "name"): args.model, ("model", "weights"): args.weights,
-        ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size,
-        ("train", "optimizer"): args.optimizer, ("train", "seed"): args.seed,
-        ("train", "distributed"): args.distributed,
-    }
-    for (section, key), value in flags.items():
-        if value is not None:
-            data[section][key] = value
-    if args.lr is not None:
-        data["train"]["lr"]["base_lr"] = args.lr
-    if args.lr_policy is not None:
-        data["train"]["lr"]["policy"] = args.lr_policy
-    apply_overrides(data, args.set)
-    where = f"{args.config}: " if args.config else "--set "
-    unknown = set(data) - {"model", "train"}
-    if unknown:
-        raise ConfigError(f"{where}unknown sections {sorted(unknown)}; expected model, train")
-    return (from_dict(ModelConfig, data["model"], f"{where}model"),
-            from_dict(TrainConfig, data["train"], f"{where}train"))
-
-
 def _print_train_result(result: Any) -> None:
     rows = [[h.get("epoch"), h.get("loss"), h.get("accuracy"), h.get("val_loss"),
              h.get("val_accuracy"), h.get("lr")] for h in result.history]
@@ -222,33 +231,37 @@ def _train_result_json(result: Any) -> dict[str, Any]:
     }
 
 
-def _is_chief_process() -> bool:
-    """False on every Horovod/MPI rank but 0 and every multi-worker task but the
-    chief, so one summary is printed per job."""
-    for variable in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
-        if os.environ.get(variable, "0") != "0":
-            return False
-    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    task = tf_config.get("task", {})
-    if "chief" in tf_config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return int(task.get("index", 0)) == 0
+def _resume_epochs(args: argparse.Namespace) -> int | None:
+    """The new total epochs of a resumed run: the only setting a resume takes."""
+    data = raw_settings(args)
+    epochs = (data.get("train") or {}).get("epochs")
+    others = {k for k, v in data.items() if k != "train"} | (set(data.get("train") or {}) - {"epochs"})
+    if others:
+        raise CommandError(f"train --resume continues the run's own settings; only --epochs "
+                           f"(train.epochs) may change, got {sorted(others)}.")
+    return epochs
 
 
 def _train(args: argparse.Namespace) -> int:
     from vispipe.train import resume, train
 
+    if args.legacy_run is not None:  # `--resume RUN`, the old spelling.
+        if not args.resume:
+            raise CommandError(f"train takes no positional argument, got {args.legacy_run!r}; "
+                               "the run folder is --run RUN_DIR.")
+        positional_operand(args, "legacy_run", "--run", "RUN", "train --resume")
+    run = _need(args.run, "train needs --run RUN_DIR (the run folder to create, or with "
+                          "--resume to continue).")
     with _stdout_to_stderr(args.json):
         if args.resume:
-            result = resume(args.resume, progress=not args.quiet, epochs=args.epochs)
+            result = resume(run, progress=not args.quiet, epochs=_resume_epochs(args))
         else:
-            if not args.dataset or not args.out:
-                raise CommandError("train needs --dataset DIR and --out RUN_DIR (or --resume RUN_DIR).")
-            model_cfg, train_cfg = _model_and_train(args)
-            result = train(args.dataset, args.out, model_cfg, train_cfg,
-                           name=args.name or os.path.basename(os.path.abspath(args.out)),
+            config = resolve(args, verb="train")
+            dataset = _need(args.dataset, "train needs --dataset DIR.")
+            result = train(dataset, run, config.model, config.train,
+                           name=args.name or os.path.basename(os.path.abspath(run)),
                            progress=not args.quiet)
-    if not _is_chief_process():
+    if not result.is_chief:  # One summary per job, from the process that wrote the run.
         return 0
     if args.json:
         _print_json(_train_result_json(result))
@@ -260,10 +273,13 @@ def _train(args: argparse.Namespace) -> int:
 def _lr_find(args: argparse.Namespace) -> int:
     from vispipe.train import find_lr
 
-    model_cfg, train_cfg = _model_and_train(args)
+    config = resolve(args, verb="lr-find")
+    dataset = _need(args.dataset, "lr-find needs --dataset DIR.")
+    out = _need(args.out, "lr-find needs --out DIR (for lr_find.png).")
+    finder = config.lr_find
     with _stdout_to_stderr(args.json):
-        result = find_lr(args.dataset, model_cfg, train_cfg, start_lr=args.start_lr,
-                         end_lr=args.end_lr, num_steps=args.steps, out_dir=args.out,
+        result = find_lr(dataset, config.model, config.train, start_lr=finder.start_lr,
+                         end_lr=finder.end_lr, num_steps=finder.num_steps, out_dir=out,
                          progress=not args.quiet)
     if args.json:
         _print_json({"suggested_lr": result.suggested_lr, "plot_path": result.plot_path})
@@ -276,42 +292,64 @@ def _lr_find(args: argparse.Namespace) -> int:
 def _lr_plot(args: argparse.Namespace) -> int:
     from vispipe.train import plot_schedule
 
-    model_cfg, train_cfg = _model_and_train(args)
-    del model_cfg
-    total = train_cfg.epochs * args.steps_per_epoch
-    path = plot_schedule(train_cfg.lr, total, args.out, steps_per_epoch=args.steps_per_epoch)
-    print(f"Learning-rate schedule ({train_cfg.lr.policy}, {total} steps) written to {path}")
+    train_cfg = resolve(args, verb="lr-plot").train
+    out = _need(args.out, "lr-plot needs --out FILE.png.")
+    steps_per_epoch = train_cfg.steps_per_epoch or LR_PLOT_STEPS_PER_EPOCH
+    total = train_cfg.epochs * steps_per_epoch
+    path = plot_schedule(train_cfg.lr, total, out, steps_per_epoch=steps_per_epoch)
+    if args.json:
+        _print_json({"plot_path": path, "policy": train_cfg.lr.policy, "total_steps": total,
+                     "steps_per_epoch": steps_per_epoch})
+    else:
+        print(f"Learning-rate schedule ({train_cfg.lr.policy}, {total} steps) written to {path}")
     return 0
 
 
 # --- evaluate / classify / visualize -------------------------------------------
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from vispipe.evaluate import evaluate_run
+    from vispipe.evaluate import evaluate_splits
 
+    positional_operand(args, "legacy_run", "--run", "RUN", "evaluate")
+    config = resolve(args, verb="evaluate").evaluate
+    run = _need(args.run, "evaluate needs --run RUN_DIR.")
     with _stdout_to_stderr(args.json):
-        result = evaluate_run(args.run, dataset_dir=args.dataset, split=args.split,
-                              out_dir=args.out, top_losses=args.top_losses,
-                              batch_size=args.batch_size, which=args.which)
+        results = evaluate_splits(run, config, dataset_dir=args.dataset, out_dir=args.out,
+                                  progress=not args.quiet)
     if args.json:
-        _print_json(result.to_json())
+        _print_json({"run_dir": run,
+                     "evaluations": {split: r.to_json() for split, r in results.items()}})
     else:
-        print(result.summary_table())
+        print("\n\n".join(r.summary_table() for r in results.values()))
     return 0
 
 
-def _classify(args: argparse.Namespace) -> int:
-    from vispipe.evaluate import classify, format_table as predictions_table
-    from vispipe.evaluate import write_predictions_csv
+def _run_and_input(args: argparse.Namespace, verb: str, what: str) -> tuple[str, str]:
+    """`--run RUN INPUT`, or the old `RUN INPUT` (two positionals)."""
+    operands = list(args.operands)
+    if len(operands) == 2:
+        args.legacy_run = operands.pop(0)
+        positional_operand(args, "legacy_run", "--run", "RUN", verb)
+    if len(operands) != 1:
+        raise CommandError(f"{verb} needs --run RUN_DIR and one {what}, got {operands}.")
+    return _need(args.run, f"{verb} needs --run RUN_DIR."), operands[0]
 
-    predictions = classify(args.run, args.input, top_k=args.top_k)
-    if args.csv:
-        write_predictions_csv(predictions, args.csv)
-        print(f"{len(predictions)} predictions written to {args.csv}")
+
+def _classify(args: argparse.Namespace) -> int:
+    from vispipe.evaluate import accuracy, classify, predictions_table, write_predictions_csv
+
+    run, inputs = _run_and_input(args, "classify", "image, folder or list file")
+    config = resolve(args, verb="classify").evaluate
+    with _stdout_to_stderr(args.json):
+        predictions = classify(run, inputs, top_k=config.top_k, batch_size=config.batch_size,
+                               which=config.which, progress=not args.quiet)
+    if args.out:
+        write_predictions_csv(predictions, args.out)
+    if args.json:
+        _print_json({"predictions": [p.to_json() for p in predictions],
+                     "accuracy": accuracy(predictions), "csv": args.out})
+    elif args.out:
+        print(f"{len(predictions)} predictions written to {args.out}")
     else:
         print(predictions_table(predictions))
     return 0
@@ -320,21 +358,27 @@ def _classify(args: argparse.Namespace) -> int:
 def _visualize(args: argparse.Namespace) -> int:
     from vispipe.evaluate import visualize
 
-    stats = visualize(args.run, args.image, args.out)
+    run, image = _run_and_input(args, "visualize", "image")
+    config = resolve(args, verb="visualize").evaluate
+    out = _need(args.out, "visualize needs --out DIR.")
+    stats = visualize(run, image, out, max_filters=config.max_filters, which=config.which)
+    if args.json:
+        _print_json({"out_dir": out, "layers": [s.to_json() for s in stats]})
+        return 0
     rows = [[s.name, "x".join(str(d) for d in s.shape), s.mean, s.std, s.params]
             for s in stats]
     print(format_table(rows, ["layer", "activation shape", "mean", "std", "params"]))
-    print(f"\nPer-layer PNGs and layers.json written to {args.out}")
+    print(f"\nPer-layer PNGs and layers.json written to {out}")
     return 0
 
 
-# --- pipeline / registry -------------------------------------------------------
+# --- pipeline / registry / upgrade ------------------------------------------------
 
 def _run(args: argparse.Namespace) -> int:
     from vispipe.config_io import load_pipeline
     from vispipe.pipeline import default_out_dir, pipeline_base_dir, run_pipeline
 
-    config: PipelineConfig = load_pipeline(args.pipeline, args.set)
+    config = load_pipeline(args.pipeline, args.set)
     out_dir = args.out or default_out_dir(config.name)
     with _stdout_to_stderr(args.json):
         result = run_pipeline(config, out_dir, base_dir=pipeline_base_dir(args.pipeline),
@@ -367,33 +411,89 @@ def _registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upgrade_run(args: argparse.Namespace) -> int:
+    from vispipe.train.run_folder import upgrade_run_folder
+
+    info = upgrade_run_folder(args.run, resize_mode=args.resize_mode)
+    if args.json:
+        _print_json({"run_dir": info.path, "version": info.version,
+                     "image": dataclasses.asdict(info.image)})
+        return 0
+    image = info.image
+    print(f"Upgraded {info.path}/run.json to format {info.version}: images "
+          f"{image.height}x{image.width}x{image.channels}, resize mode {image.resize_mode}.")
+    return 0
+
+
 # --- parser ------------------------------------------------------------------
 
-def _add_common(parser: argparse.ArgumentParser, json_flag: bool = True) -> None:
-    if json_flag:
-        parser.add_argument("--json", action="store_true",
-                            help="print one JSON object on stdout (progress goes to stderr)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+def _verb(verbs, name: str, handler: Callable, help: str, settings: str | None = None,
+          **kwargs: Any) -> argparse.ArgumentParser:
+    parser = verbs.add_parser(name.split()[-1], help=help, **kwargs)
+    parser.set_defaults(handler=handler)
+    if settings is not None:
+        add_settings(parser, SETTINGS[settings])
+    return parser
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. train.epochs=5 (repeatable)")
+def _add_dataset_verbs(verbs) -> None:
+    dataset = verbs.add_parser("dataset", help="create or inspect a dataset")
+    actions = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="ACTION")
+    create = _verb(actions, "dataset create", _dataset_create,
+                   "folders or lists of images -> TFRecord shards", "dataset create")
+    add_deprecated_flag(create, "--output", "--out", dest=SETTINGS["dataset create"][0].dest,
+                        verb="dataset create")
+    add_output_flags(create)
+    info = _verb(actions, "dataset info", _dataset_info, "show a dataset's splits and classes")
+    info.add_argument("--dataset", metavar="DIR", help="dataset folder")
+    info.add_argument("legacy_dataset", nargs="?", help=argparse.SUPPRESS)
+    add_output_flags(info, quiet=False)
 
 
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with model: and train: sections")
-    parser.add_argument("--model", help="network name (see `vispipe models`)")
-    parser.add_argument("--weights", help="initialise from a weights file or run folder")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer")
-    parser.add_argument("--lr", type=float, help="base learning rate")
-    parser.add_argument("--lr-policy")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--distributed", choices=["none", "horovod", "mirrored", "multiworker"],
-                        help="data parallelism (horovod: launch under horovodrun)")
-    _add_set(parser)
+def _add_train_verbs(verbs) -> None:
+    train = _verb(verbs, "train", _train, "train a network on a dataset, or resume a run",
+                  "train")
+    train.add_argument("--dataset", metavar="DIR", help="dataset folder")
+    train.add_argument("--run", metavar="RUN_DIR", help="run folder to create (or to resume)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue --run from its latest checkpoint")
+    train.add_argument("legacy_run", nargs="?", help=argparse.SUPPRESS)
+    train.add_argument("--name", help="run name (default: the folder name)")
+    add_deprecated_flag(train, "--out", "--run", dest="run", verb="train")
+    add_output_flags(train)
+    lr_find = _verb(verbs, "lr-find", _lr_find, "learning-rate range test (fastai lr_find)",
+                    "lr-find")
+    lr_find.add_argument("--dataset", metavar="DIR", help="dataset folder")
+    lr_find.add_argument("--out", metavar="DIR", help="folder for lr_find.png and .json")
+    add_output_flags(lr_find)
+    lr_plot = _verb(verbs, "lr-plot", _lr_plot, "plot a learning-rate policy as a PNG",
+                    "lr-plot")
+    lr_plot.add_argument("--out", metavar="FILE", help="PNG file")
+    add_output_flags(lr_plot, quiet=False)
+
+
+def _add_evaluate_verbs(verbs) -> None:
+    evaluate = _verb(verbs, "evaluate", _evaluate, "accuracy, confusion matrix, top losses",
+                     "evaluate")
+    add_run_flag(evaluate)
+    evaluate.add_argument("--dataset", metavar="DIR", help="dataset folder (default: the run's)")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="folder for one eval-SPLIT report per split (default: the run)")
+    add_output_flags(evaluate)
+    classify = _verb(verbs, "classify", _classify, "top-N labels for an image, folder or list",
+                     "classify")
+    classify.add_argument("--run", metavar="RUN_DIR", help="run folder")
+    classify.add_argument("operands", nargs="*", metavar="INPUT",
+                          help="image file, folder, or list file")
+    classify.add_argument("--out", metavar="FILE", help="also write the predictions to this CSV")
+    add_deprecated_flag(classify, "--csv", "--out", dest="out", verb="classify")
+    add_output_flags(classify)
+    visualize = _verb(verbs, "visualize", _visualize,
+                      "per-layer activations and weights for one image", "visualize")
+    visualize.add_argument("--run", metavar="RUN_DIR", help="run folder")
+    visualize.add_argument("operands", nargs="*", metavar="IMAGE", help="the image")
+    visualize.add_argument("--out", metavar="DIR", help="folder for layers.json and the PNGs")
+    add_output_flags(visualize, quiet=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -404,105 +504,29 @@ def build_parser() -> argparse.ArgumentParser:
                     "evaluated models (the DIGITS workflow on TensorFlow 2 / Keras 3).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_dataset_verbs(verbs)
+    models = _verb(verbs, "models", _models, "list the standard networks")
+    add_output_flags(models, quiet=False)
+    _add_train_verbs(verbs)
+    _add_evaluate_verbs(verbs)
 
-    dataset = verbs.add_parser("dataset", help="create or inspect a dataset")
-    dataset_verbs = dataset.add_subparsers(dest="dataset_verb", required=True, metavar="ACTION")
-    create = dataset_verbs.add_parser("create", help="folders or lists of images -> TFRecord shards")
-    create.add_argument("--output", required=True, help="dataset folder to write")
-    source = create.add_argument_group("source (one kind)")
-    source.add_argument("--source", help="folder with one sub-folder per class")
-    source.add_argument("--archive", help=".tar.gz/.zip holding the folders (paths then relative to it)")
-    for name in ("train-dir", "val-dir", "test-dir", "train-list", "val-list", "test-list",
-                 "labels-file", "tfds-name", "tfds-data-dir"):
-        source.add_argument(f"--{name}")
-    source.add_argument("--builtin", choices=["digits"], help="scikit-learn's handwritten digits")
-    create.add_argument("--size", type=_parse_size, help="HEIGHTxWIDTH, e.g. 28x28")
-    create.add_argument("--channels", type=int, choices=[1, 3])
-    create.add_argument("--resize-mode", choices=["squash", "crop", "fill", "half_crop"])
-    create.add_argument("--encoding", choices=["png", "jpeg", "raw"])
-    create.add_argument("--jpeg-quality", type=int)
-    create.add_argument("--val-percent", type=float)
-    create.add_argument("--test-percent", type=float)
-    create.add_argument("--min-per-class", type=int)
-    create.add_argument("--max-per-class", type=int)
-    create.add_argument("--shard-size", type=int)
-    create.add_argument("--workers", type=int)
-    create.add_argument("--seed", type=int)
-    create.add_argument("--overwrite", action="store_true")
-    create.add_argument("--data-root", action="append", metavar="DIR",
-                        help="refuse files that resolve outside DIR (repeatable)")
-    _add_set(create)
-    _add_common(create)
-    create.set_defaults(handler=_dataset_create)
-    info = dataset_verbs.add_parser("info", help="show a dataset's splits and classes")
-    info.add_argument("dataset")
-    info.add_argument("--json", action="store_true")
-    info.set_defaults(handler=_dataset_info)
+    run = _verb(verbs, "run", _run, "run a pipeline file: dataset -> train -> evaluate")
+    run.add_argument("pipeline", help="YAML pipeline file (the config tree)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: runs/NAME-TIMESTAMP)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="set any config key, from the root: train.epochs=5 (repeatable)")
+    add_output_flags(run)
 
-    models = verbs.add_parser("models", help="list the standard networks")
-    models.add_argument("--json", action="store_true")
-    models.set_defaults(handler=_models)
+    upgrade = _verb(verbs, "upgrade-run", _upgrade_run,
+                    "rewrite an older run folder's run.json in the current format")
+    upgrade.add_argument("--run", required=True, metavar="RUN_DIR", help="run folder")
+    upgrade.add_argument("--resize-mode", choices=RESIZE_MODES,
+                         help="how its images were resized (only when its dataset is gone)")
+    add_output_flags(upgrade, quiet=False)
 
-    train = verbs.add_parser("train", help="train a network on a dataset, or resume a run")
-    train.add_argument("--dataset", help="dataset folder")
-    train.add_argument("--out", help="run folder to create")
-    train.add_argument("--name", help="run name (default: the folder name)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last snapshot")
-    _add_train_flags(train)
-    _add_common(train)
-    train.set_defaults(handler=_train)
-
-    lr_find = verbs.add_parser("lr-find", help="learning-rate range test (fastai lr_find)")
-    lr_find.add_argument("--dataset", required=True)
-    lr_find.add_argument("--out", required=True, help="folder for lr_find.png")
-    lr_find.add_argument("--start-lr", type=float, default=1e-7)
-    lr_find.add_argument("--end-lr", type=float, default=10.0)
-    lr_find.add_argument("--steps", type=int, default=100)
-    _add_train_flags(lr_find)
-    _add_common(lr_find)
-    lr_find.set_defaults(handler=_lr_find)
-
-    lr_plot = verbs.add_parser("lr-plot", help="plot a learning-rate policy as a PNG")
-    lr_plot.add_argument("--out", required=True, help="PNG file")
-    lr_plot.add_argument("--steps-per-epoch", type=int, default=100)
-    _add_train_flags(lr_plot)
-    lr_plot.set_defaults(handler=_lr_plot)
-
-    evaluate = verbs.add_parser("evaluate", help="accuracy, confusion matrix, top losses")
-    evaluate.add_argument("run", help="run folder")
-    evaluate.add_argument("--dataset", help="dataset folder (default: the run's)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--which", default="final", choices=["final", "best", "last"])
-    evaluate.add_argument("--out", help="output folder (default: RUN/eval-SPLIT)")
-    evaluate.add_argument("--top-losses", type=int, default=16)
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    _add_common(evaluate)
-    evaluate.set_defaults(handler=_evaluate)
-
-    classify = verbs.add_parser("classify", help="top-N labels for an image, folder or list")
-    classify.add_argument("run", help="run folder")
-    classify.add_argument("input", help="image file, folder, or list file")
-    classify.add_argument("--top-k", type=int, default=5)
-    classify.add_argument("--csv", help="write predictions to this CSV instead of a table")
-    classify.set_defaults(handler=_classify)
-
-    visualize = verbs.add_parser("visualize", help="per-layer activations and weights for one image")
-    visualize.add_argument("run", help="run folder")
-    visualize.add_argument("image")
-    visualize.add_argument("--out", required=True)
-    visualize.set_defaults(handler=_visualize)
-
-    run = verbs.add_parser("run", help="run a pipeline file: dataset -> train -> evaluate")
-    run.add_argument("pipeline", help="YAML pipeline file")
-    run.add_argument("--out", help="output folder (default: runs/NAME-TIMESTAMP)")
-    _add_set(run)
-    _add_common(run)
-    run.set_defaults(handler=_run)
-
-    registry = verbs.add_parser("registry", help="list datasets, runs and jobs")
+    registry = _verb(verbs, "registry", _registry, "list datasets, runs and jobs")
     registry.add_argument("--kind", choices=["dataset", "run", "job"])
-    registry.add_argument("--json", action="store_true")
-    registry.set_defaults(handler=_registry)
+    add_output_flags(registry, quiet=False)
 
     # Later stages (export, serve) add their verbs through this entry-point
     # group, so the core never imports the stages that depend on it.
@@ -513,17 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `vispipe` command; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_startup()
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    verb = " ".join(filter(None, (args.verb, getattr(args, "dataset_verb", None))))
     try:
         return handler(args)
     except (CommandError, ConfigError, FileNotFoundError, FileExistsError, ValueError,
             ArithmeticError) as error:
-        print(f"vispipe {args.verb}: error: {error}", file=sys.stderr)
+        print(f"vispipe {verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vispipe {args.verb}: interrupted", file=sys.stderr)
+        print(f"vispipe {verb}: interrupted", file=sys.stderr)
         return 130
 
 

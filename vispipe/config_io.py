@@ -22,13 +22,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-from vispipe.configs import PipelineConfig
+from vispipe.configs import CHOICES, PipelineConfig
 
 __all__ = [
     "ConfigError",
+    "field_choices",
     "from_dict",
+    "validate_config",
     "to_dict",
     "apply_overrides",
+    "read_yaml_mapping",
     "load_pipeline",
     "expand_env",
 ]
@@ -63,25 +66,43 @@ def expand_env(text: str) -> str:
 def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "mapping"
-    if typing.get_origin(tp) is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(args[1])}"
     return getattr(tp, "__name__", str(tp))
+
+
+def _convert_sequence(value: Any, tp: Any, where: str) -> list | tuple:
+    """A YAML list as `list[X]`, or as `tuple[X, ...]` (immutable defaults)."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(
+            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+        )
+    item_type = typing.get_args(tp)[0]
+    items = [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    return items if typing.get_origin(tp) is list else tuple(items)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """Checks (and, for int -> float, widens) one value against a field type."""
+    if tp is Any:
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected mapping, got {type(value).__name__} {value!r}")
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
-    if origin is list:
-        if not isinstance(value, list):
+    if origin in (list, tuple):
+        return _convert_sequence(value, tp, where)
+    if origin is dict:
+        if not isinstance(value, dict):
             raise ConfigError(
                 f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
             )
-        item_type = typing.get_args(tp)[0]
-        return [_convert(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        value_type = typing.get_args(tp)[1]
+        return {str(k): _convert(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
         errors = []
         for option in typing.get_args(tp):
@@ -105,31 +126,79 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def field_choices(field: dataclasses.Field) -> tuple | None:
+    """The allowed values of a field declared with `vispipe.configs.choices`, else None."""
+    return field.metadata.get(CHOICES)
+
+
+def _check_choice(field: dataclasses.Field, value: Any, where: str) -> None:
+    allowed = field_choices(field)
+    if allowed is None:
+        return
+    values = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(f"{where}: expected one of {', '.join(map(str, allowed))}, "
+                          f"got {bad[0]!r}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Builds dataclass `cls` from a mapping, checking keys and types.
+    """Builds dataclass `cls` from a mapping, checking keys, types and choices.
 
     Args:
-        cls: A dataclass type from `vispipe.configs`.
-        data: The mapping (as read from YAML).
+        cls: A dataclass type (`vispipe.configs`, `RunInfo`, `ExportOptions`...).
+        data: The mapping (as read from YAML or JSON).
         where: Prefix for error messages (file and key path).
 
     Returns:
         An instance of `cls`; keys absent from `data` keep their defaults.
 
     Raises:
-        ConfigError: An unknown key or a value of the wrong type.
+        ConfigError: An unknown key, a value of the wrong type or not among
+            the field's `choices`, or a field without default that is missing.
+
+    Example:
+
+    ```python
+    cfg = from_dict(TrainConfig, {"epochs": 5, "lr": {"policy": "step"}}, "train")
+    ```
     """
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{where}." if where and not where.endswith(": ") else where
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
+        if key not in fields:
             raise ConfigError(
-                f"{prefix}{key}: unknown key; expected one of {', '.join(names)}"
+                f"{prefix}{key}: unknown key; expected one of {', '.join(fields)}"
             )
         kwargs[key] = _convert(value, hints[key], f"{prefix}{key}")
+        _check_choice(fields[key], kwargs[key], f"{prefix}{key}")
+    missing = [name for name, f in fields.items() if name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{prefix}{missing[0]}: missing; expected "
+                          f"{_type_name(hints[missing[0]])}")
     return cls(**kwargs)
+
+
+def validate_config(config: T, where: str = "") -> T:
+    """Checks a dataclass built in code as `from_dict` checks one read from a file.
+
+    Returns:
+        `config`, unchanged.
+
+    Raises:
+        ConfigError: A value of the wrong type or not among the field's choices.
+
+    Example:
+
+    ```python
+    validate_config(TrainConfig(optimizer="sgdx"), "train")  # ConfigError
+    ```
+    """
+    from_dict(type(config), dataclasses.asdict(config), where)
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -157,6 +226,25 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "--
         node[parts[-1]] = value
 
 
+def read_yaml_mapping(path: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping, `${VAR:-default}` expanded first.
+
+    Raises:
+        ConfigError: No such file, not YAML, or not a mapping at the top.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist.")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = yaml.safe_load(expand_env(text)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    return data
+
+
 def load_pipeline(path: str, overrides: list[str] | None = None) -> PipelineConfig:
     """Reads and validates a pipeline file.
 
@@ -169,15 +257,6 @@ def load_pipeline(path: str, overrides: list[str] | None = None) -> PipelineConf
     Returns:
         The validated `PipelineConfig`.
     """
-    if not os.path.isfile(path):
-        raise ConfigError(f"Pipeline file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        data = yaml.safe_load(expand_env(text)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     apply_overrides(data, overrides or [])
     return from_dict(PipelineConfig, data, f"{path}: ")

@@ -18,13 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
+    "CHOICES",
+    "choices",
+    "BUILTINS",
+    "CHANNELS",
     "RESIZE_MODES",
     "ENCODINGS",
     "NORMALIZATIONS",
     "OPTIMIZERS",
     "LR_POLICIES",
+    "MIXED_PRECISION_MODES",
+    "CACHE_MODES",
+    "DISTRIBUTED_MODES",
+    "GRADIENT_COMPRESSIONS",
+    "SPLITS",
+    "WHICH_MODELS",
     "ImageOptions",
     "DatasetConfig",
     "AugmentConfig",
@@ -32,9 +43,12 @@ __all__ = [
     "LRPolicyConfig",
     "TrainConfig",
     "EvaluateConfig",
+    "LRFinderConfig",
     "PipelineConfig",
 ]
 
+BUILTINS = ("digits",)  # datasets shipped inside installed packages
+CHANNELS = (1, 3)
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("png", "jpeg", "raw")
 NORMALIZATIONS = ("standardize", "pixel", "image", "scale", "none")
@@ -43,6 +57,31 @@ LR_POLICIES = (
     "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid",
     "cosine", "onecycle", "warmup",
 )
+MIXED_PRECISION_MODES = ("auto", "on", "off")
+CACHE_MODES = ("auto", "memory", "none")
+DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
+GRADIENT_COMPRESSIONS = ("none", "fp16")
+SPLITS = ("train", "val", "test")
+WHICH_MODELS = ("final", "best", "last")  # model.keras, best.keras, the latest checkpoint
+
+CHOICES = "choices"  # dataclasses.Field.metadata key of a field's allowed values
+
+
+def choices(options: tuple, default: Any = dataclasses.MISSING, *,
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field whose value (or, for a list, every item) must be one of `options`.
+
+    `vispipe.config_io.from_dict` checks it, and the CLI's help lists the
+    same options, so each set of allowed values is written once, here.
+
+    Example:
+
+    ```python
+    resize_mode: str = choices(RESIZE_MODES, "squash")
+    ```
+    """
+    return dataclasses.field(default=default, default_factory=default_factory,
+                             metadata={CHOICES: tuple(options)})
 
 
 @dataclass
@@ -60,9 +99,9 @@ class ImageOptions:
 
     height: int = 28
     width: int = 28
-    channels: int = 1
-    resize_mode: str = "squash"
-    encoding: str = "png"
+    channels: int = choices(CHANNELS, 1)
+    resize_mode: str = choices(RESIZE_MODES, "squash")
+    encoding: str = choices(ENCODINGS, "png")
     jpeg_quality: int = 90
 
 
@@ -108,7 +147,7 @@ class DatasetConfig:
     labels_file: str = ""
     tfds_name: str = ""
     tfds_data_dir: str = ""
-    builtin: str = ""
+    builtin: str = choices(("",) + BUILTINS, "")
     val_percent: float = 25.0
     test_percent: float = 0.0
     image: ImageOptions = field(default_factory=ImageOptions)
@@ -192,7 +231,7 @@ class LRPolicyConfig:
     `step_size` and `steps` are percentages of training, as in DIGITS.
     """
 
-    policy: str = "fixed"
+    policy: str = choices(LR_POLICIES, "fixed")
     base_lr: float = 0.01
     gamma: float = 0.1
     power: float = 1.0
@@ -200,7 +239,7 @@ class LRPolicyConfig:
     steps: list[float] = field(default_factory=lambda: [50.0, 75.0])
     min_lr: float = 0.0
     warmup_percent: float = 0.0
-    after_warmup: str = "fixed"
+    after_warmup: str = choices(tuple(p for p in LR_POLICIES if p != "warmup"), "fixed")
     max_lr_factor: float = 10.0
 
 
@@ -248,47 +287,73 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 64
-    optimizer: str = "sgd"
+    optimizer: str = choices(OPTIMIZERS, "sgd")
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
     lr: LRPolicyConfig = field(default_factory=LRPolicyConfig)
-    normalization: str = "standardize"
+    normalization: str = choices(NORMALIZATIONS, "standardize")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     val_interval: int = 1
     snapshot_interval: int = 1
     early_stopping: int = 0
-    mixed_precision: str = "auto"
+    mixed_precision: str = choices(MIXED_PRECISION_MODES, "auto")
     seed: int = 42
     steps_per_epoch: int = 0
     label_smoothing: float = 0.0
     log_every_steps: int = 50
-    cache: str = "auto"
-    distributed: str = "none"
+    cache: str = choices(CACHE_MODES, "auto")
+    distributed: str = choices(DISTRIBUTED_MODES, "none")
     scale_lr: bool = False
     warmup_epochs: float = 0.0
-    gradient_compression: str = "none"
+    gradient_compression: str = choices(GRADIENT_COMPRESSIONS, "none")
     elastic: bool = False
 
 
 @dataclass
 class EvaluateConfig:
-    """What `vispipe evaluate` reports.
+    """The evaluate stage: `vispipe evaluate`, `classify` and `visualize`.
 
     Args:
         splits: Splits to evaluate (those the dataset has).
         top_losses: Images in the top-losses grid.
         batch_size: Inference batch size.
+        which: The run's model: "final", "best" (validation) or "last"
+            (checkpoint).
+        top_k: Classes `classify` reports per image.
+        max_filters: Most tiles per activation or weight grid of `visualize`.
     """
 
-    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    splits: list[str] = choices(SPLITS, default_factory=lambda: ["val", "test"])
     top_losses: int = 16
     batch_size: int = 256
+    which: str = choices(WHICH_MODELS, "final")
+    top_k: int = 5
+    max_filters: int = 64
+
+
+@dataclass
+class LRFinderConfig:
+    """The learning-rate range test (`vispipe lr-find`).
+
+    Args:
+        start_lr: First learning rate.
+        end_lr: Last learning rate.
+        num_steps: Steps at most.
+    """
+
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    num_steps: int = 100
 
 
 @dataclass
 class PipelineConfig:
-    """A declarative dataset -> train -> evaluate pipeline file.
+    """The root of the config tree: a pipeline file, and every verb's `--config`.
+
+    `vispipe run` runs dataset -> train -> evaluate from it; the other verbs
+    read the sections they need. `--set KEY=VALUE` always names a key from
+    here (`train.epochs`, `dataset.image.channels`, `export.top_k`).
 
     Args:
         name: Pipeline name, also the default run name.
@@ -296,6 +361,10 @@ class PipelineConfig:
         model: The network.
         train: The solver.
         evaluate: The evaluation.
+        lr_find: The LR range test.
+        export: `vispipe export`'s options (`vispipe.export.ExportOptions`),
+            checked by the export stage, which the core does not import.
+        serve: `vispipe serve`'s options, checked by the serving stage.
     """
 
     name: str = "pipeline"
@@ -303,3 +372,6 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
+    export: dict[str, Any] = field(default_factory=dict)
+    serve: dict[str, Any] = field(default_factory=dict)

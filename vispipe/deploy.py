@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from vispipe.fileio import write_text_atomic
+
 __all__ = ["RenderSettings", "add_k8s_parser", "dump_manifests", "kustomize", "render"]
 
 K8S_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "k8s")
@@ -305,10 +307,7 @@ def _run_render(args: argparse.Namespace) -> int:
     if not args.out:
         sys.stdout.write(text)
         return 0
-    tmp = args.out + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, args.out)
+    write_text_atomic(args.out, text)
     print(f"{len(docs)} manifests written to {args.out}", file=sys.stderr)
     return 0
 

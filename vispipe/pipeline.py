@@ -133,7 +133,7 @@ def run_pipeline(
     """
     from vispipe.data import create_dataset
     from vispipe.data.format import read_dataset_info
-    from vispipe.evaluate import evaluate_run
+    from vispipe.evaluate import evaluate_splits
     from vispipe.registry import Registry
     from vispipe.train import train
 
@@ -152,20 +152,11 @@ def run_pipeline(
         info = read_dataset_info(dataset_cfg.output)
         print(f"Reusing dataset {dataset_cfg.output} (same options).")
     else:
-        registry = Registry.open()
-        entry = registry.add(
-            "dataset", os.path.basename(dataset_cfg.output), dataset_cfg.output,
-            dataclasses.asdict(dataset_cfg),
-        )
-        try:
+        with Registry.open().recording("dataset", os.path.basename(dataset_cfg.output),
+                                       dataset_cfg.output,
+                                       dataclasses.asdict(dataset_cfg)) as entry:
             info = create_dataset(dataset_cfg, progress=progress)
-        except BaseException as error:
-            registry.finish(entry, "failed", {"error": str(error)})
-            raise
-        registry.finish(entry, "completed", {
-            "split_counts": info.split_counts, "classes": info.num_classes,
-            "rejected": len(info.rejected),
-        })
+            entry.summary = info.summary()
     stages["dataset_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -175,15 +166,8 @@ def run_pipeline(
     stages["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    evaluations = {}
-    for split in config.evaluate.splits:
-        if info.split_counts.get(split, 0) == 0:
-            continue
-        result = evaluate_run(
-            run_dir, split=split, top_losses=config.evaluate.top_losses,
-            batch_size=config.evaluate.batch_size,
-        )
-        evaluations[split] = result.to_json()
+    evaluations = {split: result.to_json() for split, result in
+                   evaluate_splits(run_dir, config.evaluate, progress=progress).items()}
     stages["evaluate_s"] = time.perf_counter() - t0
 
     def top1(split: str) -> float | None:

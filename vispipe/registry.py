@@ -1,30 +1,36 @@
 """A small SQLite registry of datasets, runs and jobs.
 
-The CLI writes one entry per dataset creation and training run; later stages
-and the web UI read it. The database lives at `$VISPIPE_HOME/registry.db`
-(`~/.vispipe` by default).
+Every dataset creation and training run records one entry through
+`Registry.recording`, whoever starts it (the CLI, a pipeline, the Python
+API); the web UI adds its jobs. The database lives at
+`$VISPIPE_HOME/registry.db` (`~/.vispipe` by default).
 
 Example:
 
 ```python
 reg = Registry.open()
-entry_id = reg.add("dataset", "mnist", "datasets/mnist", {"size": 28})
-reg.finish(entry_id, "completed", {"images": 70000})
+with reg.recording("dataset", "mnist", "datasets/mnist", {"size": 28}) as entry:
+    info = create_dataset(config)
+    entry.summary = {"images": 70000}   # "completed"; an error: "failed"; Ctrl-C: "interrupted"
 print(reg.list("dataset"))
-reg.delete(entry_id)
+reg.delete(entry.id)
 ```
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import sqlite3
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
-__all__ = ["KINDS", "STATUSES", "Entry", "Registry", "default_path"]
+__all__ = ["KINDS", "STATUSES", "Entry", "Recording", "Registry", "default_path"]
+
+_log = logging.getLogger(__name__)
 
 KINDS = ("dataset", "run", "job")
 STATUSES = ("running", "completed", "failed", "interrupted", "aborted")
@@ -72,6 +78,19 @@ class Entry:
     summary: dict[str, Any]
 
 
+@dataclass
+class Recording:
+    """The entry a `Registry.recording` block keeps.
+
+    Attributes:
+        id: The entry's id (None when a best-effort registry could not add it).
+        summary: Recorded when the block ends; set it before leaving it.
+    """
+
+    id: int | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 class Registry:
     """Datasets, runs and jobs in one SQLite file (safe across processes)."""
 
@@ -111,6 +130,62 @@ class Registry:
             "UPDATE entries SET status = ?, finished = ?, summary = ? WHERE id = ?",
             (status, _now(), json.dumps(summary, default=str), entry_id),
         )
+
+    @contextlib.contextmanager
+    def recording(self, kind: str, name: str, path: str, params: dict[str, Any], *,
+                  entry_id: int | None = None, best_effort: bool = False) -> Iterator[Recording]:
+        """Records the work of the block as one entry.
+
+        The entry is "running" during the block, then "completed" with
+        `entry.summary`, "interrupted" on Ctrl-C or SIGTERM, or "failed" with
+        the error; the block's exception propagates.
+
+        Args:
+            kind, name, path, params: The entry (see `add`).
+            entry_id: Continue this entry (a resumed run) instead of adding one.
+            best_effort: Log registry errors instead of raising them, so that
+                bookkeeping never fails the work (training).
+
+        Example:
+
+        ```python
+        with Registry.open().recording("run", "lenet", "runs/lenet", {}) as entry:
+            entry.summary = {"best_val_accuracy": 0.99}
+        ```
+        """
+        if entry_id is None:
+            entry_id = self._guarded(best_effort, lambda: self.add(kind, name, path, params))
+        else:
+            self._guarded(best_effort, lambda: self._set_running(entry_id))
+        entry = Recording(entry_id)
+        try:
+            yield entry
+        except KeyboardInterrupt:
+            self._finish_entry(entry, "interrupted", entry.summary, best_effort)
+            raise
+        except BaseException as error:
+            self._finish_entry(entry, "failed", {**entry.summary, "error": str(error)},
+                               best_effort)
+            raise
+        self._finish_entry(entry, "completed", entry.summary, best_effort)
+
+    def _finish_entry(self, entry: Recording, status: str, summary: dict[str, Any],
+                      best_effort: bool) -> None:
+        if entry.id is not None:
+            self._guarded(best_effort, lambda: self.finish(entry.id, status, summary))
+
+    def _guarded(self, best_effort: bool, write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except sqlite3.Error as error:
+            if not best_effort:
+                raise
+            _log.warning("Registry %s not updated: %s", self.path, error)
+            return None
+
+    def _set_running(self, entry_id: int) -> None:
+        self._db.execute("UPDATE entries SET status = 'running', finished = NULL WHERE id = ?",
+                         (entry_id,))
 
     def get(self, entry_id: int) -> Entry:
         """The entry with this id; `KeyError` if there is none."""

@@ -46,9 +46,9 @@ _HOMES = {
     "ImageError": "vispipe.data.images",
     "load_image": "vispipe.data.images",
     "create_dataset": "vispipe.data.create",
-    "make_dataset": "vispipe.data.pipeline",
-    "steps_per_epoch": "vispipe.data.pipeline",
-    "load_arrays": "vispipe.data.pipeline",
+    "make_dataset": "vispipe.data.inputs",
+    "steps_per_epoch": "vispipe.data.inputs",
+    "load_arrays": "vispipe.data.inputs",
     "make_augmenter": "vispipe.data.augment",
     "resolve_archive": "vispipe.data.archive",
 }

@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import shutil
 import tarfile
-import tempfile
 import zipfile
 
 from vispipe.configs import DatasetConfig
+from vispipe.fileio import atomic_path
 
 __all__ = ["ARCHIVE_SUFFIXES", "cache_root", "unpack_archive", "resolve_archive"]
 
@@ -81,9 +80,7 @@ def unpack_archive(path: str) -> str:
     target = os.path.join(cache_root(), f"{stem}-{_fingerprint(path)}")
     if os.path.isdir(target):
         return target
-    os.makedirs(cache_root(), exist_ok=True)
-    partial = tempfile.mkdtemp(prefix=f".{stem}-", dir=cache_root())
-    try:
+    with atomic_path(target, folder=True) as partial:
         if path.lower().endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 for name in archive.namelist():
@@ -94,10 +91,6 @@ def unpack_archive(path: str) -> str:
         else:
             with tarfile.open(path) as archive:
                 archive.extractall(partial, members=_safe_members(archive, path))
-        os.replace(partial, target)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return target
 
 

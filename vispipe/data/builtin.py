@@ -14,9 +14,9 @@ import os
 import numpy as np
 from PIL import Image
 
-__all__ = ["BUILTINS", "write_sklearn_digits", "write_builtin"]
+from vispipe.configs import BUILTINS
 
-BUILTINS = ("digits",)
+__all__ = ["write_sklearn_digits", "write_builtin"]
 
 
 def write_sklearn_digits(folder: str) -> str:

@@ -3,8 +3,9 @@
 Worker processes decode, check, resize and encode the images and serialize
 each `tf.train.Example` themselves (with Pillow and numpy only); the parent
 process only writes the records, so TensorFlow is never used in a worker.
-Everything is written into a `<output>.partial-<random>` folder that is
-renamed into place once complete, with `dataset.json` written last.
+Everything is written into a temporary folder beside `output`
+(`vispipe.fileio.atomic_path`) that is renamed into place once complete,
+with `dataset.json` written last.
 
 Example:
 
@@ -28,13 +29,10 @@ import dataclasses
 import datetime
 import functools
 import hashlib
-import json
 import math
 import multiprocessing
 import os
 import random
-import secrets
-import shutil
 import signal
 import sys
 import time
@@ -62,7 +60,7 @@ from vispipe.data.format import (
 )
 from vispipe.data.images import ImageError, encode_image, load_image
 from vispipe.data.sources import Source, SourceImage, load_source
-from vispipe.fileio import replace_folder
+from vispipe.fileio import atomic_path, write_json_atomic
 from vispipe.interrupts import sigterm_as_interrupt
 
 __all__ = [
@@ -418,8 +416,8 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
 
     The folder holds the shards of each split, `labels.txt`, `mean.npy`
     (float32 mean training image), `mean.png`, `rejected.csv` and, written
-    last, `dataset.json`. It is built as `<output>.partial-<random>` and
-    renamed into place when complete; on any error, Ctrl-C or SIGTERM the
+    last, `dataset.json`. It is built in a temporary folder beside `output`
+    (`.<name>.partial-<random>`) and renamed into place when complete; on any error, Ctrl-C or SIGTERM the
     partial folder is removed (and an existing dataset is left untouched).
 
     Args:
@@ -456,10 +454,7 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
     with sigterm_as_interrupt():
         source = load_source(resolve_archive(config))
         try:
-            os.makedirs(os.path.dirname(output), exist_ok=True)
-            partial = f"{output}.partial-{secrets.token_hex(4)}"
-            os.makedirs(partial)
-            try:
+            with atomic_path(output, folder=True) as partial:
                 fields = _write_dataset(config, source, partial, progress)
                 info = DatasetInfo(
                     path=output,
@@ -471,14 +466,7 @@ def create_dataset(config: DatasetConfig, *, progress: bool = True) -> DatasetIn
                     duration_s=round(time.perf_counter() - start, 3),
                     **fields,
                 )
-                info_tmp = os.path.join(partial, INFO_FILE + ".tmp")
-                with open(info_tmp, "w", encoding="utf-8") as f:
-                    json.dump(info.to_json(), f, indent=2)
-                os.replace(info_tmp, os.path.join(partial, INFO_FILE))
-                replace_folder(partial, output)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
+                write_json_atomic(os.path.join(partial, INFO_FILE), info.to_json())
         finally:
             source.cleanup()
     return info

@@ -25,6 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from vispipe.configs import CHANNELS, RESIZE_MODES, SPLITS, choices
+
 __all__ = [
     "FORMAT_VERSION",
     "SPLITS",
@@ -38,6 +40,7 @@ __all__ = [
     "FEATURE_CHANNELS",
     "FEATURE_LABEL",
     "FEATURE_FILENAME",
+    "ImageInput",
     "DatasetInfo",
     "IncompleteDatasetError",
     "read_dataset_info",
@@ -45,7 +48,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-SPLITS = ("train", "val", "test")
 INFO_FILE = "dataset.json"
 LABELS_FILE = "labels.txt"
 MEAN_FILE = "mean.npy"
@@ -66,6 +68,37 @@ class IncompleteDatasetError(FileNotFoundError):
 def shard_name(split: str, index: int, count: int) -> str:
     """File name of shard `index` of `count` of a split."""
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """The images a model takes, and how an image file becomes one.
+
+    What a consumer of a dataset or a run needs to load a new image exactly
+    as the dataset's were made (`vispipe.data.images.load_image` takes it);
+    how the shards encode the pixels is the dataset's own business.
+
+    Attributes:
+        height, width: Pixels.
+        channels: 1 (grayscale) or 3 (color).
+        resize_mode: One of `vispipe.configs.RESIZE_MODES`.
+
+    Example:
+
+    ```python
+    image = read_dataset_info("datasets/mnist").image
+    array, note = load_image("digit.png", image)
+    ```
+    """
+
+    height: int
+    width: int
+    channels: int = choices(CHANNELS)
+    resize_mode: str = choices(RESIZE_MODES)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
 
 
 @dataclass
@@ -119,9 +152,32 @@ class DatasetInfo:
         return (self.height, self.width, self.channels)
 
     @property
+    def image(self) -> ImageInput:
+        """Size, channels and resize mode of the images (from `options`).
+
+        Raises:
+            ValueError: `dataset.json` does not record the resize mode.
+        """
+        resize_mode = (self.options.get("image") or {}).get("resize_mode")
+        if resize_mode is None:
+            raise ValueError(
+                f"{os.path.join(self.path, INFO_FILE)}: options.image.resize_mode is missing; "
+                "it says how an image file was resized, which loading a new image needs."
+            )
+        return ImageInput(self.height, self.width, self.channels, resize_mode)
+
+    @property
     def splits(self) -> list[str]:
         """Splits that hold at least one image, in canonical order."""
         return [s for s in SPLITS if self.split_counts.get(s, 0) > 0]
+
+    def summary(self) -> dict[str, Any]:
+        """What the registry and `vispipe dataset create --json` report."""
+        return {
+            "dataset_dir": self.path, "classes": self.num_classes,
+            "split_counts": self.split_counts, "rejected": len(self.rejected),
+            "converted": len(self.converted), "duration_s": round(self.duration_s, 2),
+        }
 
     def shard_paths(self, split: str) -> list[str]:
         """Absolute shard paths of `split`; `ValueError` if it is empty."""

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vispipe.configs import ENCODINGS, RESIZE_MODES, ImageOptions
+from vispipe.data.format import ImageInput
 
 __all__ = [
     "MAX_PIXELS",
@@ -146,7 +147,7 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
     )
 
 
-def load_image(path: str, options: ImageOptions) -> tuple[np.ndarray, str | None]:
+def load_image(path: str, options: ImageOptions | ImageInput) -> tuple[np.ndarray, str | None]:
     """Loads an image file as the dataset stores it.
 
     The file is decoded with Pillow, rotated by its EXIF orientation,
@@ -155,7 +156,8 @@ def load_image(path: str, options: ImageOptions) -> tuple[np.ndarray, str | None
 
     Args:
         path: The image file.
-        options: Target size, channels and resize mode.
+        options: Target size, channels and resize mode (a dataset's
+            `ImageOptions`, or the `ImageInput` of a dataset or run).
 
     Returns:
         `(array, note)`: a uint8 array of shape

@@ -17,26 +17,28 @@ from vispipe.evaluate.classify import (
     Prediction,
     accuracy,
     classify,
-    format_table,
+    predictions_table,
     write_predictions_csv,
 )
 from vispipe.evaluate.evaluator import (
-    EvaluationResult,
     evaluate_model,
     evaluate_run,
+    evaluate_splits,
     predict_probabilities,
 )
+from vispipe.evaluate.results import EvaluationResult
 from vispipe.evaluate.visualize import LayerStats, TensorStats, visualize
 
 __all__ = [
     "EvaluationResult",
     "evaluate_model",
     "evaluate_run",
+    "evaluate_splits",
     "predict_probabilities",
     "Prediction",
     "classify",
     "accuracy",
-    "format_table",
+    "predictions_table",
     "write_predictions_csv",
     "LayerStats",
     "TensorStats",

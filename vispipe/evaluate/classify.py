@@ -3,15 +3,15 @@
 Inputs are an image file, a folder (every image file below it, sorted), a
 list file (one path per line, optionally followed by a label: a class id or
 a class name; relative paths are relative to the list file's folder), or a
-list of paths. Images are loaded exactly as the dataset was made (same size,
-resize mode and channels). A file that cannot be used becomes a
+list of paths. Images are loaded exactly as the run's dataset made them (the
+size, channels and resize mode its `RunInfo.image` records). A file that cannot be used becomes a
 `Prediction` with an `error` and does not stop the others.
 
 Example:
 
 ```python
 preds = classify("runs/mnist", "new_digits/")
-print(format_table(preds))
+print(predictions_table(preds))
 write_predictions_csv(preds, "predictions.csv")
 ```
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -28,9 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from vispipe.configs import ImageOptions
-from vispipe.evaluate.evaluator import predict_probabilities, read_run_info
-from vispipe.evaluate.plots import atomic_output
-from vispipe.tables import format_table as _table
+from vispipe.data.format import ImageInput
+from vispipe.evaluate.evaluator import predict_probabilities
+from vispipe.fileio import atomic_path
+from vispipe.tables import format_table
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,8 +39,9 @@ __all__ = [
     "collect_inputs",
     "run_image_options",
     "model_image_options",
+    "load_for_inference",
     "accuracy",
-    "format_table",
+    "predictions_table",
     "write_predictions_csv",
 ]
 
@@ -169,40 +170,84 @@ def collect_inputs(
     return _parse_list_file(inputs, classes)
 
 
-def run_image_options(run_dir: str) -> ImageOptions:
-    """The `ImageOptions` a run's dataset was made with.
+def run_image_options(run_dir: str) -> ImageInput:
+    """How images are loaded for a run's model: its `RunInfo.image`.
 
-    Falls back, with a warning, to squashing to the run's `image_shape` when
-    the dataset folder is no longer there.
+    Kept for the web UI; new code reads `read_run_info(run_dir).image`.
+
+    Raises:
+        NotARunFolderError: No `run.json`.
+        OutdatedRunError: A run of an older format (the message says how to
+            upgrade it).
     """
-    from vispipe.data.format import IncompleteDatasetError, read_dataset_info
+    from vispipe.train.run_folder import read_run_info
 
-    run = read_run_info(run_dir)
-    try:
-        info = read_dataset_info(run["dataset_dir"])
-    except (KeyError, IncompleteDatasetError):
-        height, width, channels = run["image_shape"]
-        warnings.warn(
-            f"Dataset of run {run_dir!r} not found ({run.get('dataset_dir')!r}); "
-            f"resizing images to {height}x{width}x{channels} with resize_mode='squash'.",
-            stacklevel=2,
-        )
-        return ImageOptions(height=height, width=width, channels=channels)
-    stored = info.options.get("image") or {}
-    known = {k: v for k, v in stored.items() if k in ImageOptions.__dataclass_fields__}
-    known.update(height=info.height, width=info.width, channels=info.channels)
-    return ImageOptions(**known)
+    return read_run_info(run_dir).image
 
 
-def model_image_options(model) -> ImageOptions:
-    """Squash-resize options matching a model's `[H, W, C]` input."""
+def model_image_options(model) -> ImageInput:
+    """Squash-resize to a bare model's `[H, W, C]` input (no run says otherwise)."""
     shape = tuple(model.input_shape[1:])
     if len(shape) != 3 or None in shape:
         raise ValueError(
             f"Model {model.name!r} has input shape {model.input_shape}; pass image_options "
             "to say how images are resized."
         )
-    return ImageOptions(height=shape[0], width=shape[1], channels=shape[2])
+    return ImageInput(height=shape[0], width=shape[1], channels=shape[2], resize_mode="squash")
+
+
+def load_for_inference(run_or_model, which: str = "final") -> tuple[Any, list[str], ImageInput]:
+    """The model, class names and image input of a run folder, or of a bare model.
+
+    Args:
+        run_or_model: A run folder (read through its `RunInfo`), or a Keras
+            model (classes: its output indices; images squashed to its input).
+        which: For a run folder: `"final"`, `"best"` or `"last"` model.
+
+    Returns:
+        `(model, classes, image)`.
+
+    Example:
+
+    ```python
+    model, classes, image = load_for_inference("runs/mnist", which="best")
+    ```
+    """
+    if isinstance(run_or_model, (str, os.PathLike)):
+        from vispipe.train.run_folder import load_run_model, read_run_info
+
+        info = read_run_info(os.fspath(run_or_model))
+        return load_run_model(info.path, which=which), list(info.classes), info.image
+    model = run_or_model
+    classes = [str(i) for i in range(model.output_shape[-1])]
+    return model, classes, model_image_options(model)
+
+
+def _classify_chunk(model, chunk: list[Prediction], classes: list[str], k: int,
+                    image_options: ImageOptions | ImageInput) -> None:
+    """Loads and classifies one batch of predictions in place."""
+    from vispipe.data.images import ImageError, load_image
+
+    loaded, images = [], []
+    for pred in chunk:
+        try:
+            image, pred.note = load_image(pred.path, image_options)
+        except (ImageError, OSError) as error:
+            pred.error = str(error) or type(error).__name__
+            continue
+        loaded.append(pred)
+        images.append(image)
+    if not images:
+        return
+    probs = predict_probabilities(model, np.stack(images))
+    if probs.shape[1] != len(classes):
+        raise ValueError(
+            f"Model {model.name!r} outputs {probs.shape[1]} classes, but "
+            f"{len(classes)} class names were given."
+        )
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    for pred, row, ids in zip(loaded, probs, order):
+        pred.top = [(classes[i], float(row[i])) for i in ids]
 
 
 def classify(
@@ -211,7 +256,7 @@ def classify(
     *,
     top_k: int = 5,
     classes: Sequence[str] | None = None,
-    image_options: ImageOptions | None = None,
+    image_options: ImageOptions | ImageInput | None = None,
     batch_size: int = 64,
     which: str = "final",
     progress: bool = True,
@@ -226,8 +271,8 @@ def classify(
         top_k: Classes reported per image (at most the number of classes).
         classes: Class names; default: the run's (for a model: its output
             indices as strings).
-        image_options: How to load images; default: the run's dataset's
-            (for a model: squash to its input shape).
+        image_options: How to load images; default: the run's
+            `RunInfo.image` (for a model: squash to its input shape).
         batch_size: Inference batch size.
         which: For a run folder: `"final"`, `"best"` or `"last"` model.
         progress: Show a progress bar.
@@ -240,53 +285,22 @@ def classify(
 
     ```python
     preds = classify("runs/cifar", "photos.txt", top_k=3)
-    print(format_table(preds), accuracy(preds))
+    print(predictions_table(preds), accuracy(preds))
     ```
     """
-    from vispipe.data.images import ImageError, load_image
-
     if top_k < 1:
         raise ValueError(f"top_k: expected an integer >= 1, got {top_k!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected an integer >= 1, got {batch_size!r}.")
-    if isinstance(run_dir, (str, os.PathLike)):
-        from vispipe.train.run_folder import load_run_model
-
-        run_dir = os.fspath(run_dir)
-        classes = list(classes or read_run_info(run_dir)["classes"])
-        image_options = image_options or run_image_options(run_dir)
-        model = load_run_model(run_dir, which=which)
-    else:
-        model = run_dir
-        classes = list(classes or [str(i) for i in range(model.output_shape[-1])])
-        image_options = image_options or model_image_options(model)
-
-    entries = collect_inputs(inputs, classes)
-    predictions = [Prediction(path=p, label=label) for p, label in entries]
+    model, run_classes, run_image = load_for_inference(run_dir, which)
+    classes, image_options = list(classes or run_classes), image_options or run_image
+    predictions = [Prediction(path=p, label=label) for p, label in collect_inputs(inputs, classes)]
     k = min(top_k, len(classes))
     with tqdm(total=len(predictions), desc="Classifying", unit="img", disable=not progress,
               leave=False) as bar:
         for start in range(0, len(predictions), batch_size):
             chunk = predictions[start:start + batch_size]
-            loaded, images = [], []
-            for pred in chunk:
-                try:
-                    image, pred.note = load_image(pred.path, image_options)
-                except (ImageError, OSError) as error:
-                    pred.error = str(error) or type(error).__name__
-                    continue
-                loaded.append(pred)
-                images.append(image)
-            if images:
-                probs = predict_probabilities(model, np.stack(images))
-                if probs.shape[1] != len(classes):
-                    raise ValueError(
-                        f"Model {model.name!r} outputs {probs.shape[1]} classes, but "
-                        f"{len(classes)} class names were given."
-                    )
-                order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-                for pred, row, ids in zip(loaded, probs, order):
-                    pred.top = [(classes[i], float(row[i])) for i in ids]
+            _classify_chunk(model, chunk, classes, k, image_options)
             bar.update(len(chunk))
     return predictions
 
@@ -301,7 +315,7 @@ def accuracy(predictions: Sequence[Prediction]) -> float | None:
     return sum(judged) / len(judged) if judged else None
 
 
-def format_table(predictions: Sequence[Prediction]) -> str:
+def predictions_table(predictions: Sequence[Prediction]) -> str:
     """A text table: path, top class and probability, the other top classes,
     and the label when known; then the accuracy and error count."""
     labelled = any(p.label is not None for p in predictions)
@@ -319,7 +333,7 @@ def format_table(predictions: Sequence[Prediction]) -> str:
                 row.append(f"{p.label} ({'ok' if p.correct else 'wrong'})")
         rows.append(row)
     headers = ["image", "prediction", "probability", "next"] + (["label"] if labelled else [])
-    lines = [_table(rows, headers)]
+    lines = [format_table(rows, headers)]
     acc = accuracy(predictions)
     if acc is not None:
         judged = sum(p.correct is not None for p in predictions)
@@ -341,7 +355,7 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str) -> str:
     header = ["path", "label", "predicted", "probability", "error"]
     for i in range(1, k + 1):
         header += [f"class_{i}", f"prob_{i}"]
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)

@@ -1,19 +1,9 @@
 """Evaluates a trained classifier on a dataset split (DIGITS "test many").
 
-The model runs over the split batch by batch; only its probabilities are
-kept, plus the few images that end up in the top-losses and most-uncertain
-grids, so a large split never has to fit in memory.
-
-Files written to the output folder:
-
-- `metrics.json`: `EvaluationResult.to_json()`;
-- `confusion_matrix.csv` (class names as header and first column) and
-  `confusion_matrix.png` (normalised per row);
-- `per_class.csv`: precision, recall, F1, support per class;
-- `predictions.csv`: filename, true class, predicted class, probability,
-  probability of the true class and loss of every image;
-- `top_losses.png` and `uncertain.png`: the most-wrong and least-confident
-  images with their true and predicted classes.
+Three steps: predict (the model over the split, batch by batch, keeping
+every probability and only the images the grids need), score (accuracy,
+per-class scores, confusion matrix, top losses) and, with an output folder,
+write the report (`vispipe.evaluate.report`).
 
 Example:
 
@@ -25,151 +15,37 @@ print(result.summary_table())
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from vispipe.evaluate import metrics
-from vispipe.evaluate.plots import (
-    atomic_output,
-    save_confusion_matrix,
-    save_image_grid,
-)
-from vispipe.tables import format_table
+from vispipe.evaluate.report import write_metrics, write_tables_and_figures
+from vispipe.evaluate.results import EvaluationResult, ImageKeeper, Predictions
 
 __all__ = [
     "TOP_K",
-    "EvaluationResult",
     "evaluate_model",
     "evaluate_run",
+    "evaluate_splits",
     "predict_probabilities",
-    "read_run_info",
+    "predict",
+    "score",
 ]
 
 TOP_K = 5  # The "top-5" accuracy; fewer classes make it top-C (always 1.0).
 _MOST_CONFUSED = 10
 
+if TYPE_CHECKING:
+    from vispipe.configs import EvaluateConfig
+    from vispipe.data.format import DatasetInfo
+    from vispipe.train.run_info import RunInfo
 
-@dataclass
-class EvaluationResult:
-    """Metrics of one evaluation.
-
-    Attributes:
-        split: The evaluated split (or a caller-chosen name).
-        classes: Class names, index = label id.
-        num_images: Images evaluated.
-        top1_accuracy: Share of images whose most probable class is true.
-        top5_accuracy: Share whose true class is among the `top_k` most
-            probable (`top_k = min(5, number of classes)`).
-        top_k: The k of `top5_accuracy`.
-        mean_loss: Mean cross-entropy.
-        per_class: Per class: class, precision, recall, f1, support, predicted.
-        macro: Macro averages `{"precision", "recall", "f1"}` over the classes
-            that occur.
-        weighted: Support-weighted averages, likewise.
-        most_confused: Largest off-diagonal confusions, `{"true",
-            "predicted", "count", "share"}` each.
-        top_losses: The most-wrong images, `{"index", "filename", "true",
-            "predicted", "probability", "true_probability", "loss"}` each.
-        confusion_matrix: `[C, C]` counts, rows true, columns predicted.
-        files: Written files by kind (`"metrics"`, `"confusion_matrix_csv"`...).
-        run_dir, dataset_dir, which: Where the model and images came from,
-            when known.
-        duration_s: Seconds the evaluation took.
-    """
-
-    split: str
-    classes: list[str]
-    num_images: int
-    top1_accuracy: float
-    top5_accuracy: float
-    top_k: int
-    mean_loss: float
-    per_class: list[dict[str, Any]]
-    macro: dict[str, float]
-    weighted: dict[str, float]
-    most_confused: list[dict[str, Any]]
-    top_losses: list[dict[str, Any]]
-    confusion_matrix: np.ndarray
-    files: dict[str, str] = field(default_factory=dict)
-    run_dir: str | None = None
-    dataset_dir: str | None = None
-    which: str | None = None
-    duration_s: float = 0.0
-
-    @property
-    def macro_f1(self) -> float:
-        return self.macro["f1"]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready summary (the confusion matrix is in its CSV, not here)."""
-        return {
-            "split": self.split,
-            "num_images": self.num_images,
-            "num_classes": len(self.classes),
-            "top1_accuracy": self.top1_accuracy,
-            "top5_accuracy": self.top5_accuracy,
-            "top_k": self.top_k,
-            "mean_loss": self.mean_loss,
-            "macro_precision": self.macro["precision"],
-            "macro_recall": self.macro["recall"],
-            "macro_f1": self.macro["f1"],
-            "weighted_precision": self.weighted["precision"],
-            "weighted_recall": self.weighted["recall"],
-            "weighted_f1": self.weighted["f1"],
-            "classes": list(self.classes),
-            "per_class": self.per_class,
-            "most_confused": self.most_confused,
-            "top_losses": self.top_losses,
-            "files": dict(self.files),
-            "run_dir": self.run_dir,
-            "dataset_dir": self.dataset_dir,
-            "which": self.which,
-            "duration_s": self.duration_s,
-        }
-
-    def summary_table(self) -> str:
-        """Overall metrics, a per-class table and the most confused pairs, as text."""
-        source = f" of {self.run_dir}" if self.run_dir else ""
-        lines = [
-            f"Evaluation{source} on split {self.split!r}: {self.num_images:,} images, "
-            f"{len(self.classes)} classes",
-            "",
-            format_table(
-                [
-                    ["top-1 accuracy", f"{100 * self.top1_accuracy:.2f}%"],
-                    [f"top-{self.top_k} accuracy", f"{100 * self.top5_accuracy:.2f}%"],
-                    ["mean loss", self.mean_loss],
-                    ["macro F1", self.macro["f1"]],
-                    ["weighted F1", self.weighted["f1"]],
-                ],
-                ["metric", "value"],
-            ),
-            "",
-            format_table(
-                [[r["class"], r["precision"], r["recall"], r["f1"], r["support"]]
-                 for r in self.per_class],
-                ["class", "precision", "recall", "f1", "support"],
-            ),
-        ]
-        if self.most_confused:
-            lines += ["", format_table(
-                [[c["true"], c["predicted"], c["count"], f"{100 * c['share']:.1f}%"]
-                 for c in self.most_confused],
-                ["true", "predicted as", "count", "of true class"],
-            )]
-        if self.files:
-            folder = os.path.dirname(next(iter(self.files.values())))
-            lines += ["", f"Files written to {folder}: "
-                      + ", ".join(os.path.basename(p) for p in self.files.values())]
-        return "\n".join(lines)
+Batches = Iterable[tuple[np.ndarray, np.ndarray, Sequence[str] | None]]
 
 
 def predict_probabilities(model, images: np.ndarray) -> np.ndarray:
@@ -204,178 +80,113 @@ def predict_probabilities(model, images: np.ndarray) -> np.ndarray:
     return probs
 
 
-class _Keeper:
-    """Keeps the images of the `n` lowest-scoring items seen so far."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self.index = np.zeros((0,), np.int64)
-        self.score = np.zeros((0,), np.float64)
-        self.images: dict[int, np.ndarray] = {}
-
-    def offer(self, start: int, scores: np.ndarray, images: np.ndarray) -> None:
-        index = np.concatenate([self.index, start + np.arange(len(scores))])
-        score = np.concatenate([self.score, scores])
-        keep = np.lexsort((index, score))[: self.n]
-        self.index, self.score = index[keep], score[keep]
-        kept = set(self.index.tolist())
-        for i in range(len(scores)):
-            if start + i in kept:
-                self.images[start + i] = np.array(images[i])
-        self.images = {i: im for i, im in self.images.items() if i in kept}
+def _check_outputs(model, probs: np.ndarray, classes: Sequence[str]) -> None:
+    if probs.shape[1] != len(classes):
+        raise ValueError(
+            f"Model {model.name!r} outputs {probs.shape[1]} classes, expected "
+            f"{len(classes)} ({', '.join(classes[:5])}{'...' if len(classes) > 5 else ''})."
+        )
 
 
-def _write_csv(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-    return path
+def predict(model, batches: Batches, classes: Sequence[str], *, total: int, split: str,
+            keep: int, progress: bool) -> Predictions:
+    """Runs `model` over `(images, labels, filenames or None)` batches.
 
+    Args:
+        model: The Keras model (float32 0-255 images in, probabilities out).
+        batches: The split, batch by batch.
+        classes: Class names, index = label id.
+        total: Images in the split (for the progress bar).
+        split: Its name (for messages).
+        keep: Images kept for each of the top-losses and most-uncertain grids.
+        progress: Show a progress bar.
 
-def _evaluate_batches(
-    model,
-    batches: Iterable[tuple[np.ndarray, np.ndarray, Sequence[str] | None]],
-    classes: Sequence[str],
-    *,
-    total: int,
-    split: str,
-    out_dir: str | None,
-    top_losses: int,
-    progress: bool,
-    run_dir: str | None = None,
-    dataset_dir: str | None = None,
-    which: str | None = None,
-) -> EvaluationResult:
-    """Core of the evaluation: predicts batch by batch, then scores and writes."""
-    start_time = time.perf_counter()
-    classes = list(classes)
-    num_classes = len(classes)
-    all_probs, all_labels, all_names = [], [], []
-    worst = _Keeper(top_losses)
-    uncertain = _Keeper(top_losses if num_classes > 1 else 0)
-    seen = 0
+    Returns:
+        The `Predictions`.
+
+    Raises:
+        ValueError: No images, or a model whose outputs are not `classes`.
+    """
+    probabilities, labels, names = [], [], []
+    worst = ImageKeeper(keep)
+    uncertain = ImageKeeper(keep if len(classes) > 1 else 0)
     with tqdm(total=total, desc=f"Evaluating {split}", unit="img", disable=not progress,
               leave=False) as bar:
-        for images, labels, names in batches:
+        for images, batch_labels, batch_names in batches:
             probs = predict_probabilities(model, images)
-            if probs.shape[1] != num_classes:
-                raise ValueError(
-                    f"Model {model.name!r} outputs {probs.shape[1]} classes, expected "
-                    f"{num_classes} ({', '.join(classes[:5])}{'...' if num_classes > 5 else ''})."
-                )
-            labels = np.asarray(labels, dtype=np.int64)
-            losses = metrics.per_image_loss(probs, labels)
-            worst.offer(seen, -losses, images)
+            _check_outputs(model, probs, classes)
+            batch_labels = np.asarray(batch_labels, dtype=np.int64)
+            seen = len(names)
+            worst.offer(seen, -metrics.per_image_loss(probs, batch_labels), images)
             if uncertain.n:
                 top2 = np.sort(probs, axis=1)[:, -2:]
                 uncertain.offer(seen, (top2[:, 1] - top2[:, 0]).astype(np.float64), images)
-            all_probs.append(probs)
-            all_labels.append(labels)
+            probabilities.append(probs)
+            labels.append(batch_labels)
             # Images without a recorded file name are named by their index.
-            names = names if names is not None else [""] * len(labels)
-            all_names.extend(name or str(seen + i) for i, name in enumerate(names))
-            seen += len(labels)
-            bar.update(len(labels))
-    if seen == 0:
+            batch_names = batch_names if batch_names is not None else [""] * len(batch_labels)
+            names.extend(name or str(seen + i) for i, name in enumerate(batch_names))
+            bar.update(len(batch_labels))
+    if not names:
         raise ValueError(f"Split {split!r}: no images to evaluate.")
+    probs, true = np.concatenate(probabilities), np.concatenate(labels)
+    return Predictions(probs, true, names, metrics.per_image_loss(probs, true), worst, uncertain)
 
-    probs = np.concatenate(all_probs)
-    labels = np.concatenate(all_labels)
-    predicted = probs.argmax(axis=1)
-    losses = metrics.per_image_loss(probs, labels)
-    cm = metrics.confusion_matrix(labels, predicted, num_classes)
+
+def score(predictions: Predictions, classes: Sequence[str], *, split: str,
+          top_losses: int) -> EvaluationResult:
+    """Accuracy, per-class scores, confusion matrix and top losses of `predictions`.
+
+    Example:
+
+    ```python
+    result = score(predict(model, batches, classes, total=n, split="test", keep=16,
+                           progress=False), classes, split="test", top_losses=16)
+    ```
+    """
+    classes = list(classes)
+    probs, labels = predictions.probabilities, predictions.labels
+    cm = metrics.confusion_matrix(labels, predictions.predicted, len(classes))
     scores = metrics.per_class_scores(cm)
-    avg = metrics.averages(scores)
-    top_k = min(TOP_K, num_classes)
-    rows = np.arange(seen)
-
-    def describe(i: int) -> dict[str, Any]:
-        return {
-            "index": int(i),
-            "filename": all_names[i],
-            "true": classes[labels[i]],
-            "predicted": classes[predicted[i]],
-            "probability": float(probs[i, predicted[i]]),
-            "true_probability": float(probs[i, labels[i]]),
-            "loss": float(losses[i]),
-        }
-
-    worst_ids = metrics.top_losses(losses, top_losses)
-    result = EvaluationResult(
+    averages = metrics.averages(scores)
+    top_k = min(TOP_K, len(classes))
+    return EvaluationResult(
         split=split,
         classes=classes,
-        num_images=seen,
-        top1_accuracy=float(np.mean(predicted == labels)),
+        num_images=len(labels),
+        top1_accuracy=float(np.mean(predictions.predicted == labels)),
         top5_accuracy=metrics.top_k_accuracy(probs, labels, top_k),
         top_k=top_k,
-        mean_loss=float(losses.mean()),
+        mean_loss=float(predictions.losses.mean()),
         per_class=scores.to_rows(classes),
-        macro=avg["macro"],
-        weighted=avg["weighted"],
+        macro=averages["macro"],
+        weighted=averages["weighted"],
         most_confused=metrics.most_confused(cm, classes, _MOST_CONFUSED),
-        top_losses=[describe(i) for i in worst_ids],
+        top_losses=[predictions.describe(i, classes)
+                    for i in metrics.top_losses(predictions.losses, top_losses)],
         confusion_matrix=cm,
-        run_dir=run_dir,
-        dataset_dir=dataset_dir,
-        which=which,
     )
+
+
+def _evaluate_batches(model, batches: Batches, classes: Sequence[str], *, total: int,
+                      split: str, out_dir: str | None, top_losses: int, progress: bool,
+                      **source: str | None) -> EvaluationResult:
+    """Predict -> score -> write the report (when `out_dir` is given).
+
+    `source` (`run_dir`, `dataset_dir`, `which`) is recorded in the result.
+    """
+    start_time = time.perf_counter()
+    predictions = predict(model, batches, classes, total=total, split=split, keep=top_losses,
+                          progress=progress)
+    result = score(predictions, classes, split=split, top_losses=top_losses)
+    for name, value in source.items():
+        setattr(result, name, value)
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        files = result.files
-        files["confusion_matrix_csv"] = _write_csv(
-            os.path.join(out_dir, "confusion_matrix.csv"),
-            ["true\\predicted", *classes],
-            ([name, *map(int, row)] for name, row in zip(classes, cm)),
-        )
-        files["confusion_matrix_png"] = save_confusion_matrix(
-            cm, classes, os.path.join(out_dir, "confusion_matrix.png"),
-            title=f"Confusion matrix ({split}, top-1 {100 * result.top1_accuracy:.2f}%)",
-        )
-        files["per_class_csv"] = _write_csv(
-            os.path.join(out_dir, "per_class.csv"),
-            ["class", "precision", "recall", "f1", "support", "predicted"],
-            ([r["class"], f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}",
-              r["support"], r["predicted"]] for r in result.per_class),
-        )
-        files["predictions_csv"] = _write_csv(
-            os.path.join(out_dir, "predictions.csv"),
-            ["filename", "true", "predicted", "probability", "true_probability", "loss"],
-            ([all_names[i], classes[labels[i]], classes[predicted[i]],
-              f"{probs[i, predicted[i]]:.6f}", f"{probs[i, labels[i]]:.6f}",
-              f"{losses[i]:.6f}"] for i in rows),
-        )
-        if len(worst_ids):
-            files["top_losses_png"] = save_image_grid(
-                [worst.images[i] for i in worst_ids],
-                [f"{classes[labels[i]]} -> {classes[predicted[i]]}\n"
-                 f"p={probs[i, predicted[i]]:.2f} (true {probs[i, labels[i]]:.2f})"
-                 for i in worst_ids],
-                os.path.join(out_dir, "top_losses.png"),
-                title=f"Top losses ({split}): true -> predicted",
-            )
-        if uncertain.n:
-            unsure_ids = metrics.most_uncertain(probs, top_losses, by="margin")
-            files["uncertain_png"] = save_image_grid(
-                [uncertain.images[i] for i in unsure_ids],
-                [_runner_up_title(probs[i], classes, classes[labels[i]]) for i in unsure_ids],
-                os.path.join(out_dir, "uncertain.png"),
-                title=f"Most uncertain ({split}): smallest margin between the top two",
-            )
-        files["metrics"] = os.path.join(out_dir, "metrics.json")
+        write_tables_and_figures(result, predictions, out_dir, top_losses=top_losses)
     result.duration_s = time.perf_counter() - start_time
     if out_dir is not None:
-        with atomic_output(result.files["metrics"]) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(result.to_json(), f, indent=2)
+        write_metrics(result, out_dir)
     return result
-
-
-def _runner_up_title(probs: np.ndarray, classes: list[str], true: str) -> str:
-    first, second = np.argsort(-probs, kind="stable")[:2]
-    return (f"{classes[first]} {probs[first]:.2f} / {classes[second]} {probs[second]:.2f}\n"
-            f"true {true}")
 
 
 def evaluate_model(
@@ -445,29 +256,20 @@ def evaluate_model(
                              out_dir=out_dir, top_losses=top_losses, progress=progress)
 
 
-def read_run_info(run_dir: str) -> dict[str, Any]:
-    """A run folder's `run.json`; `FileNotFoundError` when it has none."""
-    from vispipe.train.run_folder import RunFolder
-
-    return RunFolder(run_dir).read_info()
-
-
-def _check_run_matches_dataset(run: dict[str, Any], run_dir: str, info) -> None:
-    run_classes = list(run.get("classes") or [])
-    if run_classes != list(info.classes):
-        differ = next((i for i, (a, b) in enumerate(zip(run_classes, info.classes)) if a != b),
-                      min(len(run_classes), len(info.classes)))
-        run_name = run_classes[differ] if differ < len(run_classes) else "<none>"
-        data_name = info.classes[differ] if differ < len(info.classes) else "<none>"
+def _check_run_matches_dataset(run: RunInfo, info: DatasetInfo) -> None:
+    if list(run.classes) != list(info.classes):
+        differ = next((i for i, (a, b) in enumerate(zip(run.classes, info.classes)) if a != b),
+                      min(run.num_classes, info.num_classes))
+        run_name = run.classes[differ] if differ < run.num_classes else "<none>"
+        data_name = info.classes[differ] if differ < info.num_classes else "<none>"
         raise ValueError(
-            f"Class list mismatch: run {run_dir!r} has {len(run_classes)} classes, dataset "
+            f"Class list mismatch: run {run.path!r} has {run.num_classes} classes, dataset "
             f"{info.path!r} has {info.num_classes}; they first differ at label {differ}: "
             f"run {run_name!r}, dataset {data_name!r}."
         )
-    shape = run.get("image_shape")
-    if shape is not None and tuple(shape) != tuple(info.image_shape):
+    if run.image.shape != tuple(info.image_shape):
         raise ValueError(
-            f"Image shape mismatch: run {run_dir!r} expects {tuple(shape)}, dataset "
+            f"Image shape mismatch: run {run.path!r} expects {run.image.shape}, dataset "
             f"{info.path!r} stores {tuple(info.image_shape)}."
         )
 
@@ -512,16 +314,12 @@ def evaluate_run(
     ```
     """
     from vispipe.data.format import IncompleteDatasetError, read_dataset_info
-    from vispipe.data.pipeline import make_dataset
+    from vispipe.data.inputs import make_dataset
+    from vispipe.train.run_folder import load_run_model, read_run_info
 
     run = read_run_info(run_dir)
-    dataset_dir = dataset_dir or run.get("dataset_dir")
-    if not dataset_dir:
-        raise ValueError(
-            f"{os.path.join(run_dir, 'run.json')} names no dataset_dir; pass dataset_dir."
-        )
     try:
-        info = read_dataset_info(dataset_dir)
+        info = read_dataset_info(dataset_dir or run.dataset_dir)
     except IncompleteDatasetError as error:
         raise IncompleteDatasetError(
             f"{error} (dataset of run {run_dir!r}; pass dataset_dir to use another)"
@@ -530,18 +328,62 @@ def evaluate_run(
         raise ValueError(
             f"Dataset {info.path!r} has no {split!r} split to evaluate; it has {info.splits}."
         )
-    _check_run_matches_dataset(run, run_dir, info)
-    from vispipe.train.run_folder import load_run_model
-
+    _check_run_matches_dataset(run, info)
     model = load_run_model(run_dir, which=which)
     ds = make_dataset(info, split, batch_size, with_filenames=True)
     batches = (
         (images.astype(np.uint8), labels, [n.decode("utf-8", "replace") for n in names])
         for images, labels, names in ds.as_numpy_iterator()
     )
-    out_dir = out_dir or os.path.join(run_dir, f"eval-{split}")
     return _evaluate_batches(
         model, batches, info.classes, total=info.split_counts[split], split=split,
-        out_dir=out_dir, top_losses=top_losses, progress=progress,
-        run_dir=run_dir, dataset_dir=info.path, which=which,
+        out_dir=out_dir or os.path.join(run_dir, f"eval-{split}"), top_losses=top_losses,
+        progress=progress, run_dir=run_dir, dataset_dir=info.path, which=which,
     )
+
+
+def evaluate_splits(
+    run_dir: str,
+    config: EvaluateConfig,
+    *,
+    dataset_dir: str | None = None,
+    out_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, EvaluationResult]:
+    """Evaluates every split of `config.splits` that the dataset has.
+
+    What `vispipe evaluate` and `vispipe run` do.
+
+    Args:
+        run_dir: The run folder.
+        config: Splits, model (`which`), grid size and batch size.
+        dataset_dir: Dataset folder; default: the run's.
+        out_dir: Folder for one `eval-<split>` report folder per split;
+            default: the run folder.
+        progress: Show progress bars.
+
+    Returns:
+        `{split: EvaluationResult}`, in the order of `config.splits`.
+
+    Raises:
+        ValueError: The dataset has none of the splits.
+
+    Example:
+
+    ```python
+    results = evaluate_splits("runs/mnist", EvaluateConfig(splits=["test"], which="best"))
+    ```
+    """
+    from vispipe.data.format import read_dataset_info
+    from vispipe.train.run_folder import read_run_info
+
+    available = read_dataset_info(dataset_dir or read_run_info(run_dir).dataset_dir).splits
+    splits = [s for s in config.splits if s in available]
+    if not splits:
+        raise ValueError(f"The dataset has none of the splits {config.splits} to evaluate; "
+                         f"it has {available}.")
+    return {split: evaluate_run(
+        run_dir, dataset_dir=dataset_dir, split=split,
+        out_dir=os.path.join(out_dir or run_dir, f"eval-{split}"),
+        top_losses=config.top_losses, batch_size=config.batch_size, which=config.which,
+        progress=progress) for split in splits}

@@ -1,8 +1,8 @@
 """PNG figures of the evaluation and visualization stages.
 
 Figures are drawn on matplotlib's Agg canvas without pyplot (no global
-state, no display needed). Every file is written under a temporary name and
-renamed when complete, so a reader never sees a half-written file.
+state, no display needed). Every file is written through
+`vispipe.fileio.atomic_path`, so a reader never sees a half-written one.
 
 Example:
 
@@ -14,17 +14,16 @@ save_image_grid(images, ["cat 0.91", "dog 0.55"], "eval/top_losses.png")
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vispipe.fileio import atomic_path
+
 __all__ = [
-    "atomic_output",
     "save_confusion_matrix",
     "save_image_grid",
     "save_histograms",
@@ -38,34 +37,9 @@ ANNOTATE_MAX_CLASSES = 20
 TICK_LABELS_MAX_CLASSES = 60
 
 
-@contextlib.contextmanager
-def atomic_output(path: str) -> Iterator[str]:
-    """Yields a temporary path next to `path`, renamed to `path` on success.
-
-    Example:
-
-    ```python
-    with atomic_output("out/metrics.json") as tmp:
-        with open(tmp, "w") as f:
-            f.write("{}")
-    ```
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base, ext = os.path.splitext(os.path.basename(path))
-    # Keep the extension: writers such as PIL pick the format from it.
-    tmp = os.path.join(folder, f".{base}.partial-{os.getpid()}{ext}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _save(fig: Figure, path: str, dpi: int = 100) -> str:
     FigureCanvasAgg(fig)
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
@@ -223,6 +197,6 @@ def save_tile_grid(tiles: np.ndarray, path: str, *, min_tile: int = 32, gap: int
     for i in range(n):
         r, c = divmod(i, columns)
         canvas[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[i]
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(np.round(canvas * 255).astype(np.uint8)).save(tmp, format="PNG")
     return path

@@ -26,7 +26,7 @@ for s in stats:
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from vispipe.configs import ImageOptions
-from vispipe.evaluate.classify import model_image_options, run_image_options
-from vispipe.evaluate.plots import atomic_output, save_histograms, save_tile_grid
+from vispipe.data.format import ImageInput
+from vispipe.evaluate.classify import load_for_inference
+from vispipe.evaluate.plots import save_histograms, save_tile_grid
+from vispipe.fileio import write_json_atomic
 
 __all__ = [
     "HISTOGRAM_BINS",
@@ -210,12 +212,48 @@ def _kernel_tiles(kernel: np.ndarray, max_filters: int) -> np.ndarray | None:
     return kernel.transpose(3, 2, 0, 1).reshape(-1, *kernel.shape[:2])[:max_filters]
 
 
+def _layer_stats(index: int, name: str, layer, value: np.ndarray, out_dir: str,
+                 max_filters: int, draw_kernel: bool) -> LayerStats:
+    """Statistics of one layer's activation and weights, with its figures written."""
+    activation = tensor_stats(name, value[0])
+    weights = [] if layer is None else [
+        tensor_stats(w.path, np.asarray(w.numpy())) for w in layer.weights
+    ]
+    entry = LayerStats(
+        name=name,
+        class_name="InputLayer" if layer is None else type(layer).__name__,
+        shape=activation.shape, mean=activation.mean, std=activation.std,
+        min=activation.min, max=activation.max, histogram=activation.histogram,
+        params=sum(w.size for w in weights), weights=weights,
+    )
+    file_name = _file_name(index, name)
+    if value.ndim == 4:
+        entry.files["activations"] = save_tile_grid(
+            value[0].transpose(2, 0, 1)[:max_filters],
+            os.path.join(out_dir, "activations", file_name),
+        )
+    if layer is not None and draw_kernel:
+        kernel = next((np.asarray(w.numpy()) for w in layer.weights if w.ndim == 4), None)
+        tiles = None if kernel is None else _kernel_tiles(kernel, max_filters)
+        if tiles is not None:
+            entry.files["weights"] = save_tile_grid(
+                tiles, os.path.join(out_dir, "weights", file_name)
+            )
+    panels = [("activation", activation.histogram["counts"], activation.histogram["edges"])]
+    panels += [(w.name, w.histogram["counts"], w.histogram["edges"]) for w in weights]
+    entry.files["histogram"] = save_histograms(
+        panels, os.path.join(out_dir, "histograms", file_name),
+        title=f"{name} ({entry.class_name})",
+    )
+    return entry
+
+
 def visualize(
     run_dir,
     image_path: str,
     out_dir: str,
     *,
-    image_options: ImageOptions | None = None,
+    image_options: ImageOptions | ImageInput | None = None,
     max_filters: int = 64,
     which: str = "final",
 ) -> list[LayerStats]:
@@ -225,8 +263,8 @@ def visualize(
         run_dir: A run folder, or a Keras model (float32 0-255 images in).
         image_path: The image; loaded like the dataset's images.
         out_dir: Folder for `layers.json` and the PNGs.
-        image_options: How to load the image; default: the run's dataset's
-            (for a model: squash to its input shape).
+        image_options: How to load the image; default: the run's
+            `RunInfo.image` (for a model: squash to its input shape).
         max_filters: Most tiles per activation or weight grid.
         which: For a run folder: `"final"`, `"best"` or `"last"` model.
 
@@ -244,61 +282,23 @@ def visualize(
 
     if max_filters < 1:
         raise ValueError(f"max_filters: expected an integer >= 1, got {max_filters!r}.")
-    if isinstance(run_dir, (str, os.PathLike)):
-        from vispipe.train.run_folder import load_run_model
-
-        image_options = image_options or run_image_options(os.fspath(run_dir))
-        model = load_run_model(os.fspath(run_dir), which=which)
-    else:
-        model = run_dir
-        image_options = image_options or model_image_options(model)
+    model, _, run_image = load_for_inference(run_dir, which)
+    image_options = image_options or run_image
     image, _ = load_image(image_path, image_options)
     batch = image[None].astype(np.float32)
 
     input_name = model.inputs[0].name if model.inputs else "input"
     entries = [(input_name, None, batch)] + layer_activations(model, batch)
     stats = []
-    conv_layers_drawn = 0
     for index, (name, layer, value) in enumerate(entries):
-        activation = tensor_stats(name, value[0])
-        weights = [] if layer is None else [
-            tensor_stats(w.path, np.asarray(w.numpy())) for w in layer.weights
-        ]
-        entry = LayerStats(
-            name=name,
-            class_name="InputLayer" if layer is None else type(layer).__name__,
-            shape=activation.shape, mean=activation.mean, std=activation.std,
-            min=activation.min, max=activation.max, histogram=activation.histogram,
-            params=sum(w.size for w in weights), weights=weights,
-        )
-        file_name = _file_name(index, name)
-        if value.ndim == 4:
-            entry.files["activations"] = save_tile_grid(
-                value[0].transpose(2, 0, 1)[:max_filters],
-                os.path.join(out_dir, "activations", file_name),
-            )
-        if layer is not None and conv_layers_drawn < WEIGHT_GRID_LAYERS:
-            kernel = next((np.asarray(w.numpy()) for w in layer.weights if w.ndim == 4), None)
-            tiles = None if kernel is None else _kernel_tiles(kernel, max_filters)
-            if tiles is not None:
-                entry.files["weights"] = save_tile_grid(
-                    tiles, os.path.join(out_dir, "weights", file_name)
-                )
-                conv_layers_drawn += 1
-        panels = [("activation", activation.histogram["counts"], activation.histogram["edges"])]
-        panels += [(w.name, w.histogram["counts"], w.histogram["edges"]) for w in weights]
-        entry.files["histogram"] = save_histograms(
-            panels, os.path.join(out_dir, "histograms", file_name),
-            title=f"{name} ({entry.class_name})",
-        )
-        stats.append(entry)
+        drawn = sum("weights" in s.files for s in stats)
+        stats.append(_layer_stats(index, name, layer, value, out_dir, max_filters,
+                                  draw_kernel=drawn < WEIGHT_GRID_LAYERS))
 
-    with atomic_output(os.path.join(out_dir, "layers.json")) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({
-                "image": os.path.abspath(image_path),
-                "model": model.name,
-                "image_options": image_options.__dict__,
-                "layers": [s.to_json() for s in stats],
-            }, f, indent=2)
+    write_json_atomic(os.path.join(out_dir, "layers.json"), {
+        "image": os.path.abspath(image_path),
+        "model": model.name,
+        "image_options": dataclasses.asdict(image_options),
+        "layers": [s.to_json() for s in stats],
+    })
     return stats

@@ -1,6 +1,6 @@
 """Networks: the model zoo, custom networks, preprocessing and transfer.
 
-`list_models`, `get_spec` and `ModelSpec` need no TensorFlow; the other
+`list_models`, `get_spec` and `NetworkSpec` need no TensorFlow; the other
 names import Keras when first used, so `vispipe models` stays fast.
 
 Example:
@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 from vispipe.models.zoo import (
-    ModelSpec,
+    NetworkSpec,
     apply_network,
     build_model,
     get_spec,
@@ -24,7 +24,7 @@ from vispipe.models.zoo import (
 )
 
 __all__ = [
-    "ModelSpec",
+    "NetworkSpec",
     "list_models",
     "get_spec",
     "build_model",

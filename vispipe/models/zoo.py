@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [
-    "ModelSpec",
+    "NetworkSpec",
     "list_models",
     "get_spec",
     "build_model",
@@ -35,7 +35,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class NetworkSpec:
     """What the zoo knows about one network.
 
     Attributes:
@@ -63,7 +63,7 @@ class ModelSpec:
 
 
 _SPECS = (
-    ModelSpec(
+    NetworkSpec(
         "lenet",
         "LeNet (DIGITS variant): two 5x5 conv/max-pool stages, dense 500.",
         (28, 28, 1), 16,
@@ -71,7 +71,7 @@ _SPECS = (
         "recognition; NVIDIA DIGITS standard network.",
         builder="lenet:lenet_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "alexnet",
         "AlexNet, one-tower Caffe variant (no groups), LRN, dropout 0.5.",
         (227, 227, 3), 67,
@@ -80,7 +80,7 @@ _SPECS = (
         default_dropout=0.5,
         builder="alexnet:alexnet_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "vgg16",
         "VGG-16 (configuration D), dropout 0.5 after fc1 and fc2.",
         (224, 224, 3), 32,
@@ -89,7 +89,7 @@ _SPECS = (
         default_dropout=0.5,
         builder="vgg:vgg16_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "googlenet",
         "GoogLeNet / Inception v1 without auxiliary heads, dropout 0.4.",
         (224, 224, 3), 32,
@@ -97,7 +97,7 @@ _SPECS = (
         default_dropout=0.4,
         builder="googlenet:googlenet_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "resnet20",
         "CIFAR ResNet-20 (16/32/64 filters, 0.27M parameters), for small images.",
         (32, 32, 3), 8,
@@ -105,28 +105,28 @@ _SPECS = (
         "section 4.2 (CIFAR-10).",
         builder="resnet:resnet20_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "resnet18",
         "ResNet-18 (basic blocks); CIFAR stem at <= 64 px.",
         (224, 224, 3), 8,
         "He et al. 2015, Deep residual learning for image recognition.",
         builder="resnet:resnet18_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "resnet34",
         "ResNet-34 (basic blocks); CIFAR stem at <= 64 px.",
         (224, 224, 3), 8,
         "He et al. 2015, Deep residual learning for image recognition.",
         builder="resnet:resnet34_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "resnet50",
         "ResNet-50 (bottleneck blocks, v1.5); CIFAR stem at <= 64 px.",
         (224, 224, 3), 8,
         "He et al. 2015, Deep residual learning for image recognition.",
         builder="resnet:resnet50_features",
     ),
-    ModelSpec(
+    NetworkSpec(
         "mobilenet_v2",
         "MobileNetV2 (keras.applications), width multiplier supported.",
         (224, 224, 3), 32,
@@ -135,7 +135,7 @@ _SPECS = (
         builder="mobilenet:mobilenet_v2_features",
         supports_width=True,
     ),
-    ModelSpec(
+    NetworkSpec(
         "efficientnet_b0",
         "EfficientNet-B0 (as keras.applications, without its rescaling).",
         (224, 224, 3), 32,
@@ -148,7 +148,7 @@ _SPECS = (
 _BY_NAME = {spec.name: spec for spec in _SPECS}
 
 
-def list_models() -> list[ModelSpec]:
+def list_models() -> list[NetworkSpec]:
     """Returns the specs of all built-in networks, in registry order.
 
     Example:
@@ -161,7 +161,7 @@ def list_models() -> list[ModelSpec]:
     return list(_SPECS)
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str) -> NetworkSpec:
     """Returns the spec of network `name`.
 
     Raises:
@@ -226,7 +226,7 @@ def build_model(
         input_shape: (height, width, channels).
         num_classes: Number of classes, at least 2.
         dropout: Rate of the dropout before the classifier; 0 keeps the
-            architecture's own (`ModelSpec.default_dropout`: alexnet and
+            architecture's own (`NetworkSpec.default_dropout`: alexnet and
             vgg16 0.5, also after their first fully connected layer;
             googlenet 0.4; efficientnet_b0 0.2;
             none for the others).
@@ -256,7 +256,7 @@ def build_model(
 
 
 def _check_arguments(
-    spec: ModelSpec,
+    spec: NetworkSpec,
     input_shape: tuple,
     num_classes: int,
     dropout: float,

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
 import keras
 from tqdm import tqdm
 
+from vispipe.fileio import atomic_path
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RunFolder
 
@@ -45,12 +45,9 @@ _METRIC_KEYS = ("loss", "accuracy", "top5")
 
 
 def save_model_atomic(model: keras.Model, path: str) -> None:
-    """Saves `model` (with optimizer state) to a temporary `.keras` name, then renames it."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    # Keras requires the ".keras" suffix, so the prefix marks the temporary.
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """Saves `model` (with optimizer state) through `atomic_path` (the `.keras` kept)."""
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 def current_lr(model: keras.Model) -> float:

@@ -22,9 +22,10 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["MIXED_PRECISION_MODES", "DeviceInfo", "configure_device", "seed_everything"]
+from vispipe.configs import MIXED_PRECISION_MODES
 
-MIXED_PRECISION_MODES = ("auto", "on", "off")
+__all__ = ["DeviceInfo", "configure_device", "seed_everything"]
+
 
 _log = logging.getLogger(__name__)
 

@@ -61,20 +61,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from vispipe.configs import DISTRIBUTED_MODES, GRADIENT_COMPRESSIONS
+from vispipe.train.schedules import ReplicaScaledSchedule
+
 if TYPE_CHECKING:
     from horovod.common.elastic import State
 
 __all__ = [
-    "COMPRESSIONS",
-    "MODES",
     "Replicas",
-    "ReplicaScaledSchedule",
     "setup",
     "weights_digest",
 ]
 
-MODES = ("none", "horovod", "mirrored", "multiworker")
-COMPRESSIONS = ("none", "fp16")
 
 # How a collective fails once a peer is gone: Horovod shuts down and every
 # pending or later op reports it. `horovod.tensorflow.elastic.run` looks for
@@ -122,13 +120,13 @@ class Replicas:
     """Where this process stands in a data-parallel job.
 
     Attributes:
-        mode: One of `MODES`.
+        mode: One of `DISTRIBUTED_MODES`.
         rank: This process (Horovod rank, multi-worker task index); 0 alone.
         size: Processes in the job.
         local_rank: Rank among the processes of this host (GPU index).
         replicas: Model replicas in sync (processes x devices each).
         strategy: The `tf.distribute.Strategy` (mirrored, multiworker).
-        compression: Horovod allreduce compression, one of `COMPRESSIONS`.
+        compression: Horovod allreduce compression, one of `GRADIENT_COMPRESSIONS`.
         elastic: Horovod elastic mode: ranks may leave and join between
             epochs (see `run_elastic`).
     """
@@ -451,43 +449,6 @@ def _averaged_metrics(local_metrics) -> dict[str, Any]:
     return {k: averaged[i] for i, k in enumerate(keys)}
 
 
-@keras.saving.register_keras_serializable(package="vispipe")
-class ReplicaScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule multiplied by `factor`, reached by a linear ramp.
-
-    `lr(s) = inner(s) * (1 + (factor - 1) * min(1, s / warmup_steps))`: the
-    gradual warm-up of Goyal et al. (2017) from the single-replica LR to
-    `factor` times it over `warmup_steps` (0: at once).
-
-    Args:
-        inner: The single-replica schedule.
-        factor: The replica count.
-        warmup_steps: Steps of the ramp.
-
-    Example:
-
-    ```python
-    lr = ReplicaScaledSchedule(make_schedule(cfg.lr, 1000), 4.0, 100)
-    ```
-    """
-
-    def __init__(self, inner, factor: float, warmup_steps: int):
-        if isinstance(inner, dict):
-            inner = keras.saving.deserialize_keras_object(inner)
-        self.inner = inner
-        self.factor = float(factor)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        ramp = tf.minimum(1.0, step / max(self.warmup_steps, 1)) if self.warmup_steps else 1.0
-        return self.inner(step) * (1.0 + (self.factor - 1.0) * ramp)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"inner": keras.saving.serialize_keras_object(self.inner),
-                "factor": self.factor, "warmup_steps": self.warmup_steps}
-
-
 def setup(mode: str = "none", *, compression: str = "none", elastic: bool = False) -> Replicas:
     """Joins (or starts) the data-parallel job of `mode`.
 
@@ -495,8 +456,8 @@ def setup(mode: str = "none", *, compression: str = "none", elastic: bool = Fals
     GPU of this process's local rank visible.
 
     Args:
-        mode: One of `MODES`.
-        compression: Horovod gradient compression, one of `COMPRESSIONS`.
+        mode: One of `DISTRIBUTED_MODES`.
+        compression: Horovod gradient compression, one of `GRADIENT_COMPRESSIONS`.
         elastic: Horovod elastic mode (see `Replicas.run_elastic`).
 
     Returns:
@@ -516,11 +477,11 @@ def setup(mode: str = "none", *, compression: str = "none", elastic: bool = Fals
         print(f"{replicas.size} ranks")
     ```
     """
-    if mode not in MODES:
-        raise ValueError(f"train.distributed: expected one of {MODES}, got {mode!r}.")
-    if compression not in COMPRESSIONS:
+    if mode not in DISTRIBUTED_MODES:
+        raise ValueError(f"train.distributed: expected one of {DISTRIBUTED_MODES}, got {mode!r}.")
+    if compression not in GRADIENT_COMPRESSIONS:
         raise ValueError(
-            f"train.gradient_compression: expected one of {COMPRESSIONS}, got {compression!r}."
+            f"train.gradient_compression: expected one of {GRADIENT_COMPRESSIONS}, got {compression!r}."
         )
     if elastic and mode != "horovod":
         raise ValueError(f"train.elastic: needs train.distributed 'horovod', got {mode!r}.")

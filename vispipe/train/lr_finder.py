@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import read_dataset_info
-from vispipe.data.pipeline import make_dataset
+from vispipe.data.inputs import make_dataset
 from vispipe.models import build_classifier
 from vispipe.train.device import configure_device, seed_everything
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_lr_range_test
-from vispipe.train.run_folder import write_json_atomic
+from vispipe.fileio import write_json_atomic
 
 __all__ = ["SMOOTHING_BETA", "DIVERGENCE_FACTOR", "LRFinderResult", "find_lr", "suggest_lr"]
 
@@ -95,6 +95,40 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[lo + int(np.argmin(gradient))])
 
 
+def _compiled_model(info, model_cfg: ModelConfig, train_cfg: TrainConfig, schedule):
+    """A fresh model of the run's network, compiled with its optimizer on `schedule`."""
+    model = build_classifier(model_cfg, info, train_cfg.normalization)
+    if train_cfg.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    model.compile(optimizer=make_optimizer(train_cfg, schedule), loss=loss)
+    return model
+
+
+def _range_test(model, ds, schedule, num_steps: int,
+                progress: bool) -> tuple[list[float], list[float]]:
+    """Trains step by step as the LR grows; `(lrs, smoothed losses)` until divergence."""
+    lrs: list[float] = []
+    losses: list[float] = []
+    average, best = 0.0, math.inf
+    batches = ds.take(num_steps).as_numpy_iterator()
+    for step, (images, labels) in enumerate(tqdm(batches, total=num_steps, unit="step",
+                                                 desc="LR range test", disable=not progress)):
+        lr = float(schedule(step))
+        value = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
+        if not math.isfinite(value):
+            break
+        average = SMOOTHING_BETA * average + (1 - SMOOTHING_BETA) * value
+        smoothed = average / (1 - SMOOTHING_BETA ** (step + 1))
+        lrs.append(lr)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if smoothed > DIVERGENCE_FACTOR * best:
+            break
+    return lrs, losses
+
+
 def find_lr(
     dataset_dir: str,
     model_cfg: ModelConfig,
@@ -146,39 +180,17 @@ def find_lr(
     info = read_dataset_info(dataset_dir)
     seed_everything(train_cfg.seed)
     configure_device(train_cfg.mixed_precision)
-    model = build_classifier(model_cfg, info, train_cfg.normalization)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         start_lr, decay_steps=num_steps - 1, decay_rate=end_lr / start_lr
     )
-    if train_cfg.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=train_cfg.label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-    model.compile(optimizer=make_optimizer(train_cfg, schedule), loss=loss)
+    model = _compiled_model(info, model_cfg, train_cfg, schedule)
     ds = make_dataset(info, "train", train_cfg.batch_size, training=True,
                       augment=train_cfg.augment, seed=train_cfg.seed, cache=train_cfg.cache,
                       repeat=True)
     if train_cfg.label_smoothing:
         depth = info.num_classes
         ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)))
-
-    lrs: list[float] = []
-    losses: list[float] = []
-    average, best = 0.0, math.inf
-    batches = ds.take(num_steps).as_numpy_iterator()
-    for step, (images, labels) in enumerate(tqdm(batches, total=num_steps, unit="step",
-                                                 desc="LR range test", disable=not progress)):
-        lr = float(schedule(step))
-        value = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
-        if not math.isfinite(value):
-            break
-        average = SMOOTHING_BETA * average + (1 - SMOOTHING_BETA) * value
-        smoothed = average / (1 - SMOOTHING_BETA ** (step + 1))
-        lrs.append(lr)
-        losses.append(smoothed)
-        best = min(best, smoothed)
-        if smoothed > DIVERGENCE_FACTOR * best:
-            break
+    lrs, losses = _range_test(model, ds, schedule, num_steps, progress)
     suggested = suggest_lr(lrs, losses)
 
     out_dir = out_dir or tempfile.mkdtemp(prefix="vispipe-lr-find-")

@@ -21,17 +21,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 import numpy as np  # noqa: E402
 
+from vispipe.fileio import atomic_path  # noqa: E402
+
 __all__ = ["save_figure", "plot_curves", "plot_lr_curve", "plot_lr_range_test"]
 
 
 def save_figure(fig, path: str) -> str:
     """Writes `fig` as PNG to `path` atomically, closes it, returns `path`."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -2,9 +2,8 @@
 
 ```
 <run>/
-  run.json            # {"version": 1, "name", "status", "dataset_dir", "classes",
-                      #  "image_shape", "model", "train", "preprocess", "device",
-                      #  "created", "finished", "epochs_completed", "result"}
+  run.json            # RunInfo (vispipe.train.run_info): classes, image input,
+                      #  normalization, configs, status, results
   config.yaml         # the resolved model + train config
   labels.txt          # one class name per line, line number = label id
   metrics.jsonl       # one JSON record per line ("kind": "step" | "epoch")
@@ -17,61 +16,45 @@
 ```
 
 `status` is "running", "completed", "failed" (with "error") or
-"interrupted". Every file is written to a temporary name and renamed.
+"interrupted". Every file is written through `vispipe.fileio.atomic_path`.
 
 Example:
 
 ```python
-run = RunFolder("runs/mnist")
-print(run.read_info()["status"])
+info = read_run_info("runs/mnist")
+print(info.status, info.image.resize_mode)
 model = load_run_model("runs/mnist", which="best")
 ```
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from vispipe.configs import WHICH_MODELS
+# write_json_atomic stays importable from here for the web UI until it imports vispipe.fileio.
+from vispipe.fileio import write_json_atomic, write_text_atomic
+from vispipe.train.run_info import RUN_FORMAT_VERSION, RunInfo
+
 __all__ = [
-    "RUN_FORMAT_VERSION",
-    "RUN_STATUSES",
-    "WHICH_MODELS",
     "RunFolder",
     "CheckpointRef",
     "NotARunFolderError",
-    "write_json_atomic",
-    "write_text_atomic",
+    "read_run_info",
+    "upgrade_run_folder",
     "latest_checkpoint",
     "load_run_model",
 ]
 
-RUN_FORMAT_VERSION = 1
-RUN_STATUSES = ("running", "completed", "failed", "interrupted")
-WHICH_MODELS = ("final", "best", "last")
 
 
 class NotARunFolderError(FileNotFoundError):
     """The folder has no `run.json`."""
-
-
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes `data` as indented JSON to `path` via a temporary file."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` via a temporary file."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -136,35 +119,54 @@ class RunFolder:
         """Whether the folder holds a `run.json`."""
         return os.path.isfile(self.info_path)
 
-    def read_info(self) -> dict[str, Any]:
-        """The contents of `run.json`.
-
-        Raises:
-            NotARunFolderError: The folder has no `run.json`.
-            ValueError: An unknown format version.
-        """
+    def _read_json(self) -> dict[str, Any]:
         if not self.exists():
             raise NotARunFolderError(
                 f"{self.path!r} is not a vispipe run folder: run.json is missing."
             )
         with open(self.info_path, encoding="utf-8") as f:
-            info = json.load(f)
-        if info.get("version") != RUN_FORMAT_VERSION:
-            raise ValueError(
-                f"{self.info_path}: expected run format version "
-                f"{RUN_FORMAT_VERSION}, got {info.get('version')!r}."
-            )
+            return json.load(f)
+
+    def read_run_info(self) -> RunInfo:
+        """The run's `RunInfo` (`run.json`, checked and typed).
+
+        Raises:
+            NotARunFolderError: The folder has no `run.json`.
+            OutdatedRunError: A format-1 `run.json` (see `upgrade_run_folder`).
+            ValueError: An unknown format version, or a missing or mistyped
+                field (the message names it).
+        """
+        return RunInfo.from_json(self._read_json(), self.info_path, self.path)
+
+    def read_info(self) -> dict[str, Any]:
+        """`run.json` as a plain mapping, of format 1 or 2.
+
+        Deprecated: kept one release for the web UI; read `read_run_info()`.
+        """
+        warnings.warn("RunFolder.read_info() is deprecated; use read_run_info(), a RunInfo.",
+                      DeprecationWarning, stacklevel=2)
+        info = self._read_json()
+        if info.get("version") not in (1, RUN_FORMAT_VERSION):
+            raise ValueError(f"{self.info_path}: expected run format version "
+                             f"{RUN_FORMAT_VERSION}, got {info.get('version')!r}.")
         return info
 
-    def write_info(self, info: dict[str, Any]) -> None:
-        """Replaces `run.json` atomically."""
-        os.makedirs(self.path, exist_ok=True)
-        write_json_atomic(self.info_path, info)
+    def write_info(self, info: RunInfo) -> None:
+        """Replaces `run.json` atomically.
 
-    def update_info(self, **fields: Any) -> dict[str, Any]:
-        """Sets top-level fields of `run.json`; returns the new contents."""
-        info = self.read_info()
-        info.update(fields)
+        A plain mapping is written as it is (deprecated; for the web UI's tests).
+        """
+        os.makedirs(self.path, exist_ok=True)
+        if isinstance(info, dict):
+            warnings.warn("RunFolder.write_info(dict) is deprecated; pass a RunInfo.",
+                          DeprecationWarning, stacklevel=2)
+            write_json_atomic(self.info_path, info)
+            return
+        write_json_atomic(self.info_path, info.to_json())
+
+    def update_info(self, **fields: Any) -> RunInfo:
+        """Sets fields of `run.json` (`RunInfo` attributes); returns the new record."""
+        info = dataclasses.replace(self.read_run_info(), **fields)
         self.write_info(info)
         return info
 
@@ -223,6 +225,68 @@ class RunFolder:
         )
 
 
+def read_run_info(run_dir: str | os.PathLike) -> RunInfo:
+    """The `RunInfo` of a run folder; see `RunFolder.read_run_info`.
+
+    Example:
+
+    ```python
+    info = read_run_info("runs/mnist")
+    print(info.classes, info.image)
+    ```
+    """
+    return RunFolder(run_dir).read_run_info()
+
+
+def upgrade_run_folder(run_dir: str | os.PathLike, *, resize_mode: str | None = None) -> RunInfo:
+    """Rewrites a format-1 `run.json` as format 2 (`vispipe upgrade-run`).
+
+    Format 1 kept the image shape and normalization under other names and
+    left the resize mode in the dataset: `image.resize_mode` is copied from
+    the run's dataset, or given as `resize_mode` when that dataset is gone.
+
+    Args:
+        run_dir: The run folder.
+        resize_mode: The resize mode the run's images were made with; needed
+            only when its dataset cannot be read.
+
+    Returns:
+        The upgraded `RunInfo` (already written).
+
+    Raises:
+        ValueError: Not a format-1 run, or no resize mode to copy.
+
+    Example:
+
+    ```python
+    upgrade_run_folder("runs/old-mnist")
+    ```
+    """
+    from vispipe.data.format import IncompleteDatasetError, read_dataset_info
+
+    run = RunFolder(run_dir)
+    data = run._read_json()
+    if data.get("version") != 1:
+        raise ValueError(f"{run.info_path}: expected run format version 1 to upgrade, "
+                         f"got {data.get('version')!r}.")
+    if resize_mode is None:
+        try:
+            resize_mode = read_dataset_info(data.get("dataset_dir", "")).image.resize_mode
+        except (IncompleteDatasetError, ValueError) as error:
+            raise ValueError(
+                f"{run.info_path}: image.resize_mode cannot be copied from the run's dataset "
+                f"({error}); give it (--resize-mode, one of squash, crop, fill, half_crop)."
+            ) from None
+    height, width, channels = data.pop("image_shape")
+    data["image"] = {"height": height, "width": width, "channels": channels,
+                     "resize_mode": resize_mode}
+    data["normalization"] = data.pop("preprocess")
+    data["version"] = RUN_FORMAT_VERSION
+    info = RunInfo.from_json(data, run.info_path, run.path)
+    run.write_info(info)
+    return info
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> CheckpointRef | None:
     """The run's latest checkpoint, or None when it has none yet.
 
@@ -262,10 +326,8 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "final", *, compile:
     """
     import keras
 
-    import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
     run = RunFolder(run_dir)
-    info = run.read_info()
+    info = run.read_run_info()
     if which not in WHICH_MODELS:
         raise ValueError(f"which: expected one of {WHICH_MODELS}, got {which!r}.")
     if which == "last":
@@ -279,7 +341,7 @@ def load_run_model(run_dir: str | os.PathLike, which: str = "final", *, compile:
         if run.latest_checkpoint():
             available.append("last")
         raise FileNotFoundError(
-            f"Run {run.path!r} (status {info.get('status')!r}) has no {which!r} model"
+            f"Run {run.path!r} (status {info.status!r}) has no {which!r} model"
             f"{f' ({path})' if path else ''}; available: {available or 'none'}."
         )
     return keras.models.load_model(path, compile=compile)

@@ -55,6 +55,7 @@ __all__ = [
     "ONECYCLE_PCT_START",
     "ONECYCLE_FINAL_DIV",
     "PolicySchedule",
+    "ReplicaScaledSchedule",
     "validate_policy",
     "make_schedule",
     "lr_at",
@@ -95,6 +96,44 @@ class PolicySchedule(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self) -> dict[str, Any]:
         return {"policy": self.policy, "total_steps": self.total_steps, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="vispipe")
+class ReplicaScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule multiplied by `factor`, reached by a linear ramp.
+
+    `lr(s) = inner(s) * (1 + (factor - 1) * min(1, s / warmup_steps))`: the
+    gradual warm-up of Goyal et al. (2017) from the single-replica LR to
+    `factor` times it over `warmup_steps` (0: at once).
+
+    Args:
+        inner: The single-replica schedule.
+        factor: The replica count.
+        warmup_steps: Steps of the ramp.
+
+    Example:
+
+    ```python
+    lr = ReplicaScaledSchedule(make_schedule(cfg.lr, 1000), 4.0, 100)
+    ```
+    """
+
+    def __init__(self, inner, factor: float, warmup_steps: int):
+        if isinstance(inner, dict):
+            inner = keras.saving.deserialize_keras_object(inner)
+        self.inner = inner
+        self.factor = float(factor)
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        ramp = (keras.ops.minimum(1.0, step / max(self.warmup_steps, 1)) if self.warmup_steps
+                else 1.0)
+        return self.inner(step) * (1.0 + (self.factor - 1.0) * ramp)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"inner": keras.saving.serialize_keras_object(self.inner),
+                "factor": self.factor, "warmup_steps": self.warmup_steps}
 
 
 def make_schedule(

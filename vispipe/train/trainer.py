@@ -30,7 +30,9 @@ How a run proceeds:
   dropped) by the ranks left, with their new shards and, under `scale_lr`,
   the LR of the new replica count; a worker that joins gets rank 0's state
   at the next epoch end. `batch_size` stays the global batch: fewer ranks
-  take larger shares of it.
+  take larger shares of it. The registry entry is kept by the process that
+  opened the run (its host's registry): if that rank 0 is lost, the run
+  folder still completes and the entry stays "running".
 - Ctrl-C or SIGTERM marks the run "interrupted", an exception "failed"; both
   re-raise. Checkpoints and `metrics.jsonl` written before survive; `resume`
   reloads the latest checkpoint (model and optimizer state) and drops the
@@ -47,6 +49,7 @@ result = resume("runs/mnist", epochs=10)  # train 5 more epochs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import logging
@@ -55,18 +58,19 @@ import sqlite3
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ContextManager
 
 import keras
 import tensorflow as tf
 import yaml
 
-from vispipe.config_io import from_dict
-from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig
+from vispipe.config_io import validate_config
+from vispipe.configs import ModelConfig, TrainConfig
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
-from vispipe.data.pipeline import decoded_records, make_dataset, steps_per_epoch
+from vispipe.data.inputs import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
+from vispipe.registry import Recording
 from vispipe.train.callbacks import (
     BestModelSaver,
     Checkpointer,
@@ -79,10 +83,11 @@ from vispipe.train.callbacks import (
     save_model_atomic,
 )
 from vispipe.train.device import DeviceInfo, configure_device, seed_everything
-from vispipe.train.distributed import COMPRESSIONS, MODES, Replicas, setup
+from vispipe.train.distributed import Replicas, setup
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
-from vispipe.train.run_folder import RUN_FORMAT_VERSION, RunFolder, write_text_atomic
+from vispipe.train.run_folder import CheckpointRef, RunFolder, write_text_atomic
+from vispipe.train.run_info import Normalization, RunInfo
 from vispipe.train.schedules import make_schedule, validate_policy
 
 if TYPE_CHECKING:
@@ -109,6 +114,8 @@ class TrainResult:
         images_per_s: Median training throughput over the epochs.
         duration_s: Wall time of this call.
         device: Where it trained, e.g. "GPU:0 (NVIDIA H100)" or "CPU".
+        is_chief: Whether this process wrote the run folder (rank 0, the
+            multi-worker chief, or the only process): the one that reports.
     """
 
     run_dir: str
@@ -120,6 +127,7 @@ class TrainResult:
     images_per_s: float
     duration_s: float
     device: str
+    is_chief: bool = True
 
 
 @dataclass
@@ -127,14 +135,15 @@ class _Session:
     """Everything one training call needs."""
 
     run: RunFolder
+    name: str
     info: DatasetInfo
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     device: DeviceInfo
     steps: int
     progress: bool
-    registry_id: int | None
     replicas: Replicas = field(default_factory=Replicas)
+    entry: Recording = field(default_factory=lambda: Recording(None))  # The registry's.
     train_records: tf.data.Dataset | None = None
 
     @property
@@ -147,6 +156,8 @@ def _now() -> str:
 
 
 def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    validate_config(model_cfg, "model")
+    validate_config(cfg, "train")
     checks = (
         ("train.epochs", cfg.epochs, cfg.epochs >= 1, "an integer >= 1"),
         ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "an integer >= 1"),
@@ -161,12 +172,7 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          "an integer >= 1"),
         ("train.label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1,
          "a value in [0, 1)"),
-        ("train.normalization", cfg.normalization, cfg.normalization in NORMALIZATIONS,
-         f"one of {NORMALIZATIONS}"),
-        ("train.distributed", cfg.distributed, cfg.distributed in MODES, f"one of {MODES}"),
         ("train.warmup_epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, "a number >= 0"),
-        ("train.gradient_compression", cfg.gradient_compression,
-         cfg.gradient_compression in COMPRESSIONS, f"one of {COMPRESSIONS}"),
         ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
          "an integer >= 0"),
         # The head-only phase has its own optimizer, which an elastic
@@ -284,23 +290,15 @@ def _lr_scale(model_cfg: ModelConfig, epoch: int) -> float:
     return 1.0
 
 
-def _setup(cfg: TrainConfig) -> Replicas:
-    return setup(cfg.distributed, compression=cfg.gradient_compression,
-                 elastic=cfg.elastic)
-
-
 def _fit(model: keras.Model, session: _Session, start_epoch: int, extra_callbacks) -> None:
     """Trains epochs `start_epoch .. epochs-1`; under Horovod elastic, across world changes."""
     if not session.replicas.elastic:
         _fit_epochs(model, session, start_epoch, extra_callbacks)
         return
-    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False,
-                                           registry_id=session.registry_id)
+    state = session.replicas.elastic_state(model, epoch=start_epoch, stopped=False)
 
     def attempt(state: State) -> None:
-        # After the sync: a new rank 0 learns the registry entry, and an epoch
-        # that a lost worker cut short leaves no records.
-        session.registry_id = state.registry_id
+        # After the sync: an epoch that a lost worker cut short leaves no records.
         if session.replicas.is_chief:
             session.run.truncate_metrics(state.epoch)
         if not state.stopped:
@@ -351,7 +349,7 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
                           time_offset=history[-1]["time"] if history else 0.0),
             Checkpointer(run, cfg.snapshot_interval, cfg.epochs),
             BestModelSaver(run.best_path, max(val_history) if val_history else None),
-            CurvePlotter(run, run.read_info().get("name", "")),
+            CurvePlotter(run, session.name),
             keras.callbacks.TensorBoard(run.tensorboard_dir, write_graph=False),
         ]
     callbacks += extra_callbacks or []
@@ -386,29 +384,6 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
             break
 
 
-def _registry_finish(session: _Session, status: str, summary: dict[str, Any]) -> None:
-    if session.registry_id is None or not session.replicas.is_chief:
-        return
-    from vispipe.registry import Registry
-
-    try:
-        Registry.open().finish(session.registry_id, status, summary)
-    except sqlite3.Error as error:  # Bookkeeping only: never fail a run over it.
-        _log.warning("Could not update registry entry %s: %s", session.registry_id, error)
-
-
-def _registry_add(name: str, path: str, params: dict[str, Any]) -> int | None:
-    try:
-        from vispipe.registry import Registry
-    except ImportError:
-        return None
-    try:
-        return Registry.open().add("run", name, path, params)
-    except sqlite3.Error as error:
-        _log.warning("Could not add run %s to the registry: %s", path, error)
-        return None
-
-
 def _result(session: _Session, duration: float) -> TrainResult:
     history = session.run.read_metrics("epoch")
     vals = [r["val_accuracy"] for r in history if r.get("val_accuracy") is not None]
@@ -423,6 +398,7 @@ def _result(session: _Session, duration: float) -> TrainResult:
         images_per_s=float(statistics.median(rates)) if rates else 0.0,
         duration_s=duration,
         device=session.device.device,
+        is_chief=session.replicas.is_chief,
     )
 
 
@@ -435,7 +411,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
         return _result(session, duration)
     save_model_atomic(model, run.model_path)
     result = _result(session, duration)
-    plot_curves(result.history, run.curves_path, run.read_info().get("name", ""))
+    plot_curves(result.history, run.curves_path, session.name)
     best_epoch = next((r["epoch"] for r in result.history
                        if result.best_val_accuracy is not None
                        and r.get("val_accuracy") == result.best_val_accuracy), None)
@@ -452,7 +428,7 @@ def _finish(model: keras.Model, session: _Session, duration: float) -> TrainResu
     run.update_info(status="completed", finished=_now(),
                     epochs_completed=result.epochs_completed, result=summary,
                     distributed=distributed)
-    _registry_finish(session, "completed", summary)
+    session.entry.summary = summary
     replicas.barrier()
     return result
 
@@ -468,31 +444,32 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
     except KeyboardInterrupt:
         if session.replicas.is_chief:
             info = run.update_info(status="interrupted", finished=_now())
-            _registry_finish(session, "interrupted",
-                             {"epochs_completed": info["epochs_completed"]})
+            session.entry.summary = {"epochs_completed": info.epochs_completed}
         raise
     except BaseException as error:
         if session.replicas.is_chief:
             run.update_info(status="failed", finished=_now(),
                             error=f"{type(error).__name__}: {error}")
-            _registry_finish(session, "failed", {"error": str(error)})
         raise
 
 
-def _preprocess_info(info: DatasetInfo, mode: str) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "mode": mode,
-        "mean": list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
-        "std": list(info.std_pixel) if mode == "standardize" else None,
-    }
-    if mode == "image":
-        data["mean_image_file"] = os.path.abspath(os.path.join(info.path, MEAN_FILE))
-    return data
+def _normalization(info: DatasetInfo, mode: str) -> Normalization:
+    """What the model's `Preprocess` layer does, for `run.json`."""
+    return Normalization(
+        mode=mode,
+        mean=list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
+        std=list(info.std_pixel) if mode == "standardize" else None,
+        mean_image_file=(os.path.abspath(os.path.join(info.path, MEAN_FILE))
+                         if mode == "image" else None),
+    )
 
 
 def _check_new_run_folder(run: RunFolder) -> None:
     if run.exists():
-        status = run.read_info().get("status")
+        try:
+            status = run.read_run_info().status
+        except ValueError:  # An older or damaged run.json: a run all the same.
+            status = "unknown"
         if status == "completed":
             raise FileExistsError(
                 f"Run folder {run.path!r} already holds a completed run. Choose a new "
@@ -508,6 +485,155 @@ def _check_new_run_folder(run: RunFolder) -> None:
             f"{run.path!r} exists, is not empty and is not a run folder; choose a new "
             "or empty folder."
         )
+
+
+@dataclass
+class _Start:
+    """How a training call starts: a new run, or a resumed one.
+
+    Attributes:
+        run: The run folder.
+        dataset_dir: The dataset to train on.
+        model_cfg: The network.
+        train_cfg: The solver (for a resumed run, with the new epoch count).
+        name: Run name.
+        resumed: For `resume`, the run's `RunInfo` as it was; None for a new run.
+    """
+
+    run: RunFolder
+    dataset_dir: str
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    name: str
+    resumed: RunInfo | None = None
+
+
+def _prepare(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]:
+    """The set-up `train` and `resume` share: checks, replicas, data and model.
+
+    Returns:
+        `(model, session, start_epoch)`, the model compiled and distributed.
+    """
+    run, model_cfg, train_cfg = start.run, start.model_cfg, start.train_cfg
+    _check_settings(model_cfg, train_cfg)
+    replicas = setup(train_cfg.distributed, compression=train_cfg.gradient_compression,
+                     elastic=train_cfg.elastic)
+    if start.resumed is None and (replicas.is_chief or not replicas.elastic):
+        # A worker that joins an elastic job later finds rank 0's folder.
+        _check_new_run_folder(run)
+    info = read_dataset_info(start.dataset_dir)
+    steps = _steps_per_epoch(info, train_cfg, replicas)
+    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
+    make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
+    seed_everything(train_cfg.seed)
+    device = configure_device(train_cfg.mixed_precision)
+    session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
+                       replicas)
+    checkpoint = run.latest_checkpoint() if start.resumed else None
+    # Every rank has checked the folder, or read run.json and the checkpoint
+    # pointer, before rank 0 writes them.
+    replicas.barrier()
+    model, start_epoch = _model(session, checkpoint)
+    return model, session, start_epoch
+
+
+def _registry_entry(session: _Session, start: _Start) -> ContextManager[Recording]:
+    """The run's registry entry (new, or the resumed run's), kept by the process
+    that writes the run folder; bookkeeping never fails a run."""
+    if not session.replicas.is_chief:
+        return contextlib.nullcontext(Recording(None))
+    from vispipe.registry import Registry
+
+    params = {"dataset_dir": os.path.abspath(session.info.path),
+              "model": dataclasses.asdict(session.model_cfg),
+              "train": dataclasses.asdict(session.train_cfg)}
+    try:
+        registry = Registry.open()
+    except sqlite3.Error as error:
+        _log.warning("Run %s is not recorded in the registry: %s", session.run.path, error)
+        return contextlib.nullcontext(Recording(None))
+    return registry.recording("run", session.name, session.run.path, params, best_effort=True,
+                              entry_id=start.resumed.registry_id if start.resumed else None)
+
+
+def _open_run_folder(session: _Session, start: _Start, model: keras.Model,
+                     start_epoch: int) -> None:
+    """Rank 0 creates the run folder, or reopens the resumed one; every rank waits."""
+    if session.replicas.is_chief:
+        if start.resumed is None:
+            _new_run_folder(session)
+        else:
+            _reopen_run_folder(session, start.resumed, start_epoch)
+            print(f"Resuming {session.run.path} at epoch {start_epoch + 1}/"
+                  f"{session.train_cfg.epochs} (step {_iterations(model)}).")
+    session.replicas.barrier()  # The run folder is ready (metrics truncated) for every rank.
+
+
+def _train(start: _Start, progress: bool, callbacks) -> TrainResult:
+    """`train` and `resume`: set up, record, open the run folder, train."""
+    model, session, start_epoch = _prepare(start, progress)
+    with _registry_entry(session, start) as entry:
+        session.entry = entry
+        _open_run_folder(session, start, model, start_epoch)
+        return _run(model, session, start_epoch, callbacks)
+
+
+def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.Model, int]:
+    """A new compiled model (epoch 0), or the checkpoint's, with its epoch."""
+    model_cfg, replicas = session.model_cfg, session.replicas
+    if checkpoint is None:
+        with replicas.scope():
+            model = build_classifier(model_cfg, session.info, session.train_cfg.normalization)
+        if model_cfg.freeze_epochs:
+            set_backbone_trainable(model, False)
+        _compile(model, session, scale=1.0, step=0)
+        return model, 0
+    with replicas.scope():
+        model = keras.models.load_model(checkpoint.path, compile=True)
+    # Rebuilt rather than trusted: `epochs` may have changed the total.
+    model.optimizer.learning_rate = _schedule(session,
+                                              _lr_scale(model_cfg, checkpoint.epoch - 1))
+    replicas.distribute_model(model)
+    return model, checkpoint.epoch
+
+
+def _write_config(session: _Session) -> None:
+    write_text_atomic(session.run.file("config.yaml"), yaml.safe_dump(
+        {"model": dataclasses.asdict(session.model_cfg),
+         "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
+
+
+def _new_run_folder(session: _Session) -> None:
+    """Creates the run folder's files."""
+    run, info = session.run, session.info
+    model_cfg, train_cfg = session.model_cfg, session.train_cfg
+    os.makedirs(run.checkpoint_dir, exist_ok=True)
+    run.write_info(RunInfo(
+        name=session.name,
+        dataset_dir=os.path.abspath(info.path),
+        classes=list(info.classes),
+        image=info.image,
+        normalization=_normalization(info, train_cfg.normalization),
+        model=model_cfg,
+        train=train_cfg,
+        created=_now(),
+        steps_per_epoch=session.steps,
+        registry_id=session.entry.id,
+        device=session.device.to_json(),
+    ))
+    _write_config(session)
+    write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
+    write_text_atomic(run.metrics_path, "")
+
+
+def _reopen_run_folder(session: _Session, previous: RunInfo, start_epoch: int) -> None:
+    """Marks a resumed run running again and drops the records after its checkpoint."""
+    session.run.truncate_metrics(start_epoch)
+    session.run.write_info(dataclasses.replace(
+        previous, status="running", error=None, finished=None, epochs_completed=start_epoch,
+        train=session.train_cfg, steps_per_epoch=session.steps,
+        device=session.device.to_json(), registry_id=session.entry.id))
+    _write_config(session)
 
 
 def train(
@@ -551,65 +677,9 @@ def train(
     ```
     """
     run = RunFolder(run_dir)
-    _check_settings(model_cfg, train_cfg)
-    replicas = _setup(train_cfg)
-    if replicas.is_chief or not replicas.elastic:
-        # A worker that joins an elastic job later finds rank 0's folder.
-        _check_new_run_folder(run)
-    info = read_dataset_info(dataset_dir)
-    steps = _steps_per_epoch(info, train_cfg, replicas)
-    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
-    make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
-    seed_everything(train_cfg.seed)
-    device = configure_device(train_cfg.mixed_precision)
-    with replicas.scope():
-        model = build_classifier(model_cfg, info, train_cfg.normalization)
-    # Every rank has checked the folder before rank 0 creates it.
-    replicas.barrier()
-
-    name = name or os.path.basename(run.path)
-    model_dict, train_dict = dataclasses.asdict(model_cfg), dataclasses.asdict(train_cfg)
-    registry_id = None
-    if replicas.is_chief:
-        registry_id = _new_run_folder(run, info, name, model_dict, train_dict, device, steps)
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress, registry_id,
-                       replicas)
-    if model_cfg.freeze_epochs:
-        set_backbone_trainable(model, False)
-    _compile(model, session, scale=1.0, step=0)
-    replicas.barrier()  # The run folder exists for every rank.
-    return _run(model, session, 0, callbacks)
-
-
-def _new_run_folder(run: RunFolder, info: DatasetInfo, name: str, model_dict: dict,
-                    train_dict: dict, device: DeviceInfo, steps: int) -> int | None:
-    """Creates the run folder's files; returns the registry id."""
-    os.makedirs(run.checkpoint_dir, exist_ok=True)
-    registry_id = _registry_add(name, run.path, {"dataset_dir": os.path.abspath(info.path),
-                                                 "model": model_dict, "train": train_dict})
-    run.write_info({
-        "version": RUN_FORMAT_VERSION,
-        "name": name,
-        "status": "running",
-        "dataset_dir": os.path.abspath(info.path),
-        "classes": list(info.classes),
-        "image_shape": list(info.image_shape),
-        "model": model_dict,
-        "train": train_dict,
-        "preprocess": _preprocess_info(info, train_dict["normalization"]),
-        "device": device.to_json(),
-        "steps_per_epoch": steps,
-        "registry_id": registry_id,
-        "created": _now(),
-        "finished": None,
-        "epochs_completed": 0,
-        "result": {},
-    })
-    write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
-        {"model": model_dict, "train": train_dict}, sort_keys=False))
-    write_text_atomic(run.file(LABELS_FILE), "".join(f"{c}\n" for c in info.classes))
-    write_text_atomic(run.metrics_path, "")
-    return registry_id
+    start = _Start(run, dataset_dir, model_cfg, train_cfg,
+                   name=name or os.path.basename(run.path))
+    return _train(start, progress, callbacks)
 
 
 def resume(
@@ -649,58 +719,14 @@ def resume(
     ```
     """
     run = RunFolder(run_dir)
-    data = run.read_info()
-    where = run.info_path
-    model_cfg = from_dict(ModelConfig, data["model"], f"{where}: model")
-    train_cfg = from_dict(TrainConfig, data["train"], f"{where}: train")
-    done_epochs = int(data.get("epochs_completed") or 0)
+    info = run.read_run_info()
+    train_cfg = info.train
     if epochs is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs)
-    if data.get("status") == "completed" and (epochs is None or epochs <= done_epochs):
+    if info.status == "completed" and (epochs is None or epochs <= info.epochs_completed):
         raise ValueError(
-            f"Run {run.path!r} is already complete ({done_epochs} epochs); pass "
-            f"epochs > {done_epochs} to train it longer."
+            f"Run {run.path!r} is already complete ({info.epochs_completed} epochs); pass "
+            f"epochs > {info.epochs_completed} to train it longer."
         )
-    _check_settings(model_cfg, train_cfg)
-    replicas = _setup(train_cfg)
-    info = read_dataset_info(data["dataset_dir"])
-    steps = _steps_per_epoch(info, train_cfg, replicas)
-    validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
-    seed_everything(train_cfg.seed)
-    device = configure_device(train_cfg.mixed_precision)
-    session = _Session(run, info, model_cfg, train_cfg, device, steps, progress,
-                       data.get("registry_id"), replicas)
-
-    ref = run.latest_checkpoint()
-    # Every rank has read run.json and the checkpoint pointer before rank 0 rewrites them.
-    replicas.barrier()
-    if ref is None:
-        start_epoch = 0
-        with replicas.scope():
-            model = build_classifier(model_cfg, info, train_cfg.normalization)
-        if model_cfg.freeze_epochs:
-            set_backbone_trainable(model, False)
-        _compile(model, session, scale=1.0, step=0)
-    else:
-        import vispipe.models.layers  # noqa: F401  (registers vispipe>Preprocess)
-
-        start_epoch = ref.epoch
-        with replicas.scope():
-            model = keras.models.load_model(ref.path, compile=True)
-        # Rebuilt rather than trusted: `epochs` may have changed the total.
-        model.optimizer.learning_rate = _schedule(session, _lr_scale(model_cfg, start_epoch - 1))
-        replicas.distribute_model(model)
-    if replicas.is_chief:
-        run.truncate_metrics(start_epoch)
-        info_data = {k: v for k, v in data.items() if k != "error"}
-        info_data.update(status="running", finished=None, epochs_completed=start_epoch,
-                         train=dataclasses.asdict(train_cfg), steps_per_epoch=steps,
-                         device=device.to_json())
-        run.write_info(info_data)
-        write_text_atomic(run.file("config.yaml"), yaml.safe_dump(
-            {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
-            sort_keys=False))
-        print(f"Resuming {run.path} at epoch {start_epoch + 1}/{train_cfg.epochs} "
-              f"(step {_iterations(model)}).")
-    replicas.barrier()  # Metrics truncated before any rank reads them.
-    return _run(model, session, start_epoch, callbacks)
+    start = _Start(run, info.dataset_dir, info.model, train_cfg, name=info.name, resumed=info)
+    return _train(start, progress, callbacks)

@@ -23,7 +23,7 @@ from vispipe.data.format import (
     read_dataset_info,
     shard_name,
 )
-from vispipe.data.pipeline import (
+from vispipe.data.inputs import (
     load_arrays,
     make_dataset,
     records_per_rank,
@@ -262,9 +262,9 @@ def test_cardinality_is_known_for_keras(png_dataset):
 
 @pytest.mark.parametrize("budget, cached", [(2**30, True), (0, False)])
 def test_auto_cache_depends_on_the_memory_budget(tmp_path, monkeypatch, budget, cached):
-    from vispipe.data import pipeline
+    from vispipe.data import inputs
 
-    monkeypatch.setattr(pipeline, "CACHE_MAX_BYTES", budget)
+    monkeypatch.setattr(inputs, "CACHE_MAX_BYTES", budget)
     info = write_dataset(tmp_path / "auto", counts={"train": 10})
     ds = make_dataset(info, "train", 4, cache="auto", training=True)
     assert len(_collect(ds)[1]) == 10

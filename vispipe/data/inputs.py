@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from vispipe.configs import AugmentConfig
+from vispipe.configs import CACHE_MODES, AugmentConfig
 from vispipe.data.augment import make_augmenter
 from vispipe.data.format import (
     FEATURE_FILENAME,
@@ -38,7 +38,6 @@ from vispipe.data.format import (
 )
 
 __all__ = [
-    "CACHE_MODES",
     "CACHE_RAM_FRACTION",
     "CACHE_MAX_BYTES",
     "make_dataset",
@@ -49,7 +48,6 @@ __all__ = [
     "cache_budget_bytes",
 ]
 
-CACHE_MODES = ("auto", "memory", "none")
 # cache="auto" keeps decoded images in memory when they take at most this
 # share of the available RAM, and never more than CACHE_MAX_BYTES.
 CACHE_RAM_FRACTION = 0.25
