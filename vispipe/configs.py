@@ -62,6 +62,8 @@ CACHE_MODES = ("auto", "memory", "none")
 DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 SPLITS = ("train", "val", "test")
+SAMPLERS = ("none", "balanced")  # training-batch sampling (vispipe.data.balance)
+TRACKERS = ("none", "mlflow")  # experiment tracking besides TensorBoard (vispipe.train.tracking)
 WHICH_MODELS = ("final", "best", "last")  # model.keras, best.keras, the latest checkpoint
 
 CHOICES = "choices"  # dataclasses.Field.metadata key of a field's allowed values
@@ -283,6 +285,15 @@ class TrainConfig:
             --host-discovery-script`): workers may leave and join between
             epochs; an epoch that loses a worker is redone from the last
             epoch end.
+        class_weight: Loss weight per class: "none", "auto" (`n / (C * n_c)`,
+            each class the same total weight) or a mapping of class name to
+            weight (the others 1). See `vispipe.data.balance`.
+        sampler: "none", or "balanced": batches drawn with every class
+            equally likely (an epoch keeps its length).
+        tracking: "none", or "mlflow": also log params, per-epoch metrics and
+            files to MLflow (the `track` extra); TensorBoard logs always.
+        tracking_uri: MLflow tracking URI; "" is a local store under
+            `$VISPIPE_HOME/mlflow`.
     """
 
     epochs: int = 10
@@ -308,6 +319,10 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     gradient_compression: str = choices(GRADIENT_COMPRESSIONS, "none")
     elastic: bool = False
+    class_weight: str | dict[str, float] = "none"
+    sampler: str = choices(SAMPLERS, "none")
+    tracking: str = choices(TRACKERS, "none")
+    tracking_uri: str = ""
 
 
 @dataclass
@@ -322,6 +337,9 @@ class EvaluateConfig:
             (checkpoint).
         top_k: Classes `classify` reports per image.
         max_filters: Most tiles per activation or weight grid of `visualize`.
+        tta: Test-time augmentation: average the predictions over the views
+            of the run's training augmentation (`vispipe.evaluate.tta`).
+        explain: `classify`: write a Grad-CAM overlay PNG per image.
     """
 
     splits: list[str] = choices(SPLITS, default_factory=lambda: ["val", "test"])
@@ -330,6 +348,8 @@ class EvaluateConfig:
     which: str = choices(WHICH_MODELS, "final")
     top_k: int = 5
     max_filters: int = 64
+    tta: bool = False
+    explain: bool = False
 
 
 @dataclass
@@ -365,6 +385,10 @@ class PipelineConfig:
         export: `vispipe export`'s options (`vispipe.export.ExportOptions`),
             checked by the export stage, which the core does not import.
         serve: `vispipe serve`'s options, checked by the serving stage.
+        tune: `vispipe tune`'s settings and search space
+            (`vispipe.tune.TuneSettings`), checked by the tune stage.
+        mislabels: `vispipe mislabels`' settings
+            (`vispipe.evaluate.mislabels.MislabelsSettings`).
     """
 
     name: str = "pipeline"
@@ -375,3 +399,5 @@ class PipelineConfig:
     lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
     export: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, Any] = field(default_factory=dict)
+    mislabels: dict[str, Any] = field(default_factory=dict)
