@@ -24,7 +24,7 @@ from vispipe.cli import main
 
 MINORITY = ("2", "7")
 TRAIN_FLAGS = ["--model", "lenet", "--epochs", "4", "--batch-size", "32", "--optimizer", "adam",
-               "--lr", "0.001", "--set", "train.mixed_precision=off",
+               "--lr", "0.001", "--set", "train.mixed_precision='off'",
                "--set", "train.augment.translate=0.1", "--set", "train.log_every_steps=1000"]
 
 
