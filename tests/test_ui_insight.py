@@ -95,6 +95,20 @@ def test_classify_can_show_where_the_model_looks(client, runs):
     assert "gradcam" not in plain.json()
 
 
+def test_model_page_shows_the_grad_cam_of_the_top_losses(client, runs):
+    from vispipe.configs import EvaluateConfig
+    from vispipe.evaluate import evaluate_splits
+    from vispipe.registry import Registry
+
+    run_dir = Registry.open().get(runs.run_ids[1]).path
+    evaluate_splits(run_dir, EvaluateConfig(splits=["val"], top_losses=8), progress=False)
+    html = client.get(f"/runs/{runs.run_ids[1]}").text
+    src = f"/runs/{runs.run_ids[1]}/file/eval-val/top_losses_gradcam.png"
+    assert f'src="{src}"' in html and ", balanced " in html
+    grid = client.get(src)
+    assert grid.status_code == 200 and grid.content.startswith(b"\x89PNG")
+
+
 def test_dataset_page_reports_the_imbalance(client, runs):
     html = client.get(f"/datasets/{runs.dataset_id}").text
     row = re.search(r'<tr class="imbalance" id="imbalance">(.*?)</tr>', html).group(1)

@@ -17,7 +17,9 @@ Registered on the `vispipe` verbs through the `vispipe.commands` entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 from vispipe.cli_grammar import Flag, add_output_flags, add_run_flag, add_settings, resolve
 
@@ -51,9 +53,11 @@ def run_mislabels_command(args: argparse.Namespace) -> int:
     config = resolve(args, verb="mislabels")
     settings = from_dict(MislabelsSettings, config.mislabels,
                          f"{args.config}: mislabels" if args.config else "mislabels")
-    issues = run_label_issues(args.run, folds=settings.folds, epochs=settings.epochs,
-                              split=settings.split, out_dir=args.out or "",
-                              progress=not (args.quiet or args.json))
+    # With --json, stdout keeps the one JSON object; per-fold lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        issues = run_label_issues(args.run, folds=settings.folds, epochs=settings.epochs,
+                                  split=settings.split, out_dir=args.out or "",
+                                  progress=not args.quiet)
     if args.json:
         print(json.dumps(issues.to_json(), indent=2))
         return 0

@@ -19,8 +19,10 @@ Registered on the `vispipe` verbs through the `vispipe.commands` entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 
 from vispipe.cli_grammar import Flag, add_output_flags, add_settings, resolve
 
@@ -63,9 +65,10 @@ def run_tune_command(args: argparse.Namespace) -> int:
     config = resolve(args, verb="tune")
     settings = from_dict(TuneSettings, config.tune, f"{args.pipeline}: tune")
     out_dir = args.out or os.path.join("tune", config.name)
-    result = tune(config, out_dir, settings, dataset_dir=args.dataset or "",
-                  base_dir=pipeline_base_dir(args.pipeline),
-                  progress=not (args.quiet or args.json))
+    # With --json, stdout keeps the one JSON object; per-trial lines go to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        result = tune(config, out_dir, settings, dataset_dir=args.dataset or "",
+                      base_dir=pipeline_base_dir(args.pipeline), progress=not args.quiet)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     else:
