@@ -167,6 +167,8 @@ def test_training_is_tracked_in_mlflow_and_tensorboard(runs):
         1, 2, 3, 4]
     assert {a.path for a in client.list_artifacts(recorded["run_id"])} >= {
         "curves.png", "metrics.jsonl", "run.json"}
+    database = recorded["tracking_uri"][len("sqlite:///"):]  # Files beside it, not in ./mlruns.
+    assert os.path.isdir(os.path.join(os.path.dirname(database), "artifacts"))
     assert not os.path.exists(os.path.join(runs["auto"], "mlflow.json"))  # Off by default.
     tensorboard = os.path.join(run, "tensorboard")
     assert any(files for _, _, files in os.walk(tensorboard))

@@ -67,8 +67,14 @@ def default_tracking_uri() -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(folder, "mlflow.db"))
 
 
-def _default_artifact_root() -> str:
-    return "file://" + os.path.abspath(os.path.join(_vispipe_home(), "mlflow", "artifacts"))
+def _artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its files: beside an SQLite store's database
+    (MLflow's own default is `./mlruns` in whatever folder the run started);
+    a tracking server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = tracking_uri[len("sqlite:///"):]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(database)), "artifacts")
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -153,7 +159,7 @@ class MlflowTracker:
             run_id = recorded["run_id"]
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, uri, run_dir)
-        experiment_id = cls._experiment_id(client, experiment, default_store=not tracking_uri)
+        experiment_id = cls._experiment_id(client, experiment, _artifact_root(uri))
         all_tags = {"vispipe.run_dir": os.path.abspath(run_dir), **(tags or {})}
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         tracker = cls(client, run.info.run_id, uri, run_dir)
@@ -177,13 +183,11 @@ class MlflowTracker:
         os.replace(tmp, path)
 
     @staticmethod
-    def _experiment_id(client, name: str, *, default_store: bool) -> str:
+    def _experiment_id(client, name: str, artifact_root: str | None) -> str:
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        # The local store keeps its files beside the database, not in the cwd.
-        location = _default_artifact_root() if default_store else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=artifact_root)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Logs nested settings as flattened parameters."""
