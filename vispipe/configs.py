@@ -68,6 +68,8 @@ CACHE_MODES = ("auto", "memory", "none")
 DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 SPLITS = ("train", "val", "test")
+SAMPLERS = ("none", "balanced")  # training-batch sampling (vispipe.data.balance)
+TRACKERS = ("none", "mlflow")  # experiment tracking besides TensorBoard (vispipe.train.tracking)
 WHICH_MODELS = ("final", "best", "last")  # model.keras, best.keras, the latest checkpoint
 LR_FIND_RULES = ("valley", "minimum", "steep")
 LR_FIND_PHASES = ("auto", "frozen", "unfrozen")
@@ -321,6 +323,15 @@ class TrainConfig:
         precise_bn_batches: Before each validation and checkpoint, recompute
             the trainable BatchNorm layers' statistics over this many
             training batches ("precise BN"); 0: off.
+        class_weight: Loss weight per class: "none", "auto" (`n / (C * n_c)`,
+            each class the same total weight) or a mapping of class name to
+            weight (the others 1). See `vispipe.data.balance`.
+        sampler: "none", or "balanced": batches drawn with every class
+            equally likely (an epoch keeps its length).
+        tracking: "none", or "mlflow": also log params, per-epoch metrics and
+            files to MLflow (the `track` extra); TensorBoard logs always.
+        tracking_uri: MLflow tracking URI; "" is a local store under
+            `$VISPIPE_HOME/mlflow`.
     """
 
     epochs: int = 10
@@ -348,6 +359,10 @@ class TrainConfig:
     elastic: bool = False
     bn_momentum: float | None = None
     precise_bn_batches: int = 16
+    class_weight: str | dict[str, float] = "none"
+    sampler: str = choices(SAMPLERS, "none")
+    tracking: str = choices(TRACKERS, "none")
+    tracking_uri: str = ""
 
 
 @dataclass
@@ -362,6 +377,9 @@ class EvaluateConfig:
             (checkpoint).
         top_k: Classes `classify` reports per image.
         max_filters: Most tiles per activation or weight grid of `visualize`.
+        tta: Test-time augmentation: average the predictions over the views
+            of the run's training augmentation (`vispipe.evaluate.tta`).
+        explain: `classify`: write a Grad-CAM overlay PNG per image.
     """
 
     splits: list[str] = choices(SPLITS, default_factory=lambda: ["val", "test"])
@@ -370,6 +388,8 @@ class EvaluateConfig:
     which: str = choices(WHICH_MODELS, "final")
     top_k: int = 5
     max_filters: int = 64
+    tta: bool = False
+    explain: bool = False
 
 
 @dataclass
@@ -413,6 +433,10 @@ class PipelineConfig:
         export: `vispipe export`'s options (`vispipe.export.ExportOptions`),
             checked by the export stage, which the core does not import.
         serve: `vispipe serve`'s options, checked by the serving stage.
+        tune: `vispipe tune`'s settings and search space
+            (`vispipe.tune.TuneSettings`), checked by the tune stage.
+        mislabels: `vispipe mislabels`' settings
+            (`vispipe.evaluate.mislabels.MislabelsSettings`).
     """
 
     name: str = "pipeline"
@@ -423,3 +447,5 @@ class PipelineConfig:
     lr_find: LRFinderConfig = field(default_factory=LRFinderConfig)
     export: dict[str, Any] = field(default_factory=dict)
     serve: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, Any] = field(default_factory=dict)
+    mislabels: dict[str, Any] = field(default_factory=dict)

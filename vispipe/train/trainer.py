@@ -81,6 +81,7 @@ import yaml
 
 from vispipe.config_io import validate_config
 from vispipe.configs import ModelConfig, TrainConfig
+from vispipe.data.balance import training_class_weights, training_records, weighted_batches
 from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_dataset_info
 from vispipe.data.inputs import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
@@ -111,6 +112,7 @@ from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import CheckpointRef, RunFolder, write_text_atomic
 from vispipe.train.run_info import Normalization, PretrainedWeights, RunInfo, RunWarning
 from vispipe.train.schedules import make_schedule, validate_policy
+from vispipe.train.tracking import require_tracker, tracked_run
 
 if TYPE_CHECKING:
     from horovod.common.elastic import State
@@ -250,14 +252,17 @@ def _train_dataset(session: _Session, epoch: int) -> tf.data.Dataset:
         session.train_records = decoded_records(
             session.info, "train", training=True, cache=cfg.cache, **shards
         )
+    seed = _epoch_seed(cfg.seed, epoch)
     ds = make_dataset(
         session.info, "train", replicas.input_batch(cfg.batch_size), training=True,
-        augment=cfg.augment, seed=_epoch_seed(cfg.seed, epoch), cache=cfg.cache,
-        records=session.train_records, **shards,
+        augment=cfg.augment, seed=seed, cache=cfg.cache,
+        records=training_records(session.train_records, session.info, cfg, seed=seed, **shards),
+        **shards,
     )
     if cfg.steps_per_epoch:
         ds = ds.take(session.steps)
-    return _distributable(_with_targets(ds, session), replicas)
+    ds = weighted_batches(_with_targets(ds, session), session.info, cfg)
+    return _distributable(ds, replicas)
 
 
 def _distributable(ds: tf.data.Dataset, replicas: Replicas) -> tf.data.Dataset:
@@ -687,6 +692,8 @@ def _prepare(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]
     steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
+    training_class_weights(info, train_cfg)  # Likewise train.class_weight,
+    require_tracker(train_cfg)  # and train.tracking's library.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
     session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
@@ -737,7 +744,10 @@ def _train(start: _Start, progress: bool, callbacks) -> TrainResult:
     with _registry_entry(session, start) as entry:
         session.entry = entry
         _open_run_folder(session, start, model, start_epoch)
-        return _run(model, session, start_epoch, callbacks)
+        with tracked_run(session.run.path, session.name, session.model_cfg, session.train_cfg,
+                         dataset_dir=session.info.path,
+                         enabled=session.replicas.is_chief) as tracking:
+            return _run(model, session, start_epoch, [*(callbacks or []), *tracking])
 
 
 def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.Model, int]:

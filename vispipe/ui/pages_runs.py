@@ -244,7 +244,8 @@ async def evaluate(request: Request, entry_id: int):
 
 _RUN_FILES = {"curves.png", "eval-test/confusion_matrix.png", "eval-val/confusion_matrix.png",
               "eval-test/top_losses.png", "eval-val/top_losses.png",
-              "eval-test/uncertain.png", "eval-val/uncertain.png"}
+              "eval-test/uncertain.png", "eval-val/uncertain.png",
+              "eval-test/top_losses_gradcam.png", "eval-val/top_losses_gradcam.png"}
 
 
 @router.get("/runs/{entry_id}/file/{name:path}")
