@@ -42,10 +42,10 @@ from vispipe.serving.app import create_app
 from vispipe.serving.cli import add_serve_parser, config_from_args
 
 # What the serving image must not hold (training, datasets, plotting, export
-# converters, the UI) and the goal for everything beside TensorFlow itself.
+# converters, the UI, tuning, tracking) and the goal for all beside TensorFlow.
 NOT_IN_SERVE = ("keras", "tensorboard", "tensorflow-datasets", "pyarrow", "scipy", "scikit-learn",
                 "matplotlib", "pillow", "horovod", "tensorflowjs", "coremltools", "tf-keras",
-                "jinja2", "pip")
+                "jinja2", "optuna", "mlflow-skinny", "pip")
 MAX_BESIDE_TENSORFLOW_MB = 150
 READY_TIMEOUT_S = 240
 IMAGES = 8
