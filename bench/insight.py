@@ -144,7 +144,7 @@ def _fit_lenet(info, epochs: int, mode: str, seed: int) -> keras.Model:
         class_weights,
         with_sample_weights,
     )
-    from vispipe.data.pipeline import decoded_records, make_dataset
+    from vispipe.data.inputs import decoded_records, make_dataset
     from vispipe.models import build_classifier
 
     keras.utils.set_random_seed(seed)
@@ -166,7 +166,7 @@ def _fit_lenet(info, epochs: int, mode: str, seed: int) -> keras.Model:
 def bench_imbalance(work: str) -> dict:
     from vispipe.data.balance import class_counts_of, imbalance_ratio
     from vispipe.data.format import read_dataset_info
-    from vispipe.data.pipeline import load_arrays
+    from vispipe.data.inputs import load_arrays
 
     root = _extract("mnist-png.tar.gz", os.path.join(work, "mnist300"), 300)
     minority = ("2", "7")
@@ -230,7 +230,7 @@ def bench_mislabels(work: str) -> dict:
 
 def bench_tta(work: str) -> dict:
     from vispipe.data.format import read_dataset_info
-    from vispipe.data.pipeline import load_arrays, make_dataset
+    from vispipe.data.inputs import load_arrays, make_dataset
     from vispipe.evaluate.tta import predict_tta, tta_views
     from vispipe.models import build_classifier
 
@@ -255,9 +255,9 @@ def bench_tta(work: str) -> dict:
     views = tta_views(augment, info.image_shape)
     plain = np.concatenate([model.predict_on_batch(x[i:i + 500].astype(np.float32))
                             for i in range(0, len(x), 500)])
-    tta = np.concatenate([predict_tta(model, x[i:i + 500], views)
+    tta = np.concatenate([predict_tta(model.predict_on_batch, x[i:i + 500], views)
                           for i in range(0, len(x), 500)])
-    flips_only = np.concatenate([predict_tta(model, x[i:i + 500], views[:2])
+    flips_only = np.concatenate([predict_tta(model.predict_on_batch, x[i:i + 500], views[:2])
                                  for i in range(0, len(x), 500)])
     acc = lambda p: round(float(np.mean(p.argmax(1) == y)), 4)  # noqa: E731
     return {"train_images": info.split_counts["train"], "test_images": int(len(y)),

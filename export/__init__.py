@@ -1,4 +1,5 @@
-"""Export stage: a trained run to SavedModel (TF Serving), TFLite, pruned TFLite, CoreML and TF.js.
+"""Export stage: a trained run to SavedModel (TF Serving), TFLite, pruned TFLite, CoreML, TF.js,
+ONNX and OpenVINO.
 
 Every artifact keeps one contract (`vispipe.export.contract`): uint8 pixels in, the
 run's resize and normalization inside, probabilities and top labels out,
@@ -17,9 +18,9 @@ print(report["markdown"])
 from __future__ import annotations
 
 # Light (no TensorFlow): the CLI lists the formats and options without the converters.
-from vispipe.export.options import FORMATS, ExportOptions
+from vispipe.export.options import FORMAT_VARIANTS, FORMATS, INTEROP_FORMATS, ExportOptions
 
-__all__ = ["FORMATS", "ExportOptions", "export_model"]
+__all__ = ["FORMATS", "FORMAT_VARIANTS", "INTEROP_FORMATS", "ExportOptions", "export_model"]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,8 @@
   pruned/<name>_pruned<NN>_{float32,int8}.tflite, pruned/pruned<NN>.json
   coreml/<name>_{float16,int8}.mlpackage
   tfjs/{float32,float16,uint8}/model.json + weight shards
+  onnx/<name>_{float32,float16,int8}.onnx, onnx/labels.txt, onnx/export.json
+  openvino/{float32,float16,int8}/<name>.{xml,bin}, openvino/labels.txt, openvino/export.json
 ```
 
 Everything is written into a temporary folder beside `<out>`
@@ -36,7 +38,15 @@ import numpy as np
 
 from vispipe.config_io import validate_config
 from vispipe.export.contract import IncompleteRunError, RunSpec, load_run
-from vispipe.export.options import COREML_WEIGHTS, FORMATS, TFJS_QUANTIZATIONS, ExportOptions
+from vispipe.export.options import (
+    COREML_WEIGHTS,
+    FORMAT_CHOICES,
+    FORMAT_VARIANTS,
+    FORMATS,
+    TFJS_QUANTIZATIONS,
+    ExportOptions,
+    installed_formats,
+)
 from vispipe.export.verify import FormatResult, artifact_size, measure, write_report
 from vispipe.data.format import LABELS_FILE
 from vispipe.fileio import atomic_path
@@ -51,16 +61,25 @@ class UnwritableOutputError(PermissionError, ValueError):
     """The export folder cannot be created or written."""
 
 
-def _check_formats(formats: Sequence[str] | str | None) -> list[str]:
-    if formats is None:
-        return list(FORMATS)
+def _check_formats(formats: Sequence[str] | str) -> list[str]:
+    """The requested names in a fixed order; empty: every format whose tools are installed."""
+    if not isinstance(formats, str) and not formats:
+        return list(installed_formats())
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMAT_CHOICES]
     if unknown or not formats:
-        raise ValueError(f"formats: expected names from {FORMATS}, got {list(formats)!r}"
+        raise ValueError(f"formats: expected names from {FORMATS} or a single variant "
+                         f"such as 'onnx_int8', got {list(formats)!r}"
                          f"{f' (unknown: {unknown})' if unknown else ''}.")
-    return [f for f in FORMATS if f in formats]
+    return [f for f in FORMAT_CHOICES if f in formats]
+
+
+def _variants(fmt: str, formats: list[str]) -> list[str]:
+    """The variants of `fmt` asked for: all for "onnx", else the named ones ("onnx_int8")."""
+    if fmt in formats:
+        return list(FORMAT_VARIANTS[fmt])
+    return [v for v in FORMAT_VARIANTS[fmt] if f"{fmt}_{v}" in formats]
 
 
 def _check_options(options: ExportOptions) -> None:
@@ -73,10 +92,12 @@ def _check_options(options: ExportOptions) -> None:
                                     TFJS_QUANTIZATIONS)):
         if not values or any(v not in allowed for v in values):
             raise ValueError(f"{field}: expected values from {allowed}, got {list(values)}.")
-    if options.verify_limit < 0 or options.prune_limit < 0 or options.prune_epochs <= 0:
+    if (min(options.verify_limit, options.tfjs_verify_limit, options.prune_limit) < 0
+            or options.prune_epochs <= 0):
         raise ValueError(
-            f"verify_limit/prune_limit must be >= 0 and prune_epochs > 0, got "
-            f"{options.verify_limit}/{options.prune_limit}/{options.prune_epochs}.")
+            f"verify_limit/tfjs_verify_limit/prune_limit must be >= 0 and prune_epochs > 0, "
+            f"got {options.verify_limit}/{options.tfjs_verify_limit}/{options.prune_limit}/"
+            f"{options.prune_epochs}.")
 
 
 def _check_output(out_dir: str, overwrite: bool) -> str:
@@ -109,7 +130,8 @@ def _load_data(spec: RunSpec, formats: list[str], options: ExportOptions):
         raise IncompleteRunError(f"The run's dataset cannot be read ({e}); export needs it for "
                                  "calibration, pruning and verification.") from None
     train_x = train_y = calibration = None
-    if "tflite" in formats or "pruned" in formats:
+    int8 = any("int8" in _variants(f, formats) for f in FORMAT_VARIANTS)
+    if "tflite" in formats or "pruned" in formats or int8:
         if options.calibration_size < MIN_CALIBRATION_SAMPLES:
             raise ValueError(f"calibration_size: expected at least {MIN_CALIBRATION_SAMPLES} "
                              f"images, got {options.calibration_size}.")
@@ -146,6 +168,7 @@ class _Exporter:
         self.results: list[FormatResult] = []
         self.savedmodel_dir = ""
         self.savedmodel_error = "the SavedModel was not exported"
+        self._graph = None
 
     def _keras_probs(self) -> np.ndarray:
         from vispipe.evaluate.evaluator import predict_probabilities
@@ -161,12 +184,23 @@ class _Exporter:
     def attempt(self, name: str, path: str, export: Callable[[], Any],
                 runner: Callable[[], Callable] | None, min_agreement: float,
                 details: dict[str, Any] | None = None, note: str = "",
-                max_drop: float | None = None) -> None:
+                max_drop: float | None = None, limit: int = 0) -> None:
         """Exports one artifact, then verifies it; failures become report rows.
 
         With `runner` None the artifact has no runtime here: `export` must
-        check it (a spec check) and `note` says why it was not run.
+        check it (a spec check) and `note` says why it was not run. With
+        `limit`, it is verified on that many of the images, evenly spaced.
         """
+        images, labels, reference = self.images, self.labels, self.reference
+        keras_accuracy, subset = self.keras_accuracy, ""
+        if 0 < limit < len(labels):
+            index = np.linspace(0, len(labels) - 1, limit).astype(int)
+            images, labels, reference = images[index], labels[index], reference[index]
+            keras_accuracy = float(np.mean(reference.argmax(axis=1) == labels))
+            subset = f"verified on {limit} of the {len(self.labels)} images"
+            # The benchmark compares its top-1 with Keras's on the same images.
+            details = {**(details or {}), "verify_images": int(limit),
+                       "keras_top1": keras_accuracy}
         try:
             extra = export() or {}
         except Exception as e:  # One format's failure must not stop the others.
@@ -182,10 +216,10 @@ class _Exporter:
                     size_bytes=size, gzip_bytes=gz, details=details, reason=note))
                 return
             run = runner()
-            result = measure(name, run, self.images, self.labels, self.reference,
+            result = measure(name, run, images, labels, reference,
                              min_agreement=min_agreement, path=path, root=self.folder,
                              latency_ms=None, batched=not hasattr(run, "last"), details=details)
-            drop = self.keras_accuracy - (result.top1_accuracy or 0.0)
+            drop = keras_accuracy - (result.top1_accuracy or 0.0)
             if max_drop is not None and result.status == "passed" and drop > max_drop:
                 result.status = "failed_verification"
                 result.reason = (f"top-1 accuracy {drop:.2%} below Keras, more than the allowed "
@@ -193,6 +227,7 @@ class _Exporter:
             if hasattr(run, "last"):
                 result.latency_ms = run.last.get("latency_ms")
                 result.details["node_backend"] = run.last.get("backend")
+            result.reason = result.reason or subset
         except Exception as e:  # Exported but not verified: recorded, others go on.
             size, gz = artifact_size(path) if os.path.exists(path) else (None, None)
             result = FormatResult(format=name, status="failed_verification",
@@ -326,7 +361,69 @@ class _Exporter:
 
             kind = quantization if quantization != "uint8" else "quantized"
             self.attempt(f"tfjs_{quantization}", path, export,
-                         lambda p=path: tfjs_runner(p), _MIN_AGREEMENT[kind])
+                         lambda p=path: tfjs_runner(p), _MIN_AGREEMENT[kind],
+                         limit=self.options.tfjs_verify_limit)
+
+    def _contract(self):
+        """The traced contract shared by the ONNX and OpenVINO converters."""
+        from vispipe.export.contract_graph import trace_contract
+
+        if self._graph is None:
+            self._graph = trace_contract(self.model, self.spec, self._path(".contract", ""))
+        return self._graph
+
+    def _beside(self, subdir: str, details: dict[str, Any]) -> dict[str, str]:
+        """Writes labels.txt and export.json into `subdir`; returns them for embedding."""
+        contract = {**self.spec.to_json(), "format": {subdir: details}}
+        files = {LABELS_FILE: _labels_text(self.spec),
+                 "export.json": json.dumps(contract, indent=2)}
+        for name, text in files.items():
+            with open(self._path(subdir, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        return {"labels": json.dumps(list(self.spec.classes)),
+                "export.json": files["export.json"]}
+
+    def _failed_all(self, fmt: str, variants: Sequence[str], error: BaseException) -> None:
+        reason = _reason(error)
+        if isinstance(error, ImportError):
+            reason += "; install the converters with: pip install 'vispipe[interop]'"
+        self.results += [FormatResult(format=f"{fmt}_{v}", status="failed_export", reason=reason)
+                         for v in variants]
+
+    def onnx(self, variants: Sequence[str]) -> None:
+        from vispipe.export import onnx
+
+        try:
+            base = self._path(".onnx", "float32.onnx")
+            details = onnx.convert_onnx(self._contract(), base)
+            metadata = self._beside("onnx", details)
+        except Exception as e:  # Every variant needs it; the other formats go on.
+            self._failed_all("onnx", variants, e)
+            return
+        for variant in variants:
+            path = self._path("onnx", f"{self.spec.name}_{variant}.onnx")
+            kind = variant if variant != "int8" else "quantized"
+            self.attempt(f"onnx_{variant}", path, lambda v=variant, p=path: onnx.derive_onnx(
+                base, p, v, calibration=self.calibration, metadata=metadata),
+                lambda p=path: onnx.onnx_runner(p), _MIN_AGREEMENT[kind], details)
+
+    def openvino(self, variants: Sequence[str]) -> None:
+        from vispipe.export import openvino
+
+        try:
+            model, details = openvino.convert_openvino(self._contract())
+            metadata = self._beside("openvino", details)
+        except Exception as e:  # Every variant needs it; the other formats go on.
+            self._failed_all("openvino", variants, e)
+            return
+        for variant in variants:
+            path = self._path("openvino", variant, f"{self.spec.name}.xml")
+            kind = variant if variant != "int8" else "quantized"
+            self.attempt(f"openvino_{variant}", os.path.dirname(path),
+                         lambda v=variant, p=path: openvino.write_openvino(
+                             model, p, v, calibration=self.calibration, metadata=metadata),
+                         lambda p=path: openvino.openvino_runner(p), _MIN_AGREEMENT[kind],
+                         details)
 
 
 def _reason(error: BaseException) -> str:
@@ -351,8 +448,10 @@ def export_model(
     Args:
         run_dir: A completed run folder.
         out_dir: The export folder to create.
-        formats: Names from `FORMATS` (a list or "a,b"); None:
-            `options.formats` (all by default).
+        formats: Names from `FORMATS` or single variants such as
+            "onnx_int8" (a list or "a,b"); None:
+            `options.formats` (empty, the default: every format whose tools
+            are installed; ONNX and OpenVINO need the `interop` extra).
         overwrite: Replace an existing `out_dir` (only once the new export
             is complete).
         options: Everything else (`ExportOptions`).
@@ -377,7 +476,9 @@ def export_model(
     ```
     """
     options = options or ExportOptions()
-    formats = _check_formats(options.formats if formats is None else formats)
+    formats = options.formats if formats is None else formats
+    not_installed = [f for f in FORMATS if f not in installed_formats()] if not formats else []
+    formats = _check_formats(formats)
     _check_options(options)
     out = _check_output(os.fspath(out_dir), overwrite)
     spec, model = load_run(run_dir, name=options.name, which=options.which, top_k=options.top_k)
@@ -396,7 +497,11 @@ def export_model(
             exporter.coreml()
         if "tfjs" in formats:
             exporter.tfjs()
-        shutil.rmtree(os.path.join(partial, ".savedmodel"), ignore_errors=True)
+        for fmt, run_format in (("onnx", exporter.onnx), ("openvino", exporter.openvino)):
+            if _variants(fmt, formats):
+                run_format(_variants(fmt, formats))
+        for hidden in (".savedmodel", ".contract", ".onnx"):
+            shutil.rmtree(os.path.join(partial, hidden), ignore_errors=True)
         contract = {**spec.to_json(), "version": options.version,
                     "artifacts": {r.format: r.path for r in exporter.results[1:] if r.path}}
         with open(os.path.join(partial, "export.json"), "w", encoding="utf-8") as f:
@@ -406,5 +511,7 @@ def export_model(
         context = {"name": spec.name, "run_dir": spec.run_dir, "out_dir": out,
                    "verify_split": exporter.split, "verify_images": int(len(exporter.labels)),
                    "platform": platform.platform()}
+        if not_installed:
+            context["not_installed"] = {f: "pip install 'vispipe[interop]'" for f in not_installed}
         markdown = write_report(partial, exporter.results, context)
     return {**context, "formats": [r.to_json() for r in exporter.results], "markdown": markdown}

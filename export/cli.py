@@ -5,6 +5,7 @@ vispipe export --run runs/mnist --out exports/mnist
 vispipe export --run runs/mnist --formats tflite,tfjs --out exports/mnist --overwrite \
     --set export.verify_limit=1000
 vispipe export --run runs/mnist --out exports/mnist --config pipeline.yaml   # its export: section
+vispipe export --run runs/mnist --formats onnx,openvino_int8 --out exports/mnist-interop
 ```
 
 Every settings flag sets one key of the `export:` section (`ExportOptions`),
@@ -38,7 +39,9 @@ __all__ = ["EXPORT_SETTINGS", "add_export_parser", "run_export_command"]
 
 # flag -> key of the export: section (type, default and choices: ExportOptions).
 EXPORT_SETTINGS = (
-    Flag("--formats", "export.formats", "formats to export, comma-separated"),
+    Flag("--formats", "export.formats",
+         "formats or single variants (onnx_int8) to export, comma-separated "
+         "(default: every format whose tools are installed)"),
     Flag("--name", "export.name", "model name (default: the run's name)"),
     Flag("--version", "export.version", "TF Serving version number"),
     Flag("--which", "export.which", "which model of the run"),
@@ -54,6 +57,8 @@ EXPORT_SETTINGS = (
     Flag("--verify-split", "export.verify_split", "split to verify on (default: test, else val)"),
     Flag("--verify-limit", "export.verify_limit",
          "verify on N images spread evenly over the split (0: all)"),
+    Flag("--tfjs-verify-limit", "export.tfjs_verify_limit",
+         "verify TF.js (pure JavaScript, slow) on N of those images (0: all)"),
     Flag("--author", "export.metadata.author", "CoreML author metadata"),
     Flag("--license", "export.metadata.license", "CoreML licence metadata"),
 )
@@ -103,8 +108,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         The `export` sub-parser.
     """
     parser = subparsers.add_parser(
-        "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js) "
-                       "and verify every artifact")
+        "export", help="export a trained run (SavedModel, TFLite, pruned, CoreML, TF.js, ONNX, "
+                       "OpenVINO) and verify every artifact")
     add_settings(parser, EXPORT_SETTINGS, sections=_sections())
     add_run_flag(parser, "a completed run folder")
     parser.add_argument("--out", metavar="DIR", help="export folder to create")

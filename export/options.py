@@ -15,12 +15,33 @@ options = from_dict(ExportOptions, {"formats": ["tflite"], "top_k": 3}, "export"
 from __future__ import annotations
 
 import dataclasses
+from importlib.util import find_spec
 
 from vispipe.configs import SPLITS, WHICH_MODELS, choices
 
-__all__ = ["FORMATS", "COREML_WEIGHTS", "TFJS_QUANTIZATIONS", "ExportOptions"]
+__all__ = ["FORMATS", "FORMAT_VARIANTS", "FORMAT_CHOICES", "INTEROP_FORMATS", "COREML_WEIGHTS",
+           "TFJS_QUANTIZATIONS", "ExportOptions", "installed_formats"]
 
-FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
+FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs", "onnx", "openvino")
+# Formats whose variants can also be asked for alone, e.g. "onnx_int8".
+FORMAT_VARIANTS = {"onnx": ("float32", "float16", "int8"),
+                   "openvino": ("float32", "float16", "int8")}
+FORMAT_CHOICES = FORMATS + tuple(f"{f}_{v}" for f, variants in FORMAT_VARIANTS.items()
+                                 for v in variants)
+# Formats from the optional `interop` extra, with the modules they need; the
+# default export includes them only when those are installed.
+INTEROP_FORMATS = {"onnx": ("tf2onnx", "onnxruntime"), "openvino": ("openvino", "nncf")}
+
+
+def installed_formats() -> tuple[str, ...]:
+    """The `FORMATS` whose converters and runtimes are installed (what an empty `formats` means).
+
+    Returns:
+        E.g. every format, or all but "onnx" and "openvino" without the
+        `interop` extra.
+    """
+    return tuple(f for f in FORMATS
+                 if all(find_spec(module) is not None for module in INTEROP_FORMATS.get(f, ())))
 COREML_WEIGHTS = ("float16", "int8")
 TFJS_QUANTIZATIONS = ("float32", "float16", "uint8")
 
@@ -30,7 +51,9 @@ class ExportOptions:
     """Settings of `export_model` (defaults export and verify everything).
 
     Args:
-        formats: Formats to export, from `FORMATS` (default: all).
+        formats: Formats to export, from `FORMATS`, or single variants such
+            as "onnx_int8" (empty, the default: every format whose tools are
+            installed; ONNX and OpenVINO need the `interop` extra).
         name: Model name (default: the run's name).
         version: TF Serving version number.
         which: Run model to export: "final", "best" or "last".
@@ -47,12 +70,16 @@ class ExportOptions:
         tfjs_quantizations: TF.js weight types.
         verify_split: Split to verify on ("": test, else val).
         verify_limit: Verify on N images spread evenly over the split (0: all).
+        tfjs_verify_limit: Verify TF.js on N of those images, spread evenly
+            (0: all). TF.js runs in pure JavaScript (Node's CPU backend, as
+            a browser without WebGL would), tens of times slower than the
+            native runtimes.
         metadata: CoreML metadata (author, license, description, version).
         seed: Seed of the fine-tunes.
         progress: Show progress.
     """
 
-    formats: tuple[str, ...] = choices(FORMATS, FORMATS)
+    formats: tuple[str, ...] = choices(FORMAT_CHOICES, ())
     name: str = ""
     version: int = 1
     which: str = choices(WHICH_MODELS, "final")
@@ -67,6 +94,7 @@ class ExportOptions:
     tfjs_quantizations: tuple[str, ...] = choices(TFJS_QUANTIZATIONS, TFJS_QUANTIZATIONS)
     verify_split: str = choices(("",) + SPLITS, "")
     verify_limit: int = 0
+    tfjs_verify_limit: int = 0
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     seed: int = 42
     progress: bool = True

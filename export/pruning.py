@@ -2,7 +2,8 @@
 
 `tensorflow-model-optimization` wraps only tf-keras (Keras 2) layers, so
 this module re-implements its magnitude pruning for Keras 3: every Conv /
-Dense kernel gets a binary mask; at the schedule's update steps the mask
+Dense kernel (depthwise and separable ones included, as tfmot does) gets a
+binary mask; at the schedule's update steps the mask
 keeps the largest-magnitude weights; after every training step the masked
 weights are set back to zero. The masks live in a callback, not in the
 model, so the fine-tuned model is already "stripped": a plain model whose
@@ -111,14 +112,28 @@ class PruneReport:
         return dataclasses.asdict(self)
 
 
+_EAGER_STEPS = 8  # fine-tunes this short run eagerly
+# The layers tfmot prunes, with their kernels' attribute names in Keras 3
+# (which calls a depthwise layer's kernel `kernel`; Keras 2 said `depthwise_kernel`).
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_SINGLE_KERNEL = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                  keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+                  keras.layers.Conv3DTranspose, keras.layers.DepthwiseConv1D,
+                  keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
 def prunable_weights(model: keras.Model) -> list[tuple[str, Any]]:
-    """`(name, variable)` of every Conv/Dense kernel, nested models included."""
+    """`(name, variable)` of every Conv/Dense kernel, nested models included.
+
+    A separable convolution contributes two kernels, named
+    `<layer>/depthwise_kernel` and `<layer>/pointwise_kernel`.
+    """
     found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            found.append((layer.name, layer.depthwise_kernel))
-        elif isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D,
-                                keras.layers.Conv3D, keras.layers.Dense)):
+        if isinstance(layer, _SEPARABLE):
+            found += [(f"{layer.name}/{attr}", getattr(layer, attr))
+                      for attr in ("depthwise_kernel", "pointwise_kernel")]
+        elif isinstance(layer, _SINGLE_KERNEL):
             found.append((layer.name, layer.kernel))
     return found
 
@@ -206,7 +221,8 @@ def prune_model(
     Sparsity ramps from 0 to the target with `PolynomialDecay` over the first
     `end_fraction` of the fine-tuning steps (mask updates about ten times,
     the last one exactly at the target), and the rest of the fine-tune
-    recovers accuracy at the target sparsity. `model` is left unchanged.
+    recovers accuracy at the target sparsity. A fine-tune of one or two
+    steps prunes to the target at its first step. `model` is left unchanged.
 
     Args:
         model: The trained Keras model.
@@ -246,14 +262,22 @@ def prune_model(
     if not weights:
         raise ValueError(f"Model {model.name!r} has no Conv or Dense kernel to prune.")
     steps = epochs * math.ceil(len(images) / batch_size)
-    ramp = max(1, int(steps * end_fraction))
-    frequency = max(1, min(100, ramp // 10))
-    schedule = PolynomialDecay(0.0, target_sparsity, begin_step=0,
-                               end_step=frequency * max(1, ramp // frequency),
-                               power=power, frequency=frequency)
+    # The last mask update must land on a step that runs (step `steps - 1`).
+    ramp = min(steps - 1, int(steps * end_fraction))
+    if ramp < 1:  # Too few steps to ramp: prune to the target at once (one-shot).
+        schedule = PolynomialDecay(target_sparsity, target_sparsity, begin_step=0, end_step=1,
+                                   power=power, frequency=1)
+    else:
+        frequency = max(1, min(100, ramp // 10))
+        schedule = PolynomialDecay(0.0, target_sparsity, begin_step=0,
+                                   end_step=frequency * max(1, ramp // frequency),
+                                   power=power, frequency=frequency)
     callback = PruningCallback(weights, schedule)
+    # Tracing a deep network's train step (MobileNetV2, EfficientNet) costs more
+    # than running a few steps eagerly.
     pruned.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                   run_eagerly=steps <= _EAGER_STEPS)
     keras.utils.set_random_seed(seed)
     history = pruned.fit(np.asarray(images, np.float32), np.asarray(labels), epochs=epochs,
                          batch_size=batch_size, shuffle=True, callbacks=[callback],

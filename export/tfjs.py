@@ -6,6 +6,16 @@ The graph model comes from the SavedModel's `serving_default` signature
 input and preprocessing are stored under `userDefinedMetadata.vispipe` in
 `model.json`.
 
+Output names do not depend on the converter keeping them: it names a
+signature output by matching dtype and shape, so when `probabilities` and
+`scores` have the same shape (as many classes as top labels) both become
+plain tensor names (`Identity_2:0`). `name_outputs` therefore finds each
+output from the graph itself (the `TopKV2` op's values are the scores, its
+indices the label ids, the other float output the probabilities), writes the
+map as `userDefinedMetadata.vispipe.output_names` (and `input_names`), and
+restores the signature's keys. A page or app calls
+`model.execute(x, meta.output_names.probabilities)`.
+
 Verification runs the files from disk in Node with the pure-JavaScript npm
 package `@tensorflow/tfjs` (`export/js/run_graph_model.js`); `npm ci` in
 `export/js/` installs it (`ensure_node_packages` does it when missing).
@@ -30,11 +40,20 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vispipe.export.contract import (
+    INPUT_IMAGES,
+    OUTPUT_CLASSES,
+    OUTPUT_LABEL_IDS,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_SCORES,
+)
 from vispipe.export.options import TFJS_QUANTIZATIONS
+from vispipe.export.verify import check_top_k
 
 __all__ = [
     "JS_DIR",
     "convert_tfjs",
+    "name_outputs",
     "ensure_node_packages",
     "tfjs_runner",
 ]
@@ -91,7 +110,73 @@ def convert_tfjs(
     if done.returncode != 0:
         raise RuntimeError(f"TF.js conversion of {savedmodel_dir} failed: "
                            f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+    name_outputs(out_dir)
     return out_dir
+
+
+def _source(nodes: dict[str, dict], tensor: str) -> tuple[dict, int]:
+    """The op that computes `tensor` ("node:index"), looking through Identity/Cast."""
+    name, _, index = tensor.lstrip("^").partition(":")
+    node, index = nodes[name], int(index or 0)
+    while node["op"] in ("Identity", "IdentityN", "Cast", "Snapshot"):
+        inputs = [i for i in node.get("input", []) if not i.startswith("^")]
+        name, _, next_index = inputs[index if node["op"] == "IdentityN" else 0].partition(":")
+        node, index = nodes[name], int(next_index or 0)
+    return node, index
+
+
+def _output_role(nodes: dict[str, dict], tensor: str, dtype: str) -> str:
+    node, index = _source(nodes, tensor)
+    if dtype == "DT_STRING":
+        return OUTPUT_CLASSES
+    if node["op"] in ("TopKV2", "TopK"):
+        return OUTPUT_SCORES if index == 0 else OUTPUT_LABEL_IDS
+    return OUTPUT_PROBABILITIES if dtype == "DT_FLOAT" else ""
+
+
+def name_outputs(model_dir: str) -> dict[str, str]:
+    """Finds each contract output in a converted graph and records its name.
+
+    Writes `userDefinedMetadata.vispipe.output_names` (`{"probabilities":
+    "Identity_2:0", ...}`) and `input_names` (`{"images": "images:0"}`) into
+    `model.json`, and restores the signature's output keys.
+
+    Args:
+        model_dir: Folder holding the converted `model.json`.
+
+    Returns:
+        The output-name map.
+
+    Raises:
+        RuntimeError: The graph does not have exactly one probabilities,
+            label-ids and scores output.
+    """
+    path = os.path.join(model_dir, "model.json")
+    with open(path, encoding="utf-8") as f:
+        model_json = json.load(f)
+    nodes = {node["name"]: node for node in model_json["modelTopology"]["node"]}
+    signature = model_json["signature"]
+    found: dict[str, list[str]] = {}
+    outputs = {}
+    for key, entry in signature["outputs"].items():
+        role = _output_role(nodes, entry["name"], entry.get("dtype", ""))
+        found.setdefault(role or key, []).append(entry["name"])
+        outputs[role or key] = entry
+    required = (OUTPUT_PROBABILITIES, OUTPUT_LABEL_IDS, OUTPUT_SCORES)
+    if any(len(found.get(role, [])) != 1 for role in required):
+        raise RuntimeError(f"{path}: expected one each of {required} among the graph's outputs, "
+                           f"found {found}.")
+    (input_entry,) = signature["inputs"].values()
+    signature["outputs"] = outputs
+    signature["inputs"] = {INPUT_IMAGES: input_entry}
+    names = {role: entry["name"] for role, entry in outputs.items()}
+    meta = model_json.setdefault("userDefinedMetadata", {}).setdefault("vispipe", {})
+    meta["output_names"] = names
+    meta["input_names"] = {INPUT_IMAGES: input_entry["name"]}
+    with open(f"{path}.partial", "w", encoding="utf-8") as f:
+        json.dump(model_json, f)
+    os.replace(f"{path}.partial", path)
+    return names
 
 
 def ensure_node_packages() -> str:
@@ -125,7 +210,8 @@ def tfjs_runner(model_dir: str, latency_images: int = 20) -> Callable[[np.ndarra
     Each call starts one Node process that loads the model from disk and
     runs all images (in batches of 256), then times `latency_images` single
     images; the last call's `{"backend", "latency_ms", "metadata"}` is
-    available as `runner.last`.
+    available as `runner.last`. The label ids and scores it returns must be
+    the top-k of its probabilities (`check_top_k`).
 
     Args:
         model_dir: Folder holding `model.json`.
@@ -133,6 +219,9 @@ def tfjs_runner(model_dir: str, latency_images: int = 20) -> Callable[[np.ndarra
 
     Returns:
         The runner: uint8 `[N, H, W, C]` -> float32 `[N, classes]`.
+
+    Raises:
+        RuntimeError (when called): Node failed, or the outputs disagree.
     """
     node = ensure_node_packages()
 
@@ -147,8 +236,12 @@ def tfjs_runner(model_dir: str, latency_images: int = 20) -> Callable[[np.ndarra
             if done.returncode != 0:
                 raise RuntimeError(f"Node failed on {model_dir}:\n{done.stderr[-2000:]}")
             run.last = json.loads(done.stdout.strip().splitlines()[-1])
-            probs = np.fromfile(outputs, np.float32)
-        return probs.reshape(len(images), -1)
+            probs = np.fromfile(outputs, np.float32).reshape(len(images), -1)
+            top_k = run.last["top_k"]
+            check_top_k(probs, np.fromfile(f"{outputs}.label_ids", np.int32).reshape(-1, top_k),
+                        np.fromfile(f"{outputs}.scores", np.float32).reshape(-1, top_k),
+                        model_dir)
+        return probs
 
     run.last = {}
     return run

@@ -34,6 +34,7 @@ __all__ = [
     "STATUSES",
     "FormatResult",
     "artifact_size",
+    "check_top_k",
     "measure",
     "median_latency_ms",
     "format_markdown",
@@ -110,6 +111,45 @@ def median_latency_ms(run: Callable[[np.ndarray], Any], images: np.ndarray, coun
         run(image[None])
         times.append((time.perf_counter() - start) * 1000.0)
     return float(np.median(times))
+
+
+def check_top_k(probabilities: np.ndarray, label_ids: np.ndarray, scores: np.ndarray,
+                source: str, *, atol: float = 1e-2) -> None:
+    """Checks that an artifact's label ids and scores are its probabilities' top-k.
+
+    This is how a runner proves it read the right tensor for each output
+    name: swapped or misnamed outputs fail here. Ties may be ordered either
+    way, so the scores are compared, not the ids.
+
+    Args:
+        probabilities: `[B, classes]`.
+        label_ids: `[B, k]`, best first.
+        scores: `[B, k]`, best first.
+        source: The artifact, for the message.
+        atol: Tolerance (quantized artifacts round their outputs).
+
+    Raises:
+        RuntimeError: Shapes, order or values that are not the top-k.
+    """
+    k = scores.shape[-1] if scores.ndim == 2 else -1
+    if (probabilities.ndim != 2 or label_ids.shape != scores.shape or scores.ndim != 2
+            or len(scores) != len(probabilities) or not 0 < k <= probabilities.shape[1]):
+        raise RuntimeError(f"{source}: expected probabilities [B, C] and label ids and scores "
+                           f"[B, k <= C], got {probabilities.shape}, {label_ids.shape}, "
+                           f"{scores.shape}.")
+    ids = label_ids.astype(np.int64)
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= probabilities.shape[1]:
+        raise RuntimeError(f"{source}: label ids outside [0, {probabilities.shape[1]}).")
+    expected = -np.sort(-probabilities, axis=1)[:, :k]
+    problems = {
+        "scores are not in descending order": np.any(np.diff(scores, axis=1) > atol),
+        "scores are not the largest probabilities": not np.allclose(scores, expected, atol=atol),
+        "label ids do not point at their scores": not np.allclose(
+            np.take_along_axis(probabilities, ids, axis=1), scores, atol=atol),
+    }
+    bad = [text for text, failed in problems.items() if failed]
+    if bad:
+        raise RuntimeError(f"{source}: outputs are not consistent: {'; '.join(bad)}.")
 
 
 def _batched(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:

@@ -67,8 +67,8 @@ def test_incomplete_run(tiny_run, tmp_path, problem):
 
 
 def test_unknown_format(tiny_run, tmp_path):
-    with pytest.raises(ValueError, match=r"unknown: \['onnx'\]"):
-        _export(tiny_run[1], str(tmp_path / "out"), "tflite,onnx")
+    with pytest.raises(ValueError, match=r"unknown: \['tensorrt', 'onnx_int4'\]"):
+        _export(tiny_run[1], str(tmp_path / "out"), "tflite,tensorrt,onnx_int4")
 
 
 def test_existing_output_needs_overwrite(tiny_run, tmp_path):

@@ -1,4 +1,10 @@
-"""Every export format on a tiny trained LeNet: exported, loaded by its runtime, verified."""
+"""Every export format on a tiny trained LeNet: exported, loaded by its runtime, verified.
+
+One export of every format is shared by the module (about 2 minutes on 2
+cores, most of it loading and running the converters); the ONNX and OpenVINO
+files are also loaded by a fresh interpreter without vispipe, as a user's
+application would.
+"""
 
 from __future__ import annotations
 
@@ -12,40 +18,53 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 
+def make_run(info, run_dir: str, model_cfg, *, epochs: int, status: str = "completed",
+             name: str = "tiny") -> str:
+    """Trains `model_cfg` on the dataset `info` and writes a run folder `export` reads.
+
+    Returns:
+        `run_dir`.
+    """
+    import keras
+
+    from vispipe.configs import TrainConfig
+    from vispipe.data.inputs import load_arrays
+    from vispipe.models import build_classifier
+    from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_info import Normalization, RunInfo
+
+    keras.utils.set_random_seed(1)
+    model = build_classifier(model_cfg, info, "standardize")
+    images, labels = load_arrays(info, "train")
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(images.astype("float32"), labels, epochs=epochs, batch_size=16, verbose=0)
+    os.makedirs(run_dir)
+    model.save(os.path.join(run_dir, "model.keras"))
+    with open(os.path.join(run_dir, "labels.txt"), "w") as f:
+        f.write("".join(f"{c}\n" for c in info.classes))
+    RunFolder(run_dir).write_info(RunInfo(
+        name=name, status=status, dataset_dir=info.path, classes=info.classes,
+        image=info.image, normalization=Normalization("standardize", info.mean_pixel,
+                                                      info.std_pixel),
+        model=model_cfg, train=TrainConfig(epochs=epochs)))
+    return run_dir
+
+
 def make_tiny_run(root: str, *, status: str = "completed", epochs: int = 25) -> tuple[str, str]:
     """A real dataset (scikit-learn digits at 16x16) and a trained LeNet run folder.
 
     Returns:
         `(dataset_dir, run_dir)`.
     """
-    import keras
-
-    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig, TrainConfig
+    from vispipe.configs import DatasetConfig, ImageOptions, ModelConfig
     from vispipe.data.create import create_dataset
-    from vispipe.data.inputs import load_arrays
-    from vispipe.models import build_classifier
-    from vispipe.train.run_folder import RunFolder
-    from vispipe.train.run_info import Normalization, RunInfo
 
     info = create_dataset(DatasetConfig(
         builtin="digits", output=os.path.join(root, "dataset"), val_percent=10,
         test_percent=25, max_per_class=16, workers=1,
         image=ImageOptions(height=16, width=16, channels=1)), progress=False)
-    keras.utils.set_random_seed(1)
-    model = build_classifier(ModelConfig(name="lenet"), info, "standardize")
-    images, labels = load_arrays(info, "train")
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
-    model.fit(images.astype("float32"), labels, epochs=epochs, batch_size=16, verbose=0)
-    run_dir = os.path.join(root, "run")
-    os.makedirs(run_dir)
-    model.save(os.path.join(run_dir, "model.keras"))
-    with open(os.path.join(run_dir, "labels.txt"), "w") as f:
-        f.write("".join(f"{c}\n" for c in info.classes))
-    RunFolder(run_dir).write_info(RunInfo(
-        name="tiny", status=status, dataset_dir=info.path, classes=info.classes,
-        image=info.image, normalization=Normalization("standardize", info.mean_pixel,
-                                                      info.std_pixel),
-        model=ModelConfig(name="lenet"), train=TrainConfig(epochs=epochs)))
+    run_dir = make_run(info, os.path.join(root, "run"), ModelConfig(name="lenet"),
+                       epochs=epochs, status=status)
     return info.path, run_dir
 
 
@@ -60,7 +79,7 @@ def exported(tmp_path_factory):
     report = export_model(run_dir, out, options=ExportOptions(
         calibration_size=32, sparsities=(0.8,), prune_epochs=3, progress=False,
         prune_max_drop=0.25,  # a 100-image toy model; the MNIST figures are in the report
-        coreml_weights=("float16", "int8")))
+        coreml_weights=("float16", "int8"), tfjs_verify_limit=40))
     return {"dataset": dataset_dir, "run": run_dir, "out": out, "report": report,
             "rows": {r["format"]: r for r in report["formats"]}}
 
@@ -76,7 +95,8 @@ def test_every_format_is_written_and_reported(exported):
     expected = {"keras", "savedmodel", "tflite_float32", "tflite_float16",
                 "tflite_dynamic_int8", "tflite_int8", "tflite_pruned80_float32",
                 "tflite_pruned80_int8", "coreml_float16", "coreml_int8",
-                "tfjs_float32", "tfjs_float16", "tfjs_uint8"}
+                "tfjs_float32", "tfjs_float16", "tfjs_uint8", "onnx_float32", "onnx_float16",
+                "onnx_int8", "openvino_float32", "openvino_float16", "openvino_int8"}
     assert set(rows) == expected
     failed = {k: r["reason"] for k, r in rows.items() if r["status"] != "passed"}
     assert failed == {}
@@ -203,6 +223,9 @@ def test_tfjs_model_json_carries_metadata_and_node_agrees(exported):
     assert rows["tfjs_float32"]["agreement"] == 1.0
     assert rows["tfjs_float32"]["max_prob_diff"] < 1e-4
     assert rows["tfjs_float32"]["details"]["node_backend"] == "cpu"
+    # Pure JavaScript is slow: verified on an evenly spaced subset when asked.
+    assert rows["tfjs_float32"]["details"]["verify_images"] == 40
+    assert rows["tfjs_float32"]["reason"] == "verified on 40 of the 160 images"
 
 
 def test_same_raw_image_gives_same_label_in_every_runtime(exported):
@@ -231,3 +254,190 @@ def test_same_raw_image_gives_same_label_in_every_runtime(exported):
         "label_ids"].numpy()[:, 0]
     for name, got in labels.items():
         np.testing.assert_array_equal(got, expected, err_msg=name)
+
+
+def test_onnx_keeps_the_contract_and_records_its_choices(exported):
+    import onnx
+    import onnxruntime as ort
+
+    from vispipe.export.onnx import onnx_metadata
+
+    rows, out = exported["rows"], exported["out"]
+    assert rows["onnx_float32"]["agreement"] == 1.0
+    assert rows["onnx_float32"]["max_prob_diff"] < 1e-5
+    for variant in ("float32", "float16", "int8"):
+        row = rows[f"onnx_{variant}"]
+        assert row["path"] == f"onnx/tiny_{variant}.onnx"
+        assert row["details"]["opset"] == 17
+        session = ort.InferenceSession(os.path.join(out, row["path"]))
+        (images_input,) = session.get_inputs()
+        assert (images_input.name, images_input.type) == ("images", "tensor(uint8)")
+        assert images_input.shape == ["batch", "height", "width", 1]
+        assert [(o.name, o.type, o.shape) for o in session.get_outputs()] == [
+            ("probabilities", "tensor(float)", ["batch", 10]),
+            ("label_ids", "tensor(int32)", ["batch", 5]),
+            ("scores", "tensor(float)", ["batch", 5])]
+        meta = onnx_metadata(os.path.join(out, row["path"]))
+        assert json.loads(meta["labels"]) == [str(d) for d in range(10)]
+        assert json.loads(meta["export.json"])["format"]["onnx"]["opset"] == 17
+    beside = json.load(open(os.path.join(out, "onnx", "export.json")))
+    assert beside["format"]["onnx"]["dynamic_axes"]["images"] == ["batch", "height", "width"]
+    assert open(os.path.join(out, "onnx", "labels.txt")).read().split() == beside["labels"]
+    int8 = onnx.load(os.path.join(out, rows["onnx_int8"]["path"]))
+    ops = {node.op_type for node in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert rows["onnx_int8"]["size_bytes"] * 2.5 < rows["onnx_float32"]["size_bytes"]
+    assert rows["onnx_float16"]["size_bytes"] * 1.6 < rows["onnx_float32"]["size_bytes"]
+
+
+def test_openvino_keeps_the_contract_and_carries_the_labels(exported):
+    import openvino as ov
+
+    rows, out = exported["rows"], exported["out"]
+    assert rows["openvino_float32"]["agreement"] == 1.0
+    assert rows["openvino_float32"]["max_prob_diff"] < 1e-5
+    for variant in ("float32", "float16", "int8"):
+        row = rows[f"openvino_{variant}"]
+        assert row["path"] == f"openvino/{variant}"
+        model = ov.Core().read_model(os.path.join(out, row["path"], "tiny.xml"))
+        assert model.input(0).get_any_name() == "images"
+        assert str(model.input(0).get_partial_shape()) == "[?,?,?,1]"
+        assert [o.get_any_name() for o in model.outputs] == ["probabilities", "label_ids",
+                                                             "scores"]
+        labels = model.get_rt_info(["vispipe", "labels"]).astype(str)
+        assert json.loads(labels) == [str(d) for d in range(10)]
+    int8 = ov.Core().read_model(os.path.join(out, rows["openvino_int8"]["path"], "tiny.xml"))
+    assert "FakeQuantize" in {op.get_type_name() for op in int8.get_ops()}
+    assert rows["openvino_int8"]["size_bytes"] * 2.5 < rows["openvino_float32"]["size_bytes"]
+    assert rows["openvino_float16"]["size_bytes"] * 1.6 < rows["openvino_float32"]["size_bytes"]
+
+
+_WITHOUT_VISPIPE = """
+import importlib.util, json, sys
+sys.path[:] = json.loads(sys.argv[1])
+assert importlib.util.find_spec("vispipe") is None, "vispipe is importable"
+import numpy as np
+
+artifacts, images_path, out_path = json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+images = np.load(images_path)
+results = {}
+for name, path in artifacts.items():
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        labels = json.loads(session.get_modelmeta().custom_metadata_map["labels"])
+        run = lambda x: session.run(["probabilities", "label_ids"], {"images": x})
+    else:
+        import openvino as ov
+        model = ov.Core().read_model(path)
+        labels = json.loads(model.get_rt_info(["vispipe", "labels"]).astype(str))
+        compiled = ov.Core().compile_model(model, "CPU")
+        run = lambda x: [compiled(x)[o] for o in ("probabilities", "label_ids")]
+    probabilities, label_ids = run(images)
+    one = run(images[:1])[0]  # batch of one
+    big = np.repeat(np.repeat(images[:2], 2, axis=1), 2, axis=2)  # twice the size: resized inside
+    results[name] = {"probabilities": probabilities.tolist(), "one": one.tolist(),
+                     "big_labels": [labels[i] for i in run(big)[1][:, 0]],
+                     "labels": [labels[i] for i in label_ids[:, 0]]}
+assert not [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "vispipe")]
+json.dump(results, open(out_path, "w"))
+"""
+
+
+def test_artifacts_run_in_their_runtimes_without_vispipe(exported, tmp_path):
+    """An application with only onnxruntime / openvino and numpy loads every artifact."""
+    import subprocess
+    import sys
+
+    from vispipe.export.contract import load_run
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(repo)
+            and not os.path.isdir(os.path.join(p, "vispipe"))]
+    rows, out = exported["rows"], exported["out"]
+    artifacts = {f: os.path.join(out, rows[f]["path"], "tiny.xml") if f.startswith("openvino")
+                 else os.path.join(out, rows[f]["path"])
+                 for f in rows if f.startswith(("onnx_", "openvino_"))}
+    images, _ = _test_images(exported["dataset"])
+    np.save(tmp_path / "images.npy", images)
+    # -I: no PYTHONPATH, user site or script folder; -S: no .pth files (the
+    # editable install's finder); sys.path is set to site-packages only.
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _WITHOUT_VISPIPE, json.dumps(path),
+         json.dumps(artifacts), str(tmp_path / "images.npy"), str(tmp_path / "out.json")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.load(open(tmp_path / "out.json"))
+    assert set(results) == set(artifacts)
+    _, model = load_run(exported["run"])
+    keras_probs = model.predict(images.astype("float32"), verbose=0)
+    keras_labels = [str(i) for i in keras_probs.argmax(1)]
+    for name, result in results.items():
+        probabilities = np.array(result["probabilities"])
+        np.testing.assert_allclose(result["one"], probabilities[:1], atol=1e-5, err_msg=name)
+        agreement = np.mean(np.array(result["labels"]) == keras_labels)
+        assert agreement >= (0.99 if "int8" not in name else 0.95), name
+        if name.endswith("float32"):
+            np.testing.assert_allclose(probabilities, keras_probs, atol=1e-5, err_msg=name)
+            assert result["big_labels"] == result["labels"][:2], name
+
+
+def test_a_failed_converter_does_not_stop_the_others(exported, tmp_path, monkeypatch):
+    from vispipe.export import ExportOptions, export_model
+    from vispipe.export import onnx as onnx_export
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tf2onnx could not convert op FancyOp")
+
+    monkeypatch.setattr(onnx_export, "convert_onnx", broken)
+    report = export_model(exported["run"], str(tmp_path / "out"), "onnx,openvino_float32",
+                          options=ExportOptions(verify_limit=16, progress=False))
+    rows = {r["format"]: r for r in report["formats"]}
+    assert {f: rows[f]["status"] for f in rows} == {
+        "keras": "passed", "onnx_float32": "failed_export", "onnx_float16": "failed_export",
+        "onnx_int8": "failed_export", "openvino_float32": "passed"}
+    assert "FancyOp" in rows["onnx_int8"]["reason"]
+
+
+def test_benchmark_tabulates_the_export_and_picks_formats(exported, capsys):
+    from vispipe.cli import main
+    from vispipe.export.benchmark import summarize
+
+    report = summarize(exported["out"], max_drop=5.0)
+    rows = {r.format: r for r in report.rows}
+    assert list(rows) == [r["format"] for r in exported["report"]["formats"]]
+    assert rows["onnx_int8"].smaller_than_float32 > 2.5
+    assert rows["tflite_pruned80_int8"].smaller_than_float32 > 2.5
+    assert rows["keras"].top1_drop == 0.0 and rows["coreml_float16"].top1 is None
+    assert set(report.picks) == {"accurate", "smallest", "fastest", "serving", "mobile",
+                                 "apple", "browser", "intel", "onnx"}
+    smallest = rows[report.picks["smallest"]]
+    assert smallest.top1_drop <= 5.0
+    assert all(r.size_mb >= smallest.size_mb for r in report.rows
+               if r.status == "passed" and r.top1_drop is not None and r.top1_drop <= 5.0)
+    assert report.picks["apple"] == "coreml_int8"  # not run on Linux: the smallest that passed
+    assert any(r.pareto for r in report.rows) and "smallest" in smallest.picks
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        assert os.path.getsize(os.path.join(exported["out"], name)) > 0
+    assert json.load(open(os.path.join(exported["out"], "benchmark.json")))["picks"] == report.picks
+
+    assert main(["benchmark", "--export", exported["out"], "--max-drop", "5"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"Benchmarks complete for tiny on {report.verify_images} test images")
+    assert "openvino_int8" in text and "Picks:" in text
+
+
+def test_benchmark_a_run_exports_then_tabulates(exported, tmp_path, capsys):
+    """`vispipe benchmark --run` takes `vispipe export`'s settings grammar."""
+    from vispipe.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--run", exported["run"], "--out", str(out),
+                 "--formats", "onnx_float32,openvino_int8", "--set", "export.verify_limit=16",
+                 "--no-plot", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["format"] for r in report["rows"]] == ["keras", "onnx_float32", "openvino_int8"]
+    assert report["verify_images"] == 16 and report["seconds"] > 0 and report["plot_path"] == ""
+    assert os.path.isfile(out / "benchmark.md")
+    assert not os.path.exists(out / "benchmark.png")
+    assert main(["benchmark", "--run", exported["run"], "--export", exported["out"]]) == 2

@@ -55,3 +55,22 @@ def test_prune_model_reaches_the_target_and_leaves_the_original():
     assert report.steps == 24 and report.schedule["final_sparsity"] == 0.75
     assert weight_sparsity(model)[1] == 0.0  # the original is untouched
     assert weight_sparsity(pruned)[1] == pytest.approx(report.total_sparsity)
+
+
+def test_a_one_step_fine_tune_still_reaches_the_target():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, name="depthwise")(inputs)
+    x = keras.layers.SeparableConv2D(4, 3, name="separable")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax", name="dense")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (8, 8, 8, 3)).astype(np.uint8)
+    pruned, report = prune_model(model, images, rng.integers(0, 2, 8), 0.5, epochs=1,
+                                 progress=False)
+    assert report.steps == 1
+    assert [layer["name"] for layer in report.layers] == [
+        "depthwise", "separable/depthwise_kernel", "separable/pointwise_kernel", "dense"]
+    for layer in report.layers:  # 27-weight kernels keep round(13.5) = 14
+        assert layer["sparsity"] == pytest.approx(0.5, abs=0.02), layer

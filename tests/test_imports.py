@@ -52,6 +52,8 @@ def saved_model(tmp_path_factory) -> str:
 @pytest.mark.parametrize("imports, opens", [
     ("import vispipe; import keras", True),
     ("import keras; import vispipe", True),
+    # TensorFlow looks "keras" up before importing it (the CLI's order).
+    ("import vispipe; import tensorflow; import keras", True),
     ("import keras", False),  # Without vispipe: the control, which must fail.
 ])
 def test_a_saved_model_opens_after_import_vispipe(saved_model, tmp_path, imports, opens):

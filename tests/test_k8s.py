@@ -105,6 +105,27 @@ def test_serving_pods_are_probed_non_root_and_read_only():
         assert mount["readOnly"] is True
 
 
+def _training_pods(docs) -> list[tuple[dict, str]]:
+    """(container, the variables its `vispipe train` process gets) of each training pod."""
+    single = _find(docs, "Job", "vispipe-train")["spec"]["template"]["spec"]["containers"][0]
+    multi = _find(docs, "Job", "vispipe-multiworker")["spec"]["template"]["spec"][
+        "containers"][0]
+    specs = _find(docs, "MPIJob", "vispipe-horovod")["spec"]["mpiReplicaSpecs"]
+    worker = specs["Worker"]["template"]["spec"]["containers"][0]
+    mpirun = specs["Launcher"]["template"]["spec"]["containers"][0]["args"][0]
+    exported = " ".join(f"{e['name']}={e['value']}" for e in single["env"] + multi["env"])
+    return [(single, exported), (multi, exported), (worker, mpirun)]
+
+
+def test_training_pods_read_imagenet_weights_from_the_shared_volume():
+    for overlay in ("cpu", "gpu"):
+        for container, variables in _training_pods(render(overlay=overlay)):
+            mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/weights")
+            assert (mount["name"], mount["subPath"], mount["readOnly"]) == ("data", "weights", True)
+            assert "VISPIPE_WEIGHTS_DIR=/weights" in variables  # --weights-dir of every rank
+            assert "KERAS_HOME=/data/keras" in variables  # downloads cached once, shared
+
+
 def test_cpu_overlay_requests_no_gpus_and_gpu_overlay_one_per_pod():
     def gpu_limits(docs):
         found = []

@@ -50,7 +50,7 @@ def test_prediction_is_the_mean_over_the_views():
     views = tta_views(AugmentConfig(flip_horizontal=True), (4, 4, 1))
     plain = model.predict_on_batch(images)
     mirrored = model.predict_on_batch(images[:, :, ::-1])
-    assert predict_tta(model, images, views) == pytest.approx((plain + mirrored) / 2, abs=1e-6)
-    assert predict_tta(model, images, views[:1]) == pytest.approx(plain, abs=1e-6)
+    assert predict_tta(model.predict_on_batch, images, views) == pytest.approx((plain + mirrored) / 2, abs=1e-6)
+    assert predict_tta(model.predict_on_batch, images, views[:1]) == pytest.approx(plain, abs=1e-6)
     with pytest.raises(ValueError, match="at least one view"):
-        predict_tta(model, images, [])
+        predict_tta(model.predict_on_batch, images, [])

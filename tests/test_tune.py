@@ -96,7 +96,7 @@ def test_search_finds_a_better_learning_rate_than_a_bad_default(mnist_dataset, t
     runs = {entry.path: entry for entry in Registry.open().list("run")}
     for trial in result.trials:
         assert runs[os.path.abspath(trial.run_dir)].status == "completed"
-        assert RunFolder(trial.run_dir).read_info()["status"] == "completed"
+        assert RunFolder(trial.run_dir).read_run_info().status == "completed"
 
 
 _DRIVER = textwrap.dedent("""
@@ -124,7 +124,7 @@ def test_a_killed_search_resumes_its_dead_trial(mnist_dataset, tmp_path):
     driver.wait()
     time.sleep(3)  # Past the heartbeat's grace period (2 x 1 s).
     done_before = len(RunFolder(str(first_run)).read_metrics("epoch"))
-    assert RunFolder(str(first_run)).read_info()["status"] == "interrupted"  # Child stopped too.
+    assert RunFolder(str(first_run)).read_run_info().status == "interrupted"  # Child stopped too.
 
     pipeline = _pipeline(epochs=4)
     result = tune(pipeline, str(out), TuneSettings(trials=2, space=SPACE, isolation="inline",

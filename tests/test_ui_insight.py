@@ -95,6 +95,39 @@ def test_classify_can_show_where_the_model_looks(client, runs):
     assert "gradcam" not in plain.json()
 
 
+def test_model_page_shows_the_grad_cam_of_the_top_losses(client, runs):
+    from vispipe.configs import EvaluateConfig
+    from vispipe.evaluate import evaluate_splits
+    from vispipe.registry import Registry
+
+    run_dir = Registry.open().get(runs.run_ids[1]).path
+    evaluate_splits(run_dir, EvaluateConfig(splits=["val"], top_losses=8), progress=False)
+    html = client.get(f"/runs/{runs.run_ids[1]}").text
+    src = f"/runs/{runs.run_ids[1]}/file/eval-val/top_losses_gradcam.png"
+    assert f'src="{src}"' in html and ", balanced " in html
+    grid = client.get(src)
+    assert grid.status_code == 200 and grid.content.startswith(b"\x89PNG")
+
+
+def test_new_model_form_offers_class_weights_the_sampler_and_mlflow(client, runs):
+    from vispipe.registry import Registry
+
+    page = client.get("/models/new").text
+    assert 'name="class_weight"' in page and 'name="balanced_sampler"' in page
+    form = {"network": "lenet", "epochs": "1", "batch_size": "8", "base_lr": "0.01",
+            "policy": "fixed", "optimizer": "sgd", "seed": "1", "val_interval": "1",
+            "snapshot_interval": "1", "name": "weighted", "dataset": str(runs.dataset_id),
+            "class_weight": "auto", "balanced_sampler": "on", "mlflow": "on"}
+    assert client.post("/models/new", data=form, follow_redirects=False).status_code == 303
+    job = next(j for j in Registry.open().list("job") if j.name.endswith("weighted"))
+    argv = " ".join(job.params["argv"])
+    assert "--class-weight auto" in argv and "--sampler balanced" in argv
+    assert "--tracking mlflow" in argv
+    form["class_weight"] = "lots"
+    response = client.post("/models/new", data=form, follow_redirects=False)
+    assert response.status_code == 400 and "got &#39;lots&#39;" in response.text
+
+
 def test_dataset_page_reports_the_imbalance(client, runs):
     html = client.get(f"/datasets/{runs.dataset_id}").text
     row = re.search(r'<tr class="imbalance" id="imbalance">(.*?)</tr>', html).group(1)

@@ -1,12 +1,12 @@
 """The pages of issue 17 in headless Chromium, under the UI's Content-Security-Policy:
 models compared (charts drawn, differing settings highlighted), Grad-CAM over an
-uploaded digit, the dataset's imbalance warning.
+uploaded digit, the dataset's imbalance warning, the likely mislabelled images.
 
 Screenshots go to `test-artifacts/ui/` (or `$VISPIPE_TEST_ARTIFACTS/ui`):
-`20-compare.png`, `21-gradcam.png`, `22-dataset-imbalance.png`.
+`20-compare.png`, `21-gradcam.png`, `22-dataset-imbalance.png`, `23-mislabels.png`.
 
-Cost: about 25 s on 2 idle cores (the two small runs of `ui_insight_runs`, one
-browser).
+Cost: about 30 s on 2 idle cores (the two small runs of `ui_insight_runs`, a
+2-fold mislabels search of 1 epoch, one browser).
 """
 
 from __future__ import annotations
@@ -106,3 +106,21 @@ def test_compare_gradcam_and_imbalance_in_the_browser(server, page, runs):
     page.wait_for_selector("#imbalance-note")
     assert page.locator("#imbalance td.warn").count() >= 1
     _shot(page, "22-dataset-imbalance")
+
+    from vispipe.evaluate.mislabels import run_label_issues
+    from vispipe.registry import Registry
+
+    run_label_issues(Registry.open().get(runs.run_ids[1]).path, folds=2, epochs=1,
+                     progress=False)
+    page.goto(f"{server.url}/runs/{runs.run_ids[1]}")
+    with page.expect_navigation(url="**/mislabels"):
+        page.click("#open-mislabels")
+    page.wait_for_selector("#mislabels-summary")
+    # The rows' images load lazily: those in view have loaded.
+    _wait_until(page, "[...document.querySelectorAll('#mislabels img')].slice(0, 3).every("
+                      "(i) => i.complete && i.naturalWidth === 28)")
+    with page.expect_download() as download:
+        page.click("#mislabels-csv")
+    with open(download.value.path(), encoding="utf-8") as f:
+        assert f.readline().startswith("rank,filename,given_label,suggested_label")
+    _shot(page, "23-mislabels")

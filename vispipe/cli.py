@@ -39,6 +39,7 @@ from vispipe.cli_grammar import (
 )
 from vispipe.config_io import ConfigError
 from vispipe.configs import RESIZE_MODES
+from vispipe.data.balance import IMBALANCE_WARNING, parse_class_weight
 from vispipe.tables import format_table
 from vispipe.tensorflow_startup import quiet_tensorflow_startup
 
@@ -76,8 +77,15 @@ _DATASET = (
 )
 _TRAIN = (
     Flag("--model", "model.name", "network (see `vispipe models`)", metavar="NAME"),
-    Flag("--weights", "model.weights", "initialise from a weights file or run folder",
-         metavar="PATH"),
+    Flag("--weights", "model.weights", "initialise from 'imagenet', a weights file or a run "
+                                       "folder", metavar="SOURCE"),
+    Flag("--weights-dir", "model.weights_dir", "folder of keras.applications weight files "
+                                               "(offline; else $VISPIPE_WEIGHTS_DIR, then the "
+                                               "Keras cache)", metavar="DIR"),
+    Flag("--freeze-epochs", "model.freeze_epochs", "epochs training only the head first "
+                                                   "(-1: 1 with --weights)"),
+    Flag("--unfreeze-blocks", "model.unfreeze_blocks", "then unfreeze only the last N backbone "
+                                                       "blocks (0: all)"),
     Flag("--epochs", "train.epochs", "training epochs (with --resume: the new total)"),
     Flag("--batch-size", "train.batch_size", "global batch size"),
     Flag("--optimizer", "train.optimizer", "solver"),
@@ -86,17 +94,32 @@ _TRAIN = (
     Flag("--seed", "train.seed", "seed of weights, shuffling and augmentation"),
     Flag("--distributed", "train.distributed", "data parallelism (horovod: under horovodrun)"),
 )
+# Class balance and experiment tracking: `train` only (not lr-find / lr-plot).
+_TRAIN_INSIGHT = (
+    Flag("--class-weight", "train.class_weight", "loss weight per class: auto, none, or "
+         "CLASS:W,CLASS:W", parse=parse_class_weight, metavar="auto|none|CLASS:W,..."),
+    Flag("--sampler", "train.sampler", "balanced: every class equally likely in a batch"),
+    Flag("--tracking", "train.tracking", "also log the run to MLflow (TensorBoard always)"),
+    Flag("--tracking-uri", "train.tracking_uri", "MLflow tracking URI (default: a local "
+                                                 "store in $VISPIPE_HOME/mlflow)",
+         metavar="URI"),
+)
 _WHICH = Flag("--which", "evaluate.which", "which model of the run")
+_TTA = Flag("--tta", "evaluate.tta", "test-time augmentation: mean over the views of the "
+                                     "run's training augmentation")
 _INFERENCE_BATCH = Flag("--batch-size", "evaluate.batch_size", "inference batch size")
 
 # The table: verb -> its settings flags, each setting one key of the config tree.
 SETTINGS: dict[str, tuple[Flag, ...]] = {
     "dataset create": _DATASET,
-    "train": _TRAIN,
+    "train": _TRAIN + _TRAIN_INSIGHT,
     "lr-find": _TRAIN + (
         Flag("--start-lr", "lr_find.start_lr", "first learning rate"),
         Flag("--end-lr", "lr_find.end_lr", "last learning rate"),
         Flag("--steps", "lr_find.num_steps", "steps at most"),
+        Flag("--rule", "lr_find.rule", "suggestion returned (all are marked on the plot)"),
+        Flag("--phase", "lr_find.phase", "head only (frozen) or fine-tuning (unfrozen, after "
+                                         "the head phase); auto: the phase the run starts in"),
     ),
     "lr-plot": _TRAIN + (
         Flag("--steps-per-epoch", "train.steps_per_epoch",
@@ -107,9 +130,12 @@ SETTINGS: dict[str, tuple[Flag, ...]] = {
         _WHICH,
         Flag("--top-losses", "evaluate.top_losses", "images in the top-losses grid"),
         _INFERENCE_BATCH,
+        _TTA,
     ),
     "classify": (Flag("--top-k", "evaluate.top_k", "classes per image"), _WHICH,
-                 _INFERENCE_BATCH),
+                 _INFERENCE_BATCH, _TTA,
+                 Flag("--explain", "evaluate.explain", "a Grad-CAM overlay PNG per image, in "
+                                                       "OUT-explain/ (RUN/explain/ without --out)")),
     "visualize": (_WHICH, Flag("--max-filters", "evaluate.max_filters",
                                "most tiles per activation or weight grid")),
 }
@@ -174,11 +200,21 @@ def _print_dataset_summary(info: Any) -> None:
     print(f"\nImages {info.height}x{info.width}x{info.channels} ({info.encoding}), "
           f"{info.num_classes} classes, {len(info.rejected)} rejected, "
           f"{len(info.converted)} converted, {info.duration_s:.1f} s")
+    _print_imbalance(info)
     for item in info.rejected[:10]:
         print(f"  rejected {item['path']}: {item['reason']}")
     if len(info.rejected) > 10:
         print(f"  ... {len(info.rejected) - 10} more in {info.path}/rejected.csv")
     print(f"Dataset written to {info.path}")
+
+
+def _print_imbalance(info: Any) -> None:
+    ratios = info.summary()["imbalance_ratio"]
+    shown = ", ".join(f"{split} {'a class has no image' if r is None else f'{r:.1f}x'}"
+                      for split, r in ratios.items())
+    print(f"Imbalance (largest / smallest class): {shown}")
+    if any(r is None or r >= IMBALANCE_WARNING for r in ratios.values()):
+        print("  imbalanced: consider `train --class-weight auto` or `--sampler balanced`")
 
 
 def _dataset_info(args: argparse.Namespace) -> int:
@@ -196,15 +232,19 @@ def _dataset_info(args: argparse.Namespace) -> int:
 # --- models ------------------------------------------------------------------
 
 def _models(args: argparse.Namespace) -> int:
-    from vispipe.models import list_models
+    from vispipe.models import IMAGENET_NETWORKS, list_models
 
     specs = list_models()
     if args.json:
-        _print_json({"models": [dataclasses.asdict(s) for s in specs]})
+        _print_json({"models": [{**dataclasses.asdict(s),
+                                 "imagenet_weights": s.name in IMAGENET_NETWORKS}
+                                for s in specs]})
         return 0
-    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size, s.description]
-            for s in specs]
-    print(format_table(rows, ["name", "input", "min size", "description"]))
+    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size,
+             "yes" if s.name in IMAGENET_NETWORKS else "-", s.description] for s in specs]
+    print(format_table(rows, ["name", "input", "min size", "ImageNet weights", "description"]))
+    print("\nStart from ImageNet with --weights imagenet (files from keras.applications; "
+          "offline: --weights-dir DIR).")
     return 0
 
 
@@ -282,10 +322,19 @@ def _lr_find(args: argparse.Namespace) -> int:
                          end_lr=finder.end_lr, num_steps=finder.num_steps, out_dir=out,
                          progress=not args.quiet)
     if args.json:
-        _print_json({"suggested_lr": result.suggested_lr, "plot_path": result.plot_path})
-    else:
-        print(f"Suggested learning rate: {result.suggested_lr:.3g}")
-        print(f"Plot: {result.plot_path}")
+        _print_json({"suggested_lr": result.suggested_lr, "rule": result.rule,
+                     "suggestions": result.suggestions, "phase": result.phase,
+                     "plot_path": result.plot_path})
+        return 0
+    others = ", ".join(f"{rule} {lr:.3g}" for rule, lr in result.suggestions.items()
+                       if rule != result.rule)
+    print(f"Suggested learning rate ({result.phase} phase, {result.rule} rule): "
+          f"{result.suggested_lr:.3g}  (other rules: {others})")
+    if result.phase == "unfrozen" and model_cfg.weights and model_cfg.freeze_epochs:
+        factor = result.suggested_lr / train_cfg.lr.base_lr
+        print(f"For fine-tuning after the head phase at base_lr {train_cfg.lr.base_lr:g}: "
+              f"--set model.finetune_lr_factor={factor:.3g}")
+    print(f"Plot: {result.plot_path}")
     return 0
 
 
@@ -335,6 +384,11 @@ def _run_and_input(args: argparse.Namespace, verb: str, what: str) -> tuple[str,
     return _need(args.run, f"{verb} needs --run RUN_DIR."), operands[0]
 
 
+def _explain_dir(args: argparse.Namespace, run: str) -> str:
+    """Where `classify --explain` writes its overlays: beside --out, else in the run."""
+    return f"{os.path.splitext(args.out)[0]}-explain" if args.out else os.path.join(run, "explain")
+
+
 def _classify(args: argparse.Namespace) -> int:
     from vispipe.evaluate import accuracy, classify, predictions_table, write_predictions_csv
 
@@ -342,7 +396,8 @@ def _classify(args: argparse.Namespace) -> int:
     config = resolve(args, verb="classify").evaluate
     with _stdout_to_stderr(args.json):
         predictions = classify(run, inputs, top_k=config.top_k, batch_size=config.batch_size,
-                               which=config.which, progress=not args.quiet)
+                               which=config.which, progress=not args.quiet, tta=config.tta,
+                               explain_dir=_explain_dir(args, run) if config.explain else "")
     if args.out:
         write_predictions_csv(predictions, args.out)
     if args.json:
@@ -352,6 +407,8 @@ def _classify(args: argparse.Namespace) -> int:
         print(f"{len(predictions)} predictions written to {args.out}")
     else:
         print(predictions_table(predictions))
+    if config.explain and not args.json:
+        print(f"Grad-CAM overlays written to {_explain_dir(args, run)}")
     return 0
 
 

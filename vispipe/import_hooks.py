@@ -28,13 +28,15 @@ Wrap = Callable[[Callable[[], None]], Any]
 class _WrappingLoader(importlib.abc.Loader):
     """Runs the real loader's `exec_module` inside `wrap`."""
 
-    def __init__(self, loader: importlib.abc.Loader, wrap: Wrap):
-        self._loader, self._wrap = loader, wrap
+    def __init__(self, loader: importlib.abc.Loader, wrap: Wrap, watcher: "_Watcher"):
+        self._loader, self._wrap, self._watcher = loader, wrap, watcher
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        if self._watcher in sys.meta_path:  # One import only.
+            sys.meta_path.remove(self._watcher)
         self._wrap(lambda: self._loader.exec_module(module))
 
     def __getattr__(self, name: str) -> Any:  # Resource readers and the like.
@@ -50,11 +52,17 @@ class _Watcher(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)  # One import only, found by the other finders.
-        spec = importlib.util.find_spec(fullname)
+        # Found by the other finders. The watcher stays until the module is
+        # loaded: a lookup alone loads nothing (TensorFlow looks "keras" up).
+        index = sys.meta_path.index(self)
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(index, self)
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _WrappingLoader(spec.loader, self.wrap)
+        spec.loader = _WrappingLoader(spec.loader, self.wrap, self)
         return spec
 
 

@@ -1,10 +1,15 @@
 // Runs a TF.js graph model from disk in Node with the pure-JavaScript
-// @tensorflow/tfjs (CPU backend), as a browser would, and writes the
-// probabilities for vispipe's export verification.
+// @tensorflow/tfjs (CPU backend), as a browser would, and writes its outputs
+// for vispipe's export verification.
 //
 // Usage: node run_graph_model.js MODEL_DIR IMAGES.bin N,H,W,C OUT.bin [LATENCY_IMAGES]
-//   IMAGES.bin: uint8 pixels [N, H, W, C]; OUT.bin: float32 probabilities [N, classes].
-// Prints one JSON line: {"backend", "classes", "latency_ms", "metadata"}.
+//   IMAGES.bin: uint8 pixels [N, H, W, C]; OUT.bin: float32 probabilities [N, classes],
+//   OUT.bin.label_ids: int32 [N, k], OUT.bin.scores: float32 [N, k].
+// Prints one JSON line: {"backend", "classes", "top_k", "latency_ms", "metadata"}.
+//
+// Tensors are found by the names vispipe records in model.json
+// (userDefinedMetadata.vispipe.input_names / output_names), never by the
+// converter's signature keys, which it drops when two outputs share a shape.
 "use strict";
 
 const fs = require("fs");
@@ -40,8 +45,17 @@ function loadArtifacts(modelDir) {
   };
 }
 
-function nodeName(tensorName) {
-  return tensorName.split(":")[0];
+// The recorded tensor names: {input, outputs: [probabilities, label_ids, scores]}.
+function contractNames(modelJson, modelDir) {
+  const meta = (modelJson.userDefinedMetadata || {}).vispipe || {};
+  const inputs = meta.input_names || {};
+  const outputs = meta.output_names || {};
+  const wanted = ["probabilities", "label_ids", "scores"];
+  if (!inputs.images || wanted.some((key) => !outputs[key])) {
+    throw new Error(`${modelDir}/model.json: userDefinedMetadata.vispipe needs input_names.images ` +
+      `and output_names.{${wanted.join(",")}}, got ${JSON.stringify({ inputs, outputs })}`);
+  }
+  return { input: inputs.images, outputs: wanted.map((key) => outputs[key]) };
 }
 
 async function main() {
@@ -52,27 +66,32 @@ async function main() {
   await tf.setBackend("cpu");
   const shape = shapeText.split(",").map(Number);
   const { modelJson, artifacts } = loadArtifacts(modelDir);
+  const names = contractNames(modelJson, modelDir);
   const model = await tf.loadGraphModel(tf.io.fromMemory(artifacts));
-  const signature = modelJson.signature;
-  const inputName = nodeName(signature.inputs.images.name);
-  const outputName = nodeName(signature.outputs.probabilities.name);
   const pixels = new Uint8Array(fs.readFileSync(imagesPath));
   const [count, height, width, channels] = shape;
   const perImage = height * width * channels;
-  const chunks = [];
+  const chunks = [[], [], []];
   let classes = 0;
+  let topK = 0;
   for (let start = 0; start < count; start += BATCH) {
     const end = Math.min(count, start + BATCH);
-    const probs = tf.tidy(() => {
+    const outputs = tf.tidy(() => {
       const x = tf.tensor4d(pixels.subarray(start * perImage, end * perImage),
                             [end - start, height, width, channels], "int32");
-      return model.execute({ [inputName]: x }, outputName);
+      return model.execute({ [names.input]: x }, names.outputs);
     });
-    classes = probs.shape[1];
-    chunks.push(Buffer.from((await probs.data()).buffer));
-    probs.dispose();
+    classes = outputs[0].shape[1];
+    topK = outputs[1].shape[1];
+    for (let i = 0; i < outputs.length; i++) {
+      const data = await outputs[i].data();
+      chunks[i].push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+    }
+    tf.dispose(outputs);
   }
-  fs.writeFileSync(outPath, Buffer.concat(chunks));
+  fs.writeFileSync(outPath, Buffer.concat(chunks[0]));
+  fs.writeFileSync(`${outPath}.label_ids`, Buffer.concat(chunks[1]));
+  fs.writeFileSync(`${outPath}.scores`, Buffer.concat(chunks[2]));
 
   const latencyImages = Math.min(count, Number(latencyText || 20));
   const times = [];
@@ -80,7 +99,7 @@ async function main() {
     const x = tf.tensor4d(pixels.subarray(i * perImage, (i + 1) * perImage),
                           [1, height, width, channels], "int32");
     const t0 = process.hrtime.bigint();
-    const y = model.execute({ [inputName]: x }, outputName);
+    const y = model.execute({ [names.input]: x }, names.outputs[0]);
     await y.data();
     times.push(Number(process.hrtime.bigint() - t0) / 1e6);
     x.dispose();
@@ -89,7 +108,7 @@ async function main() {
   times.sort((a, b) => a - b);
   const latency = times.length ? times[Math.floor(times.length / 2)] : null;
   console.log(JSON.stringify({
-    backend: tf.getBackend(), classes, latency_ms: latency,
+    backend: tf.getBackend(), classes, top_k: topK, latency_ms: latency,
     metadata: modelJson.userDefinedMetadata || null,
   }));
 }

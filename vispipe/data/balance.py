@@ -35,14 +35,21 @@ import numpy as np
 
 __all__ = [
     "CLASS_WEIGHT_MODES",
+    "IMBALANCE_WARNING",
+    "imbalance_ratios",
+    "parse_class_weight",
     "class_counts_of",
     "imbalance_ratio",
     "class_weights",
     "with_sample_weights",
     "balanced_records",
+    "training_class_weights",
+    "training_records",
+    "weighted_batches",
 ]
 
 CLASS_WEIGHT_MODES = ("none", "auto")
+IMBALANCE_WARNING = 3.0  # A ratio from here on is reported as imbalanced.
 
 
 def class_counts_of(info, split: str) -> list[int]:
@@ -88,6 +95,49 @@ def imbalance_ratio(counts: Sequence[int]) -> float:
     if smallest <= 0:
         return math.inf
     return largest / smallest
+
+
+def imbalance_ratios(info) -> dict[str, float | None]:
+    """`imbalance_ratio` of every split of a dataset; None where a class has no image.
+
+    Example:
+
+    ```python
+    imbalance_ratios(read_dataset_info("datasets/mnist-cut"))  # {"train": 20.8, "val": 20.0}
+    ```
+    """
+    ratios: dict[str, float | None] = {}
+    for split in info.splits:
+        if split in info.class_counts:
+            ratio = imbalance_ratio(class_counts_of(info, split))
+            ratios[split] = round(ratio, 3) if math.isfinite(ratio) else None
+    return ratios
+
+
+def parse_class_weight(text: str) -> str | dict[str, float]:
+    """`--class-weight` text: "auto", "none", or `NAME:W,NAME:W` (a mapping).
+
+    Example:
+
+    ```python
+    parse_class_weight("cat:3,dog:0.5")  # {"cat": 3.0, "dog": 0.5}
+    ```
+    """
+    import argparse
+
+    if text in CLASS_WEIGHT_MODES:
+        return text
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.rpartition(":")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected auto, none or CLASS:WEIGHT,CLASS:WEIGHT, got {text!r}")
+    return weights
 
 
 def class_weights(
@@ -192,7 +242,7 @@ def balanced_records(records, counts: Sequence[int], *, seed: int, length: int |
 
     Args:
         records: Unbatched records whose second element is the label id
-            (e.g. `vispipe.data.pipeline.decoded_records`).
+            (e.g. `vispipe.data.inputs.decoded_records`).
         counts: Images per class in `records`.
         seed: Seed of the draws and per-class shuffles.
         length: Records per pass (default: `sum(counts)`).
@@ -226,3 +276,54 @@ def balanced_records(records, counts: Sequence[int], *, seed: int, length: int |
         streams, weights=weights.tolist(), seed=seed, rerandomize_each_iteration=True
     )
     return mixed.take(length).apply(tf.data.experimental.assert_cardinality(length))
+
+
+def training_class_weights(info, train_cfg) -> dict[int, float] | None:
+    """`train.class_weight` over a dataset's training split; checks it up front.
+
+    Args:
+        info: The `DatasetInfo`.
+        train_cfg: The `TrainConfig` (`class_weight`).
+
+    Returns:
+        `{label id: weight}`, or None for no weighting.
+
+    Raises:
+        ValueError: A bad mode, unknown class or weight (named).
+    """
+    return class_weights(train_cfg.class_weight, class_counts_of(info, "train"), info.classes)
+
+
+def training_records(records, info, train_cfg, *, seed: int, num_shards: int = 1,
+                     shard_index: int = 0):
+    """The decoded training records as `train.sampler` draws them.
+
+    Args:
+        records: This rank's decoded training records (`decoded_records`).
+        info: The `DatasetInfo` (its training class counts).
+        train_cfg: The `TrainConfig` (`sampler`).
+        seed: Seed of this epoch's draws.
+        num_shards, shard_index: This rank's share of the split.
+
+    Returns:
+        `records` itself ("none"), or `balanced_records` over them
+        ("balanced"), as many per epoch as the rank reads otherwise.
+    """
+    if train_cfg.sampler == "none":
+        return records
+    from vispipe.data.inputs import records_per_rank
+
+    counts = [math.ceil(c / num_shards) for c in class_counts_of(info, "train")]
+    return balanced_records(records, counts, seed=seed + shard_index,
+                            length=records_per_rank(info, "train", num_shards))
+
+
+def weighted_batches(ds, info, train_cfg):
+    """Batches of `(images, labels)` with `train.class_weight` as sample weights.
+
+    Returns:
+        `ds` itself when `class_weight` is "none", else `(images, labels,
+        weights)` batches (`with_sample_weights`).
+    """
+    weights = training_class_weights(info, train_cfg)
+    return ds if weights is None else with_sample_weights(ds, weights)

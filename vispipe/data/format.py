@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vispipe.configs import CHANNELS, RESIZE_MODES, SPLITS, choices
+from vispipe.data.balance import imbalance_ratios
 
 __all__ = [
     "FORMAT_VERSION",
@@ -172,11 +173,16 @@ class DatasetInfo:
         return [s for s in SPLITS if self.split_counts.get(s, 0) > 0]
 
     def summary(self) -> dict[str, Any]:
-        """What the registry and `vispipe dataset create --json` report."""
+        """What the registry and `vispipe dataset create --json` report.
+
+        `imbalance_ratio`: per split, largest / smallest class count (None
+        when a class has no image), see `vispipe.data.balance`.
+        """
         return {
             "dataset_dir": self.path, "classes": self.num_classes,
             "split_counts": self.split_counts, "rejected": len(self.rejected),
             "converted": len(self.converted), "duration_s": round(self.duration_s, 2),
+            "imbalance_ratio": imbalance_ratios(self),
         }
 
     def shard_paths(self, split: str) -> list[str]:

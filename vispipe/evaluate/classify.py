@@ -60,6 +60,8 @@ class Prediction:
         label: The true class name, when the list file gave one.
         error: Why the file could not be classified (then `top` is empty).
         note: What loading changed, e.g. a color conversion.
+        explanation: The Grad-CAM overlay PNG of the top class
+            (`explain_dir`), when written.
     """
 
     path: str
@@ -67,6 +69,7 @@ class Prediction:
     label: str | None = None
     error: str | None = None
     note: str | None = None
+    explanation: str | None = None
 
     @property
     def predicted(self) -> str | None:
@@ -92,6 +95,7 @@ class Prediction:
             "label": self.label,
             "error": self.error,
             "note": self.note,
+            "explanation": self.explanation,
         }
 
 
@@ -223,15 +227,35 @@ def load_for_inference(run_or_model, which: str = "final") -> tuple[Any, list[st
     return model, classes, model_image_options(model)
 
 
-def _classify_chunk(model, chunk: list[Prediction], classes: list[str], k: int,
-                    image_options: ImageOptions | ImageInput) -> None:
+@dataclass
+class _Inference:
+    """How `classify` turns a batch into predictions.
+
+    Attributes:
+        model: The classifier.
+        classes: Class names.
+        k: Classes reported per image.
+        image_options: How files are loaded.
+        views: Test-time augmentation views (empty: the image as it is).
+        overlays: Writes the Grad-CAM overlays, when asked.
+    """
+
+    model: Any
+    classes: list[str]
+    k: int
+    image_options: ImageOptions | ImageInput
+    views: list = field(default_factory=list)
+    overlays: Any = None
+
+
+def _classify_chunk(chunk: list[Prediction], how: _Inference) -> None:
     """Loads and classifies one batch of predictions in place."""
     from vispipe.data.images import ImageError, load_image
 
     loaded, images = [], []
     for pred in chunk:
         try:
-            image, pred.note = load_image(pred.path, image_options)
+            image, pred.note = load_image(pred.path, how.image_options)
         except (ImageError, OSError) as error:
             pred.error = str(error) or type(error).__name__
             continue
@@ -239,15 +263,36 @@ def _classify_chunk(model, chunk: list[Prediction], classes: list[str], k: int,
         images.append(image)
     if not images:
         return
-    probs = predict_probabilities(model, np.stack(images))
-    if probs.shape[1] != len(classes):
+    batch = np.stack(images)
+    if how.views:
+        from vispipe.evaluate.tta import predict_tta
+
+        probs = predict_tta(lambda x: predict_probabilities(how.model, x), batch, how.views)
+    else:
+        probs = predict_probabilities(how.model, batch)
+    if probs.shape[1] != len(how.classes):
         raise ValueError(
-            f"Model {model.name!r} outputs {probs.shape[1]} classes, but "
-            f"{len(classes)} class names were given."
+            f"Model {how.model.name!r} outputs {probs.shape[1]} classes, but "
+            f"{len(how.classes)} class names were given."
         )
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :how.k]
     for pred, row, ids in zip(loaded, probs, order):
-        pred.top = [(classes[i], float(row[i])) for i in ids]
+        pred.top = [(how.classes[i], float(row[i])) for i in ids]
+    if how.overlays is not None:
+        paths = how.overlays.write(batch, [p.path for p in loaded], order[:, 0])
+        for pred, path in zip(loaded, paths):
+            pred.explanation = path
+
+
+def _tta_views(run_or_model, image: ImageInput) -> list:
+    """The views of the run's training augmentation (a run folder is needed)."""
+    from vispipe.evaluate.tta import tta_views
+    from vispipe.train.run_folder import read_run_info
+
+    if not isinstance(run_or_model, (str, os.PathLike)):
+        raise ValueError("tta: test-time augmentation follows a run's training augmentation; "
+                         "pass the run folder, not a model.")
+    return tta_views(read_run_info(os.fspath(run_or_model)).train.augment, image.shape)
 
 
 def classify(
@@ -260,6 +305,8 @@ def classify(
     batch_size: int = 64,
     which: str = "final",
     progress: bool = True,
+    tta: bool = False,
+    explain_dir: str = "",
 ) -> list[Prediction]:
     """Top-k classes of every input image.
 
@@ -276,6 +323,10 @@ def classify(
         batch_size: Inference batch size.
         which: For a run folder: `"final"`, `"best"` or `"last"` model.
         progress: Show a progress bar.
+        tta: Average the probabilities over the views of the run's training
+            augmentation (`vispipe.evaluate.tta`; needs a run folder).
+        explain_dir: Write a Grad-CAM overlay PNG of the top class of every
+            image here (`Prediction.explanation`); "" writes none.
 
     Returns:
         One `Prediction` per input image, in input order; unusable files
@@ -295,12 +346,17 @@ def classify(
     model, run_classes, run_image = load_for_inference(run_dir, which)
     classes, image_options = list(classes or run_classes), image_options or run_image
     predictions = [Prediction(path=p, label=label) for p, label in collect_inputs(inputs, classes)]
-    k = min(top_k, len(classes))
+    how = _Inference(model, classes, min(top_k, len(classes)), image_options,
+                     views=_tta_views(run_dir, run_image) if tta else [])
+    if explain_dir:
+        from vispipe.evaluate.explain import OverlayWriter
+
+        how.overlays = OverlayWriter(model, explain_dir)
     with tqdm(total=len(predictions), desc="Classifying", unit="img", disable=not progress,
               leave=False) as bar:
         for start in range(0, len(predictions), batch_size):
             chunk = predictions[start:start + batch_size]
-            _classify_chunk(model, chunk, classes, k, image_options)
+            _classify_chunk(chunk, how)
             bar.update(len(chunk))
     return predictions
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from vispipe.evaluate import metrics
 from vispipe.evaluate.report import write_metrics, write_tables_and_figures
 from vispipe.evaluate.results import EvaluationResult, ImageKeeper, Predictions
+from vispipe.evaluate.tta import TtaSummary, View, tta_probabilities, tta_views
 
 __all__ = [
     "TOP_K",
@@ -89,7 +90,7 @@ def _check_outputs(model, probs: np.ndarray, classes: Sequence[str]) -> None:
 
 
 def predict(model, batches: Batches, classes: Sequence[str], *, total: int, split: str,
-            keep: int, progress: bool) -> Predictions:
+            keep: int, progress: bool, views: Sequence[View] = ()) -> Predictions:
     """Runs `model` over `(images, labels, filenames or None)` batches.
 
     Args:
@@ -100,6 +101,8 @@ def predict(model, batches: Batches, classes: Sequence[str], *, total: int, spli
         split: Its name (for messages).
         keep: Images kept for each of the top-losses and most-uncertain grids.
         progress: Show a progress bar.
+        views: Test-time augmentation views (`vispipe.evaluate.tta`); the
+            probabilities are then their mean.
 
     Returns:
         The `Predictions`.
@@ -107,13 +110,18 @@ def predict(model, batches: Batches, classes: Sequence[str], *, total: int, spli
     Raises:
         ValueError: No images, or a model whose outputs are not `classes`.
     """
-    probabilities, labels, names = [], [], []
+    probabilities, plain, labels, names = [], [], [], []
     worst = ImageKeeper(keep)
     uncertain = ImageKeeper(keep if len(classes) > 1 else 0)
     with tqdm(total=total, desc=f"Evaluating {split}", unit="img", disable=not progress,
               leave=False) as bar:
         for images, batch_labels, batch_names in batches:
-            probs = predict_probabilities(model, images)
+            if views:
+                probs, identity = tta_probabilities(
+                    lambda x: predict_probabilities(model, x), images, views)
+                plain.append(identity)
+            else:
+                probs = predict_probabilities(model, images)
             _check_outputs(model, probs, classes)
             batch_labels = np.asarray(batch_labels, dtype=np.int64)
             seen = len(names)
@@ -130,7 +138,9 @@ def predict(model, batches: Batches, classes: Sequence[str], *, total: int, spli
     if not names:
         raise ValueError(f"Split {split!r}: no images to evaluate.")
     probs, true = np.concatenate(probabilities), np.concatenate(labels)
-    return Predictions(probs, true, names, metrics.per_image_loss(probs, true), worst, uncertain)
+    return Predictions(probs, true, names, metrics.per_image_loss(probs, true), worst, uncertain,
+                       plain_probabilities=np.concatenate(plain) if plain else None,
+                       views=[view.name for view in views])
 
 
 def score(predictions: Predictions, classes: Sequence[str], *, split: str,
@@ -165,28 +175,57 @@ def score(predictions: Predictions, classes: Sequence[str], *, split: str,
         top_losses=[predictions.describe(i, classes)
                     for i in metrics.top_losses(predictions.losses, top_losses)],
         confusion_matrix=cm,
+        tta=_tta_summary(predictions),
+    )
+
+
+def _tta_summary(predictions: Predictions) -> TtaSummary | None:
+    if predictions.plain_probabilities is None:
+        return None
+    labels = predictions.labels
+    return TtaSummary(
+        views=list(predictions.views),
+        top1_accuracy_without=float(np.mean(predictions.plain_probabilities.argmax(1) == labels)),
+        top1_accuracy=float(np.mean(predictions.predicted == labels)),
     )
 
 
 def _evaluate_batches(model, batches: Batches, classes: Sequence[str], *, total: int,
                       split: str, out_dir: str | None, top_losses: int, progress: bool,
-                      **source: str | None) -> EvaluationResult:
+                      views: Sequence[View] = (), **source: str | None) -> EvaluationResult:
     """Predict -> score -> write the report (when `out_dir` is given).
 
     `source` (`run_dir`, `dataset_dir`, `which`) is recorded in the result.
     """
     start_time = time.perf_counter()
     predictions = predict(model, batches, classes, total=total, split=split, keep=top_losses,
-                          progress=progress)
+                          progress=progress, views=views)
     result = score(predictions, classes, split=split, top_losses=top_losses)
     for name, value in source.items():
         setattr(result, name, value)
     if out_dir is not None:
         write_tables_and_figures(result, predictions, out_dir, top_losses=top_losses)
+        _write_top_losses_gradcam(model, result, predictions, out_dir)
     result.duration_s = time.perf_counter() - start_time
     if out_dir is not None:
         write_metrics(result, out_dir)
     return result
+
+
+def _write_top_losses_gradcam(model, result: EvaluationResult, predictions: Predictions,
+                              out_dir: str) -> None:
+    """`top_losses_gradcam.png`: where the model looked for the class it wrongly chose."""
+    from vispipe.evaluate.explain import save_gradcam_grid
+
+    classes = result.classes
+    path = save_gradcam_grid(
+        model, [predictions.worst.images[r["index"]] for r in result.top_losses],
+        [classes.index(r["predicted"]) for r in result.top_losses],
+        [f"{r['true']} -> {r['predicted']}" for r in result.top_losses],
+        os.path.join(out_dir, "top_losses_gradcam.png"),
+        title=f"Top losses ({result.split}): Grad-CAM of the predicted class")
+    if path:
+        result.files["top_losses_gradcam_png"] = path
 
 
 def evaluate_model(
@@ -284,6 +323,7 @@ def evaluate_run(
     batch_size: int = 256,
     which: str = "final",
     progress: bool = True,
+    tta: bool = False,
 ) -> EvaluationResult:
     """Evaluates a training run's model on a split of its (or another) dataset.
 
@@ -297,6 +337,9 @@ def evaluate_run(
         batch_size: Inference batch size.
         which: Model to load: `"final"`, `"best"` or `"last"` checkpoint.
         progress: Show a progress bar.
+        tta: Test-time augmentation: the mean over the views of the run's
+            training augmentation (`vispipe.evaluate.tta`); `result.tta`
+            reports the accuracy with and without.
 
     Returns:
         An `EvaluationResult` whose files are in `out_dir`.
@@ -338,7 +381,8 @@ def evaluate_run(
     return _evaluate_batches(
         model, batches, info.classes, total=info.split_counts[split], split=split,
         out_dir=out_dir or os.path.join(run_dir, f"eval-{split}"), top_losses=top_losses,
-        progress=progress, run_dir=run_dir, dataset_dir=info.path, which=which,
+        progress=progress, views=tta_views(run.train.augment, run.image.shape) if tta else (),
+        run_dir=run_dir, dataset_dir=info.path, which=which,
     )
 
 
@@ -386,4 +430,4 @@ def evaluate_splits(
         run_dir, dataset_dir=dataset_dir, split=split,
         out_dir=os.path.join(out_dir or run_dir, f"eval-{split}"),
         top_losses=config.top_losses, batch_size=config.batch_size, which=config.which,
-        progress=progress) for split in splits}
+        progress=progress, tta=config.tta) for split in splits}

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
+
+from vispipe.configs import SPLITS, choices
 
 from vispipe.evaluate.label_issues import (
     LabelIssues,
@@ -36,18 +39,33 @@ from vispipe.evaluate.label_issues import (
     out_of_fold_probabilities,
 )
 
-__all__ = ["MISLABELS_DIR", "GRID_IMAGES", "run_label_issues"]
+__all__ = ["MISLABELS_DIR", "GRID_IMAGES", "MislabelsSettings", "run_label_issues"]
 
 MISLABELS_DIR = "mislabels"
 GRID_IMAGES = 32
 _MAX_IMAGES_SAVED = 500
 
 
+@dataclass
+class MislabelsSettings:
+    """The `mislabels:` section of the config tree (`vispipe mislabels`).
+
+    Attributes:
+        folds: k of the k-fold split (k trainings of the run's network).
+        epochs: Epochs per fold; 0 uses the run's.
+        split: The split whose labels are judged.
+    """
+
+    folds: int = 3
+    epochs: int = 0
+    split: str = choices(SPLITS, "train")
+
+
 def _split_arrays(info, split: str):
     """Images, labels and file names of a split, in the evaluation order."""
     import tensorflow as tf
 
-    from vispipe.data.pipeline import decoded_records
+    from vispipe.data.inputs import decoded_records
 
     records = decoded_records(info, split, with_filenames=True, cache="none")
     images, labels, names = [], [], []
@@ -64,7 +82,7 @@ def _fold_trainer(info, model_cfg, train_cfg, images, labels, epochs: int):
     import keras
     import tensorflow as tf
 
-    from vispipe.data.pipeline import make_dataset
+    from vispipe.data.inputs import make_dataset
     from vispipe.models import build_classifier
     from vispipe.train.optimizers import make_optimizer
     from vispipe.train.schedules import make_schedule
@@ -137,23 +155,19 @@ def run_label_issues(run_dir: str, *, folds: int = 3, epochs: int = 0, split: st
     Raises:
         ValueError: Invalid folds/epochs, or an empty split.
     """
-    from vispipe.config_io import from_dict
-    from vispipe.configs import ModelConfig, TrainConfig
     from vispipe.data.format import read_dataset_info
-    from vispipe.train.run_folder import RunFolder
+    from vispipe.train.run_folder import read_run_info
 
     if epochs < 0:
         raise ValueError(f"epochs: expected an integer >= 0 (0: the run's), got {epochs!r}.")
-    run = RunFolder(run_dir)
-    data = run.read_info()
-    model_cfg = from_dict(ModelConfig, data["model"], f"{run.info_path}: model")
-    train_cfg = from_dict(TrainConfig, data["train"], f"{run.info_path}: train")
-    info = read_dataset_info(data["dataset_dir"])
+    run = read_run_info(run_dir)
+    model_cfg, train_cfg = run.model, run.train
+    info = read_dataset_info(run.dataset_dir)
     images, labels, names = _split_arrays(info, split)
     fit_predict = _fold_trainer(info, model_cfg, train_cfg, images, labels,
                                 epochs or train_cfg.epochs)
     probs = out_of_fold_probabilities(fit_predict, labels, num_classes=info.num_classes,
                                       folds=folds, seed=train_cfg.seed, progress=progress)
     issues = find_label_issues(probs, labels, list(info.classes), names)
-    _write_outputs(issues, probs, images, out_dir or run.file(MISLABELS_DIR))
+    _write_outputs(issues, probs, images, out_dir or os.path.join(run.path, MISLABELS_DIR))
     return issues

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from vispipe.evaluate.tta import TtaSummary
 from vispipe.tables import format_table
 
 __all__ = ["ImageKeeper", "Predictions", "EvaluationResult"]
@@ -65,6 +66,9 @@ class Predictions:
         losses: float64 `[N]` cross-entropy per image.
         worst: Images of the highest losses (scored by `-loss`).
         uncertain: Images of the smallest top-two margins.
+        plain_probabilities: With test-time augmentation, the identity
+            view's probabilities (`probabilities` are the mean over views).
+        views: The test-time augmentation views' names (empty: none).
     """
 
     probabilities: np.ndarray
@@ -73,6 +77,8 @@ class Predictions:
     losses: np.ndarray
     worst: ImageKeeper
     uncertain: ImageKeeper
+    plain_probabilities: np.ndarray | None = None
+    views: list[str] = field(default_factory=list)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -114,6 +120,7 @@ class EvaluationResult:
         top_losses: The most-wrong images, `{"index", "filename", "true",
             "predicted", "probability", "true_probability", "loss"}` each.
         confusion_matrix: `[C, C]` counts, rows true, columns predicted.
+        tta: What test-time augmentation changed, when used.
         files: Written files by kind (`"metrics"`, `"confusion_matrix_csv"`...).
         run_dir, dataset_dir, which: Where the model and images came from,
             when known.
@@ -133,6 +140,7 @@ class EvaluationResult:
     most_confused: list[dict[str, Any]]
     top_losses: list[dict[str, Any]]
     confusion_matrix: np.ndarray
+    tta: TtaSummary | None = None
     files: dict[str, str] = field(default_factory=dict)
     run_dir: str | None = None
     dataset_dir: str | None = None
@@ -142,6 +150,12 @@ class EvaluationResult:
     @property
     def macro_f1(self) -> float:
         return self.macro["f1"]
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean per-class recall over the classes that occur (= macro recall);
+        unlike top-1 accuracy, a minority class counts as much as a majority one."""
+        return self.macro["recall"]
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready summary (the confusion matrix is in its CSV, not here)."""
@@ -153,6 +167,8 @@ class EvaluationResult:
             "top5_accuracy": self.top5_accuracy,
             "top_k": self.top_k,
             "mean_loss": self.mean_loss,
+            "balanced_accuracy": self.balanced_accuracy,
+            "tta": self.tta.to_json() if self.tta else None,
             "macro_precision": self.macro["precision"],
             "macro_recall": self.macro["recall"],
             "macro_f1": self.macro["f1"],
@@ -170,6 +186,13 @@ class EvaluationResult:
             "duration_s": self.duration_s,
         }
 
+    def _tta_rows(self) -> list[list[str]]:
+        if self.tta is None:
+            return []
+        return [[f"top-1 without TTA ({len(self.tta.views)} views)",
+                 f"{100 * self.tta.top1_accuracy_without:.2f}%"],
+                ["TTA change", f"{100 * self.tta.change:+.2f} points"]]
+
     def summary_table(self) -> str:
         """Overall metrics, a per-class table and the most confused pairs, as text."""
         source = f" of {self.run_dir}" if self.run_dir else ""
@@ -180,7 +203,9 @@ class EvaluationResult:
             format_table(
                 [
                     ["top-1 accuracy", f"{100 * self.top1_accuracy:.2f}%"],
+                    *self._tta_rows(),
                     [f"top-{self.top_k} accuracy", f"{100 * self.top5_accuracy:.2f}%"],
+                    ["balanced accuracy", f"{100 * self.balanced_accuracy:.2f}%"],
                     ["mean loss", self.mean_loss],
                     ["macro F1", self.macro["f1"]],
                     ["weighted F1", self.weighted["f1"]],

@@ -20,18 +20,19 @@ Example:
 
 ```python
 views = tta_views(run.train.augment, (32, 32, 3))   # identity, mirror, 4 shifts
-probs = predict_tta(model, images, views)
+probs = predict_tta(model.predict_on_batch, images, views)
 ```
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["View", "tta_views", "apply_view", "predict_tta"]
+__all__ = ["View", "TtaSummary", "Predict", "tta_views", "apply_view", "predict_tta",
+           "tta_probabilities"]
 
 
 @dataclass(frozen=True)
@@ -138,23 +139,61 @@ def apply_view(images: np.ndarray, view: View) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def predict_tta(model, images: np.ndarray, views: Sequence[View]) -> np.ndarray:
-    """Mean class probabilities over `views`.
+@dataclass
+class TtaSummary:
+    """What test-time augmentation changed in an evaluation.
+
+    Attributes:
+        views: The views' names (`View.name`), the identity first.
+        top1_accuracy_without: Top-1 accuracy of the identity view alone.
+        top1_accuracy: Top-1 accuracy of the mean over the views.
+    """
+
+    views: list[str]
+    top1_accuracy_without: float
+    top1_accuracy: float
+
+    @property
+    def change(self) -> float:
+        """Accuracy gained (negative: lost) by the augmentation."""
+        return self.top1_accuracy - self.top1_accuracy_without
+
+    def to_json(self) -> dict:
+        return {"views": list(self.views), "top1_accuracy_without": self.top1_accuracy_without,
+                "top1_accuracy": self.top1_accuracy, "change": self.change}
+
+
+Predict = Callable[[np.ndarray], np.ndarray]  # float32 images [B, H, W, C] -> probabilities
+
+
+def tta_probabilities(predict: Predict, images: np.ndarray,
+                      views: Sequence[View]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean class probabilities over `views`, and those of the image as it is.
 
     Args:
-        model: A Keras model taking the images (float32 0-255 for a run).
+        predict: Images -> class probabilities `[B, C]`, e.g.
+            `lambda x: predict_probabilities(model, x)`.
         images: One batch `[B, H, W, C]`.
         views: From `tta_views`; at least one.
 
     Returns:
-        float32 `[B, C]`.
+        float32 `([B, C] mean, [B, C] of the identity view)`.
     """
-    from vispipe.evaluate.evaluator import predict_probabilities
-
     if not views:
         raise ValueError("views: expected at least one view (the identity), got none.")
-    total = None
-    for view in views:
-        probs = predict_probabilities(model, apply_view(images, view))
-        total = probs if total is None else total + probs
-    return (total / len(views)).astype(np.float32)
+    per_view = [np.asarray(predict(apply_view(images, view)), np.float32) for view in views]
+    identity = (per_view[0] if views[0] == View("identity")
+                else np.asarray(predict(np.asarray(images, np.float32)), np.float32))
+    return np.mean(per_view, axis=0).astype(np.float32), identity
+
+
+def predict_tta(predict: Predict, images: np.ndarray, views: Sequence[View]) -> np.ndarray:
+    """Mean class probabilities over `views` (see `tta_probabilities`).
+
+    Example:
+
+    ```python
+    probs = predict_tta(model.predict_on_batch, images, tta_views(augment, images.shape[1:]))
+    ```
+    """
+    return tta_probabilities(predict, images, views)[0]

@@ -26,22 +26,32 @@ tracker.finish("completed", artifacts=["runs/mnist/curves.png"])
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
 import math
 import os
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import keras
 
 __all__ = [
     "TRACKING_FILE",
+    "FINAL_ARTIFACTS",
     "default_tracking_uri",
     "flatten_params",
     "MlflowTracker",
+    "require_tracker",
+    "tracked_run",
 ]
 
+_log = logging.getLogger(__name__)
+
 TRACKING_FILE = "mlflow.json"
+# Uploaded when the run ends: what a reader of the MLflow run wants to open.
+FINAL_ARTIFACTS = ("run.json", "metrics.jsonl", "curves.png")
 _STATUSES = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 _MAX_PARAM_LENGTH = 6000  # MLflow's limit on one parameter value.
 
@@ -57,8 +67,14 @@ def default_tracking_uri() -> str:
     return "sqlite:///" + os.path.abspath(os.path.join(folder, "mlflow.db"))
 
 
-def _default_artifact_root() -> str:
-    return "file://" + os.path.abspath(os.path.join(_vispipe_home(), "mlflow", "artifacts"))
+def _artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its files: beside an SQLite store's database
+    (MLflow's own default is `./mlruns` in whatever folder the run started);
+    a tracking server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = tracking_uri[len("sqlite:///"):]
+    return "file://" + os.path.join(os.path.dirname(os.path.abspath(database)), "artifacts")
 
 
 def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -143,7 +159,7 @@ class MlflowTracker:
             run_id = recorded["run_id"]
             client.update_run(run_id, status="RUNNING")
             return cls(client, run_id, uri, run_dir)
-        experiment_id = cls._experiment_id(client, experiment, default_store=not tracking_uri)
+        experiment_id = cls._experiment_id(client, experiment, _artifact_root(uri))
         all_tags = {"vispipe.run_dir": os.path.abspath(run_dir), **(tags or {})}
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         tracker = cls(client, run.info.run_id, uri, run_dir)
@@ -167,13 +183,11 @@ class MlflowTracker:
         os.replace(tmp, path)
 
     @staticmethod
-    def _experiment_id(client, name: str, *, default_store: bool) -> str:
+    def _experiment_id(client, name: str, artifact_root: str | None) -> str:
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        # The local store keeps its files beside the database, not in the cwd.
-        location = _default_artifact_root() if default_store else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=artifact_root)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Logs nested settings as flattened parameters."""
@@ -238,3 +252,60 @@ class _EpochLogger(keras.callbacks.Callback):
         if lr is not None:
             metrics["lr"] = lr
         self.tracker.log_metrics(metrics, step=epoch + 1)
+
+
+def require_tracker(train_cfg) -> None:
+    """Checks up front that `train.tracking`'s library is installed.
+
+    Raises:
+        ImportError: "mlflow" without MLflow (names the extra).
+    """
+    if train_cfg.tracking == "mlflow":
+        _import_mlflow()
+
+
+@contextlib.contextmanager
+def tracked_run(run_dir: str, name: str, model_cfg, train_cfg, *, dataset_dir: str,
+                enabled: bool = True) -> Iterator[list[keras.callbacks.Callback]]:
+    """Logs a training call to MLflow when `train.tracking` is "mlflow".
+
+    Yields the Keras callbacks to train with (none when tracking is off or
+    `enabled` is False, e.g. on a rank that does not write the run). On
+    exit the MLflow run gets the final files (`FINAL_ARTIFACTS`) and the
+    run's status: "completed", "interrupted" (Ctrl-C, SIGTERM) or "failed".
+
+    Args:
+        run_dir: The run folder.
+        name: The run name (the MLflow run name).
+        model_cfg, train_cfg: The settings, logged as parameters.
+        dataset_dir: The dataset, logged as `dataset_dir`.
+        enabled: Whether this process tracks.
+
+    Example:
+
+    ```python
+    with tracked_run(run_dir, "mnist", model_cfg, train_cfg, dataset_dir=ds) as callbacks:
+        model.fit(data, callbacks=callbacks)
+    ```
+    """
+    if not enabled or train_cfg.tracking == "none":
+        yield []
+        return
+    params = {"dataset_dir": os.path.abspath(dataset_dir),
+              "model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)}
+    tracker = MlflowTracker.open(run_dir, params=params, run_name=name,
+                                 tracking_uri=train_cfg.tracking_uri)
+    _log.info("Tracking run %s in MLflow (%s, run %s)", run_dir, tracker.tracking_uri,
+              tracker.run_id)
+    status = "failed"
+    try:
+        yield [tracker.callback()]
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        try:
+            tracker.finish(status, [os.path.join(run_dir, f) for f in FINAL_ARTIFACTS])
+        except Exception as error:  # noqa: BLE001 - a tracking server's fault never fails a run.
+            _log.warning("MLflow run %s not closed: %s", tracker.run_id, error)

@@ -57,7 +57,7 @@ from typing import Any, Iterator
 import yaml
 
 from vispipe.config_io import to_dict
-from vispipe.configs import PipelineConfig
+from vispipe.configs import PipelineConfig, choices
 from vispipe.tune.space import SearchParam, apply_values, baseline_values, parse_space, suggest
 
 __all__ = [
@@ -102,13 +102,13 @@ class TuneSettings:
     """
 
     trials: int = 20
-    metric: str = "val_accuracy"
+    metric: str = choices(tuple(METRICS), "val_accuracy")
     space: dict[str, Any] = field(default_factory=dict)
-    sampler: str = "tpe"
-    pruner: str = "median"
+    sampler: str = choices(SAMPLERS, "tpe")
+    pruner: str = choices(PRUNERS, "median")
     storage: str = ""
     study: str = ""
-    isolation: str = "process"
+    isolation: str = choices(ISOLATIONS, "process")
     seed: int = 42
     heartbeat_s: int = 10
     baseline: bool = True
@@ -308,7 +308,7 @@ class _Objective:
         from vispipe.train.run_folder import RunFolder
 
         run = RunFolder(run_dir)
-        return run.exists() and run.read_info().get("status") != "completed"
+        return run.exists() and run.read_run_info().status != "completed"
 
     def _inline(self, trial, config: PipelineConfig, run_dir: str, name: str) -> bool:
         from vispipe.train import resume, train
@@ -459,7 +459,7 @@ def _collect(study, settings: TuneSettings, out_dir: str) -> TuneResult:
         if retried_as is not None and retried_as != trial.number:
             note = f"process died; retried as trial {retried_as}"
         elif trial.state == TrialState.FAIL and run_dir and RunFolder(run_dir).exists():
-            note = RunFolder(run_dir).read_info().get("error") or ""
+            note = RunFolder(run_dir).read_run_info().error or ""
         elif trial.state == TrialState.PRUNED:
             note = f"pruned after epoch {trial.last_step}"
         epochs = len(RunFolder(run_dir).read_metrics("epoch")) if run_dir and not note.startswith(

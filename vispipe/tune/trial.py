@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunFolder(args.run)
     try:
         if run.exists():
-            if run.read_info().get("status") != "completed":
+            if run.read_run_info().status != "completed":
                 resume(args.run, progress=not args.quiet)
         else:
             train(args.dataset, args.run, config.model, config.train, name=args.name,

@@ -185,14 +185,9 @@ def dataset_page(request: Request, entry_id: int):
                   more_classes=max(0, len(info.classes) - SAMPLE_CLASSES) if info else 0)
 
 
-# A split whose largest class has this many times the images of its smallest
-# gets the page's advice on class weights.
-IMBALANCE_WARNING = 3.0
-
-
 def _imbalance(info) -> dict[str, tuple[str, bool]]:
     """Per split: largest / smallest class count as text ("20.0x"), and whether to warn."""
-    from vispipe.data.balance import class_counts_of, imbalance_ratio
+    from vispipe.data.balance import IMBALANCE_WARNING, class_counts_of, imbalance_ratio
 
     shown = {}
     for split in info.splits:

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from vispipe.configs import LR_POLICIES, OPTIMIZERS
+from vispipe.data.balance import CLASS_WEIGHT_MODES
 from vispipe.models import list_models
 from vispipe.registry import Registry
 from vispipe.ui.devices import capabilities, horovod_launcher
@@ -137,6 +138,12 @@ def parse_train_form(form, settings, registry: Registry
         value = float_field(form, flag, errors, low=0, high=high, default=0)
         if value:
             argv += ["--set", f"train.augment.{flag}={value:g}"]
+    argv += ["--class-weight", choice_field(form, "class_weight", CLASS_WEIGHT_MODES, errors,
+                                            "none")]
+    if form.get("balanced_sampler"):
+        argv += ["--sampler", "balanced"]
+    if form.get("mlflow"):
+        argv += ["--tracking", "mlflow"]
     steps = int_field(form, "steps_per_epoch", errors, low=0, high=10**7, default=0)
     if steps:
         argv += ["--set", f"train.steps_per_epoch={steps}"]

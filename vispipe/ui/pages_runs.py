@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Request, UploadFile
 from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
                                StreamingResponse)
 
+from vispipe.export.options import installed_formats
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
 from vispipe.ui.forms import int_field
@@ -34,7 +35,6 @@ __all__ = ["router", "export_available"]
 
 router = APIRouter()
 
-_EXPORT_FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs")
 _FINAL = ("completed", "failed", "interrupted", "aborted")
 _models: dict[tuple[str, float], object] = {}
 _models_lock = threading.Lock()
@@ -77,12 +77,7 @@ def run_page(request: Request, entry_id: int):
             with open(path, encoding="utf-8") as f:
                 evaluations[split] = json.load(f)
     exports = [j for j in jobs if j.verb == "export"]
-    reports = {}
-    for job in exports:
-        report_path = os.path.join(job.target, "export_report.json")
-        if os.path.isfile(report_path):
-            with open(report_path, encoding="utf-8") as f:
-                reports[job.id] = json.load(f)
+    reports = {job.id: _benchmark(job.target) for job in exports}
     return render(request, "run.html", entry=entry, info=info, status=status, job=train_job,
                   log=log_tail(train_job) if train_job else "",
                   resume=resume_argv(train_job) if train_job else None,
@@ -91,7 +86,25 @@ def run_page(request: Request, entry_id: int):
                               and j.status in ("queued", "running")],
                   serving=[j for j in jobs if j.verb == "serve"],
                   classifications=[j for j in jobs if j.verb == "classify"],
-                  export_formats=_EXPORT_FORMATS, export_ok=export_available())
+                  export_formats=installed_formats(), export_ok=export_available())
+
+
+def _benchmark(export_dir: str):
+    """The export's benchmark (`summarize`), drawing its PNG on the first visit.
+
+    Returns:
+        The `BenchmarkReport`; None while there is no report yet; the error
+        text when the report cannot be read.
+    """
+    from vispipe.export.benchmark import REPORT_FILE, summarize
+
+    if not os.path.isfile(os.path.join(export_dir, REPORT_FILE)):
+        return None
+    try:
+        return summarize(export_dir, plot=not os.path.isfile(os.path.join(export_dir,
+                                                                          "benchmark.png")))
+    except (OSError, ValueError) as e:  # A damaged report: the page still shows the rest.
+        return f"{type(e).__name__}: {e}"
 
 
 @router.get("/runs/{entry_id}/events")
@@ -231,7 +244,8 @@ async def evaluate(request: Request, entry_id: int):
 
 _RUN_FILES = {"curves.png", "eval-test/confusion_matrix.png", "eval-val/confusion_matrix.png",
               "eval-test/top_losses.png", "eval-val/top_losses.png",
-              "eval-test/uncertain.png", "eval-val/uncertain.png"}
+              "eval-test/uncertain.png", "eval-val/uncertain.png",
+              "eval-test/top_losses_gradcam.png", "eval-val/top_losses_gradcam.png"}
 
 
 @router.get("/runs/{entry_id}/file/{name:path}")
@@ -248,15 +262,15 @@ def run_file(entry_id: int, name: str):
 @router.post("/runs/{entry_id}/export")
 async def export(request: Request, entry_id: int):
     form = await request.form()
-    formats = [f for f in _EXPORT_FORMATS if form.get(f"format_{f}")]
+    formats = [f for f in installed_formats() if form.get(f"format_{f}")]
     if not formats:
-        raise HTTPException(400, f"Export: expected at least one format of {_EXPORT_FORMATS}.")
+        raise HTTPException(400, f"Export: expected at least one format of {installed_formats()}.")
     if not export_available():
         raise HTTPException(409, "The export stage is not installed (`vispipe export` is missing).")
     entry = load_entry(entry_id, "run")
     out = os.path.join(request.app.state.settings.folder("exports"),
                        f"{entry_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-    argv = ["export", entry.path, "--formats", ",".join(formats), "--out", out]
+    argv = ["export", "--run", entry.path, "--formats", ",".join(formats), "--out", out]
     limit = form.get("verify_limit")
     if limit and str(limit).isdigit():
         argv += ["--verify-limit", str(limit)]
