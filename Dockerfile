@@ -64,7 +64,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "/usr/local/bin/vispipe-healthcheck"]
 # TF Serving's command line (or `serve ...`, vispipe's verb); see the script.
 ENTRYPOINT ["vispipe-serve"]
-CMD ["--host", "0.0.0.0", "--model-base-path", "/models/model"]
+# As the official image: the model "model" from /models/model, REST on 8501, gRPC on 8500.
+CMD ["--port=8500", "--rest_api_port=8501", "--model_name=model", "--model_base_path=/models/model"]
 
 # ---- train-cpu --------------------------------------------------------------
 FROM cpu-tensorflow AS train-cpu

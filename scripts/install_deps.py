@@ -92,8 +92,14 @@ class Pip:
                               capture_output=capture)
 
     def fetch(self, requirements: list[str], constraints: str) -> None:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir",
-                        self.wheel_dir, "-c", constraints, *requirements], check=True)
+        """Downloads (or builds) the wheel of every distribution `requirements` need.
+
+        PEP 517 builds sdists (promise, for one) in an isolated environment
+        with their own setuptools and wheel, which a fresh venv lacks.
+        """
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--use-pep517",
+                        "--wheel-dir", self.wheel_dir, "-c", constraints, *requirements],
+                       check=True)
 
     def install(self, *args: str) -> None:
         self.run("install", "--quiet", "--no-index", "--find-links", self.wheel_dir, *args)
