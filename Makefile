@@ -67,7 +67,7 @@ images:
 
 # Builds (cached layers: quick when nothing changed) and runs the images.
 image-test: $(STAMP) containers
-	$(BIN)/python -m pytest $(CONTAINER_TESTS) $(PYTEST_ARGS)
+	VISPIPE_BUILD_ALL_IMAGES=1 $(BIN)/python -m pytest $(CONTAINER_TESTS) $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/vispipe run pipelines/digits-demo.yaml

@@ -13,7 +13,8 @@
   wrote nothing.
 
 Both build the Dockerfile's `train-cpu` target and train LeNet on a real MNIST
-subset; they skip, saying why, without podman/docker or base images. Cost on
+subset; they skip, saying why, without podman/docker or base images, and in
+`make test` (the build does not fit its budget: `make image-test` runs them). Cost on
 the shared 2-core machine: the first build 45 minutes under heavy load (most of
 it compiling Horovod; cached layers: 11 s); the two tests 8 minutes.
 """
