@@ -15,7 +15,8 @@ solver and epochs, it trains:
 Prints one JSON object: the source run (images, epochs, accuracy, time) and,
 per arm, the final and best validation accuracy and the wall time.
 `--source-run` reuses an earlier source run instead of pretraining (its own
-figures are then read from its run.json).
+figures are then read from its run.json; `vispipe upgrade-run` a run made
+before run format 2).
 
 Usage:
 
@@ -105,6 +106,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="vispipe-bench-transfer-")
     os.environ.setdefault("VISPIPE_HOME", os.path.join(root, "home"))
     source_run = os.path.abspath(args.source_run) if args.source_run else _pretrain(root, args)
+    source = _source_report(source_run)  # Before the arms: an outdated run.json fails now.
     target = cifar_subset(os.path.join(root, "target"), TARGET_CLASSES, args.target_per_class,
                           args.target_val_per_class, args.size)
     arms = _arms(args.model, source_run, args.epochs)
@@ -120,7 +122,7 @@ def main() -> None:
                          "val_accuracy_per_epoch": [round(v, 3) for v in vals if v is not None]}
         print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
     print(json.dumps({
-        "source": _source_report(source_run),
+        "source": source,
         "target": {"classes": list(TARGET_CLASSES), "size": args.size,
                    "train_images": args.target_per_class * len(TARGET_CLASSES),
                    "val_images": args.target_val_per_class * len(TARGET_CLASSES),
