@@ -12,6 +12,7 @@ app.include_router(router)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
+from vispipe.train.run_info import RunInfo
 from vispipe.ui.templating import render
 from vispipe.ui.views import entry_or_404
 
@@ -39,7 +41,7 @@ class ComparedRun:
 
     entry: Entry
     color: str
-    info: dict[str, Any]
+    info: RunInfo
     epochs: list[dict[str, Any]]
     settings: dict[str, str]
 
@@ -78,9 +80,12 @@ def _load(registry: Registry, entry_id: int, color: str) -> ComparedRun:
     run = RunFolder(entry.path)
     if not run.exists():
         raise HTTPException(404, f"Model {entry.name!r} has no run folder at {entry.path}.")
-    info = run.read_info()
-    settings = flatten({"dataset": info.get("dataset_dir", ""), "model": info.get("model", {}),
-                        "train": info.get("train", {})})
+    try:
+        info = run.read_run_info()
+    except ValueError as error:  # An older run format: its message says how to upgrade it.
+        raise HTTPException(409, f"Model {entry.name!r}: {error}") from None
+    settings = flatten({"dataset": info.dataset_dir, "model": dataclasses.asdict(info.model),
+                        "train": dataclasses.asdict(info.train)})
     return ComparedRun(entry=entry, color=color, info=info, epochs=run.read_metrics("epoch"),
                        settings=settings)
 
