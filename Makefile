@@ -9,12 +9,15 @@ PYTEST_ARGS ?=
 HOROVOD_STAMP := $(VENV)/.installed-horovod
 NODE_STAMP := $(VENV)/.installed-node
 
-.PHONY: setup demo test bench horovod node browser clean
+SHARED ?= ../shared
+CONTAINER_TESTS := tests/test_containers_serve.py tests/test_containers_train.py
+
+.PHONY: setup demo test bench horovod node browser containers images image-test clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,serve,ui,export,tune,track]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	$(BIN)/python -m pip check
 	touch $@
 
@@ -43,10 +46,33 @@ browser:
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium not installed (needs root): the browser tests will skip"
 
+# podman for the container tests (as root, like Chromium): $(SHARED)/containers/
+# setup-podman.sh where it exists (it also builds local stand-ins for the base
+# images where no registry is reachable), else Debian's podman. Without one
+# the container tests skip, saying why.
+containers:
+	@if [ "$$(id -u)" = 0 ] && [ -f $(SHARED)/containers/setup-podman.sh ]; then \
+		bash $(SHARED)/containers/setup-podman.sh >/dev/null || \
+		echo "podman set-up failed: the container tests will skip"; \
+	elif ! scripts/images.sh engine >/dev/null 2>&1; then \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		  apt-get install -y -qq podman runc >/dev/null; } || \
+		echo "no container engine (installing podman needs root): the container tests will skip"; \
+	fi
+
+# serve and train-cpu (train needs the CUDA base: make images TARGETS=train).
+TARGETS ?= serve train-cpu
+images:
+	scripts/images.sh build $(TARGETS)
+
+# Builds (cached layers: quick when nothing changed) and runs the images.
+image-test: $(STAMP) containers
+	$(BIN)/python -m pytest $(CONTAINER_TESTS) $(PYTEST_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/vispipe run pipelines/digits-demo.yaml
 
-test: $(STAMP) $(HOROVOD_STAMP) $(NODE_STAMP) browser
+test: $(STAMP) $(HOROVOD_STAMP) $(NODE_STAMP) browser containers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -529,10 +529,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(registry, quiet=False)
 
     # Later stages (export, serve) add their verbs through this entry-point
-    # group, so the core never imports the stages that depend on it.
+    # group, so the core never imports the stages that depend on it. A stage
+    # whose extra is not installed (the serving image has no UI) stays a verb
+    # that says so, and the others work.
     for command in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
-        command.load()(verbs)
+        try:
+            add_parser = command.load()
+        except ImportError as error:
+            _add_missing_verb(verbs, command.name, error)
+        else:
+            add_parser(verbs)
     return parser
+
+
+def _add_missing_verb(verbs: Any, name: str, error: ImportError) -> None:
+    """Registers `name` as a verb that reports the missing dependency."""
+    hint = f"pip install 'vispipe[{name}]'"
+    # No option prefix: whatever follows the verb is taken, not rejected.
+    parser = verbs.add_parser(name, help=f"(not installed: {hint})", add_help=False,
+                              prefix_chars="\0")
+    parser.add_argument("args", nargs="*")
+
+    def missing(args: argparse.Namespace) -> int:
+        raise CommandError(f"`vispipe {name}` needs what this installation lacks ({error}); "
+                           f"install it with {hint}")
+
+    parser.set_defaults(handler=missing)
 
 
 def main(argv: list[str] | None = None) -> int:
