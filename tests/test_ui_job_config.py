@@ -127,6 +127,9 @@ def test_the_lr_finder_gets_the_forms_network_and_solver(roots, tmp_path):
     assert job.entry.params["argv"][:3] == ["lr-find", "--dataset", str(tmp_path / "d")]
     assert args.out == job.target and config.lr_find.num_steps == 60
     assert config.train.optimizer == "adam" and config.train.batch_size == 16
+    page = client.get(response.headers["location"]).text  # The job page shows both.
+    assert f"vispipe lr-find --dataset {tmp_path / 'd'}" in page
+    assert "lr_find:\n  start_lr: 1.0e-07\n  end_lr: 10.0\n  num_steps: 60" in page
 
 
 def test_a_name_a_config_file_would_expand_is_refused(roots, tmp_path):

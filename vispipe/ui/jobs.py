@@ -47,7 +47,7 @@ from typing import Any
 from vispipe.fileio import write_json_atomic
 from vispipe.registry import Entry, Registry
 from vispipe.train.run_folder import RunFolder
-from vispipe.ui.job_config import JobConfig, write_job_config
+from vispipe.ui.job_config import JOB_CONFIG_FILE, JobConfig, write_job_config
 from vispipe.ui.settings import UISettings
 
 __all__ = ["Job", "JobQueue", "read_job", "resume_argv", "resume_config", "log_tail"]
@@ -93,6 +93,19 @@ class Job:
     @property
     def log_path(self) -> str:
         return os.path.join(self.entry.path, "log.txt")
+
+    @property
+    def command(self) -> str:
+        """The command line the job runs, as its log's first line shows it."""
+        return " ".join(["vispipe", *self.entry.params.get("argv", [])])
+
+    def config_text(self) -> str:
+        """Its `job.yaml` ("" for a job without one)."""
+        try:
+            with open(os.path.join(self.entry.path, JOB_CONFIG_FILE), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
 
 def read_job(entry: Entry) -> Job:
