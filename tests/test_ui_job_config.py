@@ -77,6 +77,7 @@ def test_the_new_model_form_offers_and_defaults_to_the_config_classes(roots):
     assert f'name="batch_size" type="number" min="1" value="{defaults.batch_size}"' in page
     assert f"<option selected>{defaults.optimizer}</option>" in optimizers
     assert f'value="{defaults.lr.base_lr:g}"' in page
+    assert not re.search(r"value=\"None\"|>None<", page)  # A field without a default is empty.
 
 
 def test_a_training_job_runs_train_with_the_forms_config_file(roots, tmp_path):
