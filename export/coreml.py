@@ -60,6 +60,8 @@ def image_scale_bias(preprocess: dict[str, Any], channels: int) -> tuple[float, 
         is returned (the model keeps its `Preprocess` layer).
     """
     mode = preprocess.get("mode")
+    if preprocess.get("to_rgb"):  # Gray repeated to RGB: the model keeps its layer.
+        return 1.0, [0.0] * channels, False
     broadcast = lambda values: [float(v) for v in values] * (  # noqa: E731
         channels if len(values) == 1 else 1)
     if mode == "none":

@@ -341,6 +341,22 @@ def test_transfer_from_a_run_with_another_class_count(tmp_path):
     assert target.get_layer("classifier").kernel.shape == (500, 3)
 
 
+def test_transfer_from_a_run_with_other_classes_trains_a_new_head(tmp_path):
+    shape = (16, 16, 1)
+    source = build_classifier(ModelConfig(name="lenet"), make_info(tmp_path, shape, 3), "pixel")
+    run = tmp_path / "run"
+    run.mkdir()
+    source.save(run / "model.keras")
+    (run / "labels.txt").write_text("cat\ndog\nbird\n")
+
+    other = build_classifier(ModelConfig(name="lenet"), make_info(tmp_path, shape, 3), "pixel")
+    report = load_pretrained(other, str(run), classes=["car", "ship", "truck"])
+    assert report.loaded == ["conv1", "conv2", "fc1"]
+    assert "other classes (cat, dog, bird)" in report.skipped["classifier"]
+    same = load_pretrained(other, str(run), classes=["cat", "dog", "bird"])
+    assert same.loaded == ["conv1", "conv2", "fc1", "classifier"]
+
+
 def test_transfer_from_weights_file_and_newest_checkpoint(tmp_path):
     shape = (16, 16, 1)
     info = make_info(tmp_path, shape, 4)

@@ -76,8 +76,15 @@ _DATASET = (
 )
 _TRAIN = (
     Flag("--model", "model.name", "network (see `vispipe models`)", metavar="NAME"),
-    Flag("--weights", "model.weights", "initialise from a weights file or run folder",
-         metavar="PATH"),
+    Flag("--weights", "model.weights", "initialise from 'imagenet', a weights file or a run "
+                                       "folder", metavar="SOURCE"),
+    Flag("--weights-dir", "model.weights_dir", "folder of keras.applications weight files "
+                                               "(offline; else $VISPIPE_WEIGHTS_DIR, then the "
+                                               "Keras cache)", metavar="DIR"),
+    Flag("--freeze-epochs", "model.freeze_epochs", "epochs training only the head first "
+                                                   "(-1: 1 with --weights)"),
+    Flag("--unfreeze-blocks", "model.unfreeze_blocks", "then unfreeze only the last N backbone "
+                                                       "blocks (0: all)"),
     Flag("--epochs", "train.epochs", "training epochs (with --resume: the new total)"),
     Flag("--batch-size", "train.batch_size", "global batch size"),
     Flag("--optimizer", "train.optimizer", "solver"),
@@ -97,6 +104,9 @@ SETTINGS: dict[str, tuple[Flag, ...]] = {
         Flag("--start-lr", "lr_find.start_lr", "first learning rate"),
         Flag("--end-lr", "lr_find.end_lr", "last learning rate"),
         Flag("--steps", "lr_find.num_steps", "steps at most"),
+        Flag("--rule", "lr_find.rule", "suggestion returned (all are marked on the plot)"),
+        Flag("--phase", "lr_find.phase", "head only (frozen) or fine-tuning (unfrozen, after "
+                                         "the head phase); auto: the phase the run starts in"),
     ),
     "lr-plot": _TRAIN + (
         Flag("--steps-per-epoch", "train.steps_per_epoch",
@@ -196,15 +206,19 @@ def _dataset_info(args: argparse.Namespace) -> int:
 # --- models ------------------------------------------------------------------
 
 def _models(args: argparse.Namespace) -> int:
-    from vispipe.models import list_models
+    from vispipe.models import IMAGENET_NETWORKS, list_models
 
     specs = list_models()
     if args.json:
-        _print_json({"models": [dataclasses.asdict(s) for s in specs]})
+        _print_json({"models": [{**dataclasses.asdict(s),
+                                 "imagenet_weights": s.name in IMAGENET_NETWORKS}
+                                for s in specs]})
         return 0
-    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size, s.description]
-            for s in specs]
-    print(format_table(rows, ["name", "input", "min size", "description"]))
+    rows = [[s.name, "x".join(map(str, s.input_shape)), s.min_size,
+             "yes" if s.name in IMAGENET_NETWORKS else "-", s.description] for s in specs]
+    print(format_table(rows, ["name", "input", "min size", "ImageNet weights", "description"]))
+    print("\nStart from ImageNet with --weights imagenet (files from keras.applications; "
+          "offline: --weights-dir DIR).")
     return 0
 
 
@@ -282,10 +296,19 @@ def _lr_find(args: argparse.Namespace) -> int:
                          end_lr=finder.end_lr, num_steps=finder.num_steps, out_dir=out,
                          progress=not args.quiet)
     if args.json:
-        _print_json({"suggested_lr": result.suggested_lr, "plot_path": result.plot_path})
-    else:
-        print(f"Suggested learning rate: {result.suggested_lr:.3g}")
-        print(f"Plot: {result.plot_path}")
+        _print_json({"suggested_lr": result.suggested_lr, "rule": result.rule,
+                     "suggestions": result.suggestions, "phase": result.phase,
+                     "plot_path": result.plot_path})
+        return 0
+    others = ", ".join(f"{rule} {lr:.3g}" for rule, lr in result.suggestions.items()
+                       if rule != result.rule)
+    print(f"Suggested learning rate ({result.phase} phase, {result.rule} rule): "
+          f"{result.suggested_lr:.3g}  (other rules: {others})")
+    if result.phase == "unfrozen" and model_cfg.weights and model_cfg.freeze_epochs:
+        factor = result.suggested_lr / train_cfg.lr.base_lr
+        print(f"For fine-tuning after the head phase at base_lr {train_cfg.lr.base_lr:g}: "
+              f"--set model.finetune_lr_factor={factor:.3g}")
+    print(f"Plot: {result.plot_path}")
     return 0
 
 

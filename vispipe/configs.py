@@ -28,6 +28,7 @@ __all__ = [
     "RESIZE_MODES",
     "ENCODINGS",
     "NORMALIZATIONS",
+    "PREPROCESS_MODES",
     "OPTIMIZERS",
     "LR_POLICIES",
     "MIXED_PRECISION_MODES",
@@ -36,6 +37,8 @@ __all__ = [
     "GRADIENT_COMPRESSIONS",
     "SPLITS",
     "WHICH_MODELS",
+    "LR_FIND_RULES",
+    "LR_FIND_PHASES",
     "ImageOptions",
     "DatasetConfig",
     "AugmentConfig",
@@ -52,6 +55,9 @@ CHANNELS = (1, 3)
 RESIZE_MODES = ("squash", "crop", "fill", "half_crop")
 ENCODINGS = ("png", "jpeg", "raw")
 NORMALIZATIONS = ("standardize", "pixel", "image", "scale", "none")
+# What a model's Preprocess layer may do: a dataset normalization, or the
+# input normalization of ImageNet weights ("caffe": VGG-16/ResNet-50, "tf": [-1, 1]).
+PREPROCESS_MODES = NORMALIZATIONS + ("caffe", "tf")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta")
 LR_POLICIES = (
     "fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid",
@@ -63,6 +69,8 @@ DISTRIBUTED_MODES = ("none", "horovod", "mirrored", "multiworker")
 GRADIENT_COMPRESSIONS = ("none", "fp16")
 SPLITS = ("train", "val", "test")
 WHICH_MODELS = ("final", "best", "last")  # model.keras, best.keras, the latest checkpoint
+LR_FIND_RULES = ("valley", "minimum", "steep")
+LR_FIND_PHASES = ("auto", "frozen", "unfrozen")
 
 CHOICES = "choices"  # dataclasses.Field.metadata key of a field's allowed values
 
@@ -196,11 +204,30 @@ class ModelConfig:
         name: A zoo network (see `vispipe models`) or `"custom"`.
         custom_path: For `"custom"`: a `.py` file defining
             `build(input_shape, num_classes)`, or a saved `.keras` model.
-        weights: Initialise from a local weights file (`.weights.h5`,
-            `.keras`) or an earlier run folder; layers are matched by name
-            and shape, the classifier head is skipped when it differs.
-        freeze_epochs: Train only the head for this many epochs first.
+        weights: Initialise from `"imagenet"` (keras.applications' weights,
+            for the networks `vispipe models` marks; the model then
+            normalizes its input as those weights expect), a local weights
+            file (`.weights.h5`, `.keras`) or an earlier run folder; layers
+            are matched by name and shape, the classifier head is skipped
+            when it differs.
+        weights_dir: Folder holding keras.applications weight files for
+            air-gapped machines (default `$VISPIPE_WEIGHTS_DIR`; otherwise
+            the Keras cache `$KERAS_HOME/models`, downloading if needed).
+        freeze_epochs: Train only the head for this many epochs first, the
+            backbone frozen (its BatchNorm in inference mode); -1: 1 epoch
+            when starting from `weights`, else 0.
         finetune_lr_factor: LR multiplier once the backbone is unfrozen.
+        unfreeze_blocks: Unfreeze only the last this many blocks of the
+            backbone (residual / MBConv / inception blocks, VGG stages);
+            0 unfreezes all of it.
+        finetune_lr_mult: Discriminative rates once unfrozen: the first
+            unfrozen block trains at 1/finetune_lr_mult of the head's rate,
+            rising geometrically with depth (fastai's `lr_mult`); 1: one
+            rate for all.
+        feature_cache_copies: While the backbone is frozen, compute its
+            features once per image and train the head on them: 1 caches
+            the un-augmented images, N > 1 adds N - 1 augmented views of
+            each (needs train.augment); 0 runs the backbone every step.
         dropout: Dropout rate before the classifier, where the network has one.
         width_multiplier: MobileNetV2 width multiplier.
     """
@@ -208,8 +235,12 @@ class ModelConfig:
     name: str = "lenet"
     custom_path: str = ""
     weights: str = ""
-    freeze_epochs: int = 0
+    weights_dir: str = ""
+    freeze_epochs: int = -1
     finetune_lr_factor: float = 0.1
+    unfreeze_blocks: int = 0
+    finetune_lr_mult: float = 1.0
+    feature_cache_copies: int = 1
     dropout: float = 0.0
     width_multiplier: float = 1.0
 
@@ -283,6 +314,13 @@ class TrainConfig:
             --host-discovery-script`): workers may leave and join between
             epochs; an epoch that loses a worker is redone from the last
             epoch end.
+        bn_momentum: Momentum of the trainable BatchNorm layers' moving
+            statistics, at most (layers with a lower one keep it); null:
+            suited to the run, so the averages forget an epoch's start
+            within the epoch (see `vispipe.models.batchnorm.suited_momentum`).
+        precise_bn_batches: Before each validation and checkpoint, recompute
+            the trainable BatchNorm layers' statistics over this many
+            training batches ("precise BN"); 0: off.
     """
 
     epochs: int = 10
@@ -308,6 +346,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     gradient_compression: str = choices(GRADIENT_COMPRESSIONS, "none")
     elastic: bool = False
+    bn_momentum: float | None = None
+    precise_bn_batches: int = 16
 
 
 @dataclass
@@ -340,11 +380,19 @@ class LRFinderConfig:
         start_lr: First learning rate.
         end_lr: Last learning rate.
         num_steps: Steps at most.
+        rule: The suggestion returned (all are marked on the plot): fastai's
+            "valley", "minimum" (a tenth of the rate at the lowest loss) or
+            "steep".
+        phase: "frozen" tests the head alone (backbone frozen), "unfrozen"
+            the fine-tuning phase after the head phase; "auto" the phase the
+            run starts in.
     """
 
     start_lr: float = 1e-7
     end_lr: float = 10.0
     num_steps: int = 100
+    rule: str = choices(LR_FIND_RULES, "valley")
+    phase: str = choices(LR_FIND_PHASES, "auto")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Networks: the model zoo, custom networks, preprocessing and transfer.
 
-`list_models`, `get_spec` and `NetworkSpec` need no TensorFlow; the other
-names import Keras when first used, so `vispipe models` stays fast.
+`list_models`, `get_spec`, `NetworkSpec` and `IMAGENET_NETWORKS` need no
+TensorFlow; the other names import Keras when first used, so `vispipe
+models` stays fast.
 
 Example:
 
@@ -15,6 +16,11 @@ from __future__ import annotations
 
 import importlib
 
+from vispipe.models.imagenet_files import (
+    IMAGENET_NETWORKS,
+    WeightsFileError,
+    WeightsUnavailableError,
+)
 from vispipe.models.zoo import (
     NetworkSpec,
     apply_network,
@@ -27,6 +33,10 @@ __all__ = [
     "NetworkSpec",
     "list_models",
     "get_spec",
+    "IMAGENET_NETWORKS",
+    "WeightsUnavailableError",
+    "WeightsFileError",
+    "imagenet_weights_file",
     "build_model",
     "apply_network",
     "Preprocess",
@@ -45,6 +55,7 @@ _LAZY = {
     "LocalResponseNormalization": "layers",
     "build_classifier": "classifier",
     "preprocess_config": "classifier",
+    "imagenet_weights_file": "classifier",
     "load_custom_network": "custom",
     "TransferReport": "transfer",
     "load_pretrained": "transfer",

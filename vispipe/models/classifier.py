@@ -25,11 +25,16 @@ import numpy as np
 from vispipe.configs import NORMALIZATIONS, ModelConfig
 from vispipe.data.format import MEAN_FILE, DatasetInfo
 from vispipe.models.custom import load_custom_network
+from vispipe.models.imagenet import imagenet_preprocess, load_imagenet_weights, read_weights_file
+from vispipe.models.imagenet_files import locate_weights, published_weights
 from vispipe.models.layers import Preprocess
 from vispipe.models.transfer import load_pretrained
 from vispipe.models.zoo import apply_network
 
-__all__ = ["preprocess_config", "build_classifier"]
+__all__ = ["IMAGENET", "preprocess_config", "build_classifier", "imagenet_weights_file"]
+
+# `ModelConfig.weights` value that starts from keras.applications' weights.
+IMAGENET = "imagenet"
 
 _log = logging.getLogger(__name__)
 
@@ -98,7 +103,10 @@ def build_classifier(
     `model_cfg.custom_path` when `model_cfg.name == "custom"`) -> float32
     probabilities. With `model_cfg.weights`, matching weights are then
     loaded (see `vispipe.models.transfer.load_pretrained`; the report is
-    logged).
+    logged). With `weights: imagenet` the network is built in the layout of
+    its published ImageNet weights file and loaded from it, and `Preprocess`
+    applies the normalization those weights expect instead of
+    `normalization` (see `vispipe.models.imagenet`).
 
     Args:
         model_cfg: The network settings.
@@ -118,6 +126,8 @@ def build_classifier(
     model = build_classifier(ModelConfig(name="resnet18"), info, "pixel")
     ```
     """
+    if model_cfg.weights == IMAGENET:
+        return _build_imagenet_classifier(model_cfg, info)
     inputs = keras.Input(shape=info.image_shape, name="image", dtype="float32")
     x = Preprocess(**preprocess_config(info, normalization), name="preprocess")(inputs)
     if model_cfg.name == "custom":
@@ -138,5 +148,50 @@ def build_classifier(
         )
     model = keras.Model(inputs, outputs, name=f"vispipe_{model_cfg.name}")
     if model_cfg.weights:
-        _log.info("%s", load_pretrained(model, model_cfg.weights))
+        _log.info("%s", load_pretrained(model, model_cfg.weights, info.classes))
+    return model
+
+
+def imagenet_weights_file(model_cfg: ModelConfig, image_shape: tuple[int, int, int]) -> str:
+    """The local ImageNet weights file a `weights: imagenet` model needs.
+
+    Call it before any other work: an offline machine without the file fails
+    here in one line (see `vispipe.models.imagenet_files.locate_weights`).
+
+    Args:
+        model_cfg: The network settings (`weights == "imagenet"`).
+        image_shape: The dataset's (height, width, channels).
+
+    Returns:
+        The file's path (in `model_cfg.weights_dir`, `$VISPIPE_WEIGHTS_DIR`
+        or the Keras cache, downloaded there if needed).
+
+    Raises:
+        ValueError: A network or width multiplier without published weights.
+        WeightsUnavailableError: Not found and not downloadable.
+        WeightsFileError: A cached file fails its hash check.
+    """
+    if model_cfg.name == "custom":
+        raise ValueError(
+            "model.weights 'imagenet' needs a zoo network with published weights; a custom "
+            "network can start from a .keras/.weights.h5 file or an earlier run instead."
+        )
+    published = published_weights(model_cfg.name, model_cfg.width_multiplier,
+                                  tuple(image_shape[:2]))
+    return locate_weights(published, model_cfg.weights_dir)
+
+
+def _build_imagenet_classifier(model_cfg: ModelConfig, info: DatasetInfo) -> keras.Model:
+    """A zoo network in its published layout, preprocessed and loaded as its weights expect."""
+    path = imagenet_weights_file(model_cfg, info.image_shape)
+    published = published_weights(model_cfg.name, model_cfg.width_multiplier,
+                                  (info.height, info.width))
+    arrays = read_weights_file(path)
+    inputs = keras.Input(shape=info.image_shape, name="image", dtype="float32")
+    x = Preprocess(**imagenet_preprocess(published, arrays, info.channels),
+                   name="preprocess")(inputs)
+    outputs = apply_network(model_cfg.name, x, info.num_classes, dropout=model_cfg.dropout,
+                            width_multiplier=model_cfg.width_multiplier, imagenet=True)
+    model = keras.Model(inputs, outputs, name=f"vispipe_{model_cfg.name}")
+    _log.info("%s", load_imagenet_weights(model, arrays, path))
     return model

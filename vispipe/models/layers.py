@@ -22,15 +22,19 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from vispipe.configs import PREPROCESS_MODES
+
 __all__ = [
     "PREPROCESS_MODES",
+    "CAFFE_BGR_MEAN",
     "Preprocess",
     "LocalResponseNormalization",
     "classifier_head",
     "fully_connected_top",
 ]
 
-PREPROCESS_MODES = ("standardize", "pixel", "image", "scale", "none")
+# keras.applications.imagenet_utils' "caffe" mode: BGR channel means.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="vispipe")
@@ -40,6 +44,9 @@ class Preprocess(layers.Layer):
     Modes: "standardize" (per-channel mean, scale 1/std), "pixel"
     (per-channel mean, scale 1/255), "image" (mean image of shape
     (H, W, C), scale 1/255), "scale" (x / 255) and "none" (x unchanged).
+    Two more reproduce `keras.applications`' `preprocess_input` for
+    pretrained weights: "caffe" (RGB to BGR, minus the ImageNet BGR means:
+    VGG-16, ResNet-50) and "tf" (to [-1, 1]: MobileNetV2).
 
     The arithmetic runs in float32 whatever the dtype policy; the output is
     cast to the layer's compute dtype (float16 under mixed precision). The
@@ -53,6 +60,8 @@ class Preprocess(layers.Layer):
         std: Per-channel standard deviations ("standardize").
         mean_shape: Shape of the mean image when `mean` is not given (a
             model being loaded, whose weights fill it in).
+        to_rgb: Repeat a single-channel input three times first, so
+            grayscale images feed weights trained on colour.
 
     Example:
 
@@ -68,6 +77,7 @@ class Preprocess(layers.Layer):
         mean: Sequence[float] | np.ndarray | None = None,
         std: Sequence[float] | None = None,
         mean_shape: Sequence[int] | None = None,
+        to_rgb: bool = False,
         **kwargs: Any,
     ) -> None:
         # Inputs and the mean image must not be cast to float16 before the
@@ -80,6 +90,7 @@ class Preprocess(layers.Layer):
                 f"got {mode!r}."
             )
         self.mode = mode
+        self.to_rgb = bool(to_rgb)
         self.mean = None
         self.std = None
         self.mean_image = None
@@ -119,7 +130,12 @@ class Preprocess(layers.Layer):
         )
 
     def build(self, input_shape) -> None:
-        channels = input_shape[-1]
+        channels = self._output_channels(input_shape[-1])
+        if self.mode == "caffe" and channels != 3:
+            raise ValueError(
+                f"Preprocess mode 'caffe' needs 3-channel (RGB) images, got "
+                f"{channels} channel(s); set to_rgb for grayscale."
+            )
         if self.mean is not None and len(self.mean) not in (1, channels):
             raise ValueError(
                 f"Preprocess: {len(self.mean)} channel means for an input "
@@ -133,8 +149,13 @@ class Preprocess(layers.Layer):
                     f"images have shape {tuple(input_shape[-3:])}."
                 )
 
+    def _output_channels(self, channels):
+        return 3 if self.to_rgb and channels == 1 else channels
+
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
+        if self.to_rgb and x.shape[-1] == 1:
+            x = ops.repeat(x, 3, axis=-1)
         if self.mode == "standardize":
             std = np.asarray(self.std, dtype="float32")
             scale = 1.0 / np.where(std > 0, std, 1.0)
@@ -145,15 +166,20 @@ class Preprocess(layers.Layer):
             x = (x - self.mean_image) / 255.0
         elif self.mode == "scale":
             x = x / 255.0
+        elif self.mode == "caffe":
+            x = ops.flip(x, axis=-1) - np.asarray(CAFFE_BGR_MEAN, dtype="float32")
+        elif self.mode == "tf":
+            x = x / 127.5 - 1.0
         return ops.cast(x, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return (*input_shape[:-1], self._output_channels(input_shape[-1]))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("autocast", None)
-        config.update({"mode": self.mode, "mean": self.mean, "std": self.std})
+        config.update({"mode": self.mode, "mean": self.mean, "std": self.std,
+                       "to_rgb": self.to_rgb})
         if self.mean_image is not None:
             config["mean_shape"] = list(self.mean_image.shape)
         return config

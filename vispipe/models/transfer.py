@@ -4,7 +4,9 @@
 run folder holding one), matching layers by name, or from a `.weights.h5`
 file, matching layers by their position in the model as Keras' own weight
 files address them. A layer is loaded only when all its weight shapes
-agree, so a classifier head for a different number of classes is skipped.
+agree, so a classifier head for a different number of classes is skipped,
+as is a head for other classes (a run folder's labels.txt); a skipped head
+starts at zero (`zero_head`).
 The target's `Preprocess` layer is never overwritten: it holds the current
 dataset's statistics.
 
@@ -23,6 +25,7 @@ import glob
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -34,10 +37,17 @@ __all__ = [
     "TransferReport",
     "resolve_weights_path",
     "load_pretrained",
+    "backbone_blocks",
     "set_backbone_trainable",
+    "zero_head",
+    "frozen_epochs",
 ]
 
 HEAD_LAYERS = ("classifier", "predictions")
+# Name prefixes that make a block (see `backbone_blocks`), tried in order.
+_BLOCK_NAME = re.compile(
+    r"^(conv\d+_block\d+|inception_\d+[a-z]|block_?\d+[a-z]?|expanded_conv|stem|top|conv\d+)_"
+)
 
 
 @dataclass
@@ -96,12 +106,17 @@ def resolve_weights_path(path: str | os.PathLike) -> str:
     return path
 
 
-def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferReport:
+def load_pretrained(model: keras.Model, path: str | os.PathLike,
+                    classes: Sequence[str] | None = None) -> TransferReport:
     """Copies matching weights from `path` into `model`, in place.
 
     Args:
         model: The model to initialise (already built).
         path: See `resolve_weights_path`.
+        classes: The classes `model` is for. When the source is a run
+            folder (or a model file in one) whose `labels.txt` names other
+            classes, the head is not copied even if its shape fits: a head
+            for other classes would start out confidently wrong.
 
     Returns:
         A `TransferReport` naming the loaded and skipped layers.
@@ -127,11 +142,19 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
         targets = dict(_h5_paths(model, "layers"))
 
     report = TransferReport(source=source)
+    source_classes = _run_classes(source)
+    other_classes = (classes is not None and source_classes is not None
+                     and list(classes) != source_classes)
     for key, layer in targets.items():
         if not layer.weights:
             continue
         if isinstance(layer, Preprocess):
             report.skipped[layer.name] = "preprocessing of this dataset is kept"
+            continue
+        if other_classes and layer.name in HEAD_LAYERS:
+            report.skipped[layer.name] = (
+                f"the source was trained on other classes ({', '.join(source_classes[:5])}"
+                f"{', ...' if len(source_classes) > 5 else ''}): a new head is trained")
             continue
         arrays = by_key.get(key)
         if arrays is None:
@@ -144,6 +167,8 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
             continue
         layer.set_weights(arrays)
         report.loaded.append(layer.name)
+    if "classifier" in report.skipped:
+        zero_head(model)
     if not report.loaded:
         raise ValueError(
             f"No layer of model {model.name!r} matched the weights in "
@@ -152,7 +177,77 @@ def load_pretrained(model: keras.Model, path: str | os.PathLike) -> TransferRepo
     return report
 
 
-def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+def zero_head(model: keras.Model) -> None:
+    """Starts a new "classifier" head at zero: uniform predictions.
+
+    As in BiT (Kolesnikov et al. 2020). A random head would not be new: with
+    the run's seed it is the very initialisation the source run's head
+    started from, and the pretrained backbone has adapted to that head, so
+    the target's classes would start out mapped to the source's.
+    """
+    for layer in _leaf_layers(model):
+        if layer.name == "classifier":
+            layer.set_weights([np.zeros(w.shape, w.dtype) for w in layer.get_weights()])
+
+
+def frozen_epochs(freeze_epochs: int, weights: str) -> int:
+    """`ModelConfig.freeze_epochs` resolved: -1 is 1 with pretrained `weights`, else 0."""
+    if freeze_epochs == -1:
+        return 1 if weights else 0
+    return freeze_epochs
+
+
+def _run_classes(source: str) -> list[str] | None:
+    """The classes of the run folder holding `source` (its labels.txt), if any."""
+    folder = os.path.dirname(os.path.abspath(source))
+    if os.path.basename(folder) == "checkpoints":
+        folder = os.path.dirname(folder)
+    labels = os.path.join(folder, "labels.txt")
+    if not os.path.isfile(labels):
+        return None
+    with open(labels, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def backbone_blocks(model: keras.Model) -> list[list[keras.layers.Layer]]:
+    """The backbone's layers with weights, grouped into blocks, input to output.
+
+    A block is a run of layers sharing a name prefix: a residual block
+    ("conv3_block2_..."), an inception module ("inception_4a_..."), an MBConv
+    block ("block_5_...", "block2a_..."), a VGG stage ("block3_..."), a stem
+    or top ("conv1_...", "stem_...", "top_..."); a BatchNormalization layer
+    joins the layer before it, and any other layer is a block of its own
+    (LeNet's and AlexNet's conv and fc layers). The head and `Preprocess`
+    are left out.
+
+    Args:
+        model: A vispipe classifier (nested models are walked into).
+
+    Returns:
+        The blocks, each a list of layers, in depth order.
+
+    Example:
+
+    ```python
+    blocks = backbone_blocks(model)
+    print(len(blocks), [layer.name for layer in blocks[-1]])
+    ```
+    """
+    blocks: dict[str, list[keras.layers.Layer]] = {}
+    key = ""
+    for layer in _backbone_layers(model):
+        if not layer.weights:
+            continue
+        match = _BLOCK_NAME.match(layer.name)
+        if match:
+            key = match.group(1)
+        elif not (isinstance(layer, keras.layers.BatchNormalization) and key):
+            key = layer.name
+        blocks.setdefault(key, []).append(layer)
+    return list(blocks.values())
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool, last_blocks: int = 0) -> None:
     """Freezes or unfreezes everything but the classifier head.
 
     The head is the layers named "classifier" and "predictions", or, in a
@@ -164,21 +259,39 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
     Args:
         model: A vispipe classifier (nested models are walked into).
         trainable: False to freeze the backbone, True to unfreeze it.
+        last_blocks: With `trainable`, unfreeze only the last this many
+            blocks of `backbone_blocks` (0: the whole backbone).
 
     Example:
 
     ```python
     set_backbone_trainable(model, False)
     model.compile(...)
+    set_backbone_trainable(model, True, last_blocks=3)  # then recompile
     ```
     """
+    if last_blocks < 0:
+        raise ValueError(f"last_blocks: expected an integer >= 0, got {last_blocks!r}.")
     leaves = [layer for layer in _leaf_layers(model)
               if not isinstance(layer, Preprocess)]
-    head = [layer for layer in leaves if layer.name in HEAD_LAYERS]
-    if not head:
-        head = [layer for layer in leaves if layer.weights][-1:]
+    head = _head(leaves)
     for layer in leaves:
-        layer.trainable = trainable or layer in head
+        layer.trainable = (trainable and not last_blocks) or layer in head
+    if trainable and last_blocks:
+        for block in backbone_blocks(model)[-last_blocks:]:
+            for layer in block:
+                layer.trainable = True
+
+
+def _head(leaves: list[keras.layers.Layer]) -> list[keras.layers.Layer]:
+    head = [layer for layer in leaves if layer.name in HEAD_LAYERS]
+    return head or [layer for layer in leaves if layer.weights][-1:]
+
+
+def _backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    leaves = [layer for layer in _leaf_layers(model) if not isinstance(layer, Preprocess)]
+    head = _head(leaves)
+    return [layer for layer in leaves if layer not in head]
 
 
 def _leaf_layers(model: keras.Model):

@@ -14,9 +14,25 @@ from keras import layers
 
 from vispipe.models.layers import fully_connected_top
 
-__all__ = ["vgg16_features"]
+__all__ = ["vgg16_conv_blocks", "vgg16_features"]
 
 _BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def vgg16_conv_blocks(inputs):
+    """The thirteen convolutions and five max-pools: the last (h, w, 512) map.
+
+    These are the layers (and names) of the published "no top" ImageNet file.
+    """
+    x = inputs
+    for block, (filters, convs) in enumerate(_BLOCKS, start=1):
+        for conv in range(1, convs + 1):
+            x = layers.Conv2D(
+                filters, 3, padding="same", activation="relu",
+                name=f"block{block}_conv{conv}",
+            )(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return x
 
 
 def vgg16_features(inputs, *, dropout: float, width_multiplier: float):
@@ -32,12 +48,4 @@ def vgg16_features(inputs, *, dropout: float, width_multiplier: float):
         The (batch, 4096) fc2 features.
     """
     del width_multiplier  # VGG has no width multiplier.
-    x = inputs
-    for block, (filters, convs) in enumerate(_BLOCKS, start=1):
-        for conv in range(1, convs + 1):
-            x = layers.Conv2D(
-                filters, 3, padding="same", activation="relu",
-                name=f"block{block}_conv{conv}",
-            )(x)
-        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    return fully_connected_top(x, 7, ("fc1", "fc2"), dropout)
+    return fully_connected_top(vgg16_conv_blocks(inputs), 7, ("fc1", "fc2"), dropout)

@@ -182,6 +182,7 @@ def apply_network(
     *,
     dropout: float = 0.0,
     width_multiplier: float = 1.0,
+    imagenet: bool = False,
 ):
     """Applies zoo network `name` to the Keras tensor `inputs`.
 
@@ -196,13 +197,35 @@ def apply_network(
     spec = get_spec(name)
     _check_arguments(spec, tuple(inputs.shape[1:]), num_classes, dropout,
                      width_multiplier)
-    module_name, function_name = spec.builder.split(":")
-    module = importlib.import_module(f"vispipe.models.{module_name}")
     rate = dropout or spec.default_dropout
-    features = getattr(module, function_name)(
-        inputs, dropout=rate, width_multiplier=width_multiplier
-    )
+    if imagenet:
+        features = _imagenet_features(name, inputs, width_multiplier)
+    else:
+        module_name, function_name = spec.builder.split(":")
+        module = importlib.import_module(f"vispipe.models.{module_name}")
+        features = getattr(module, function_name)(
+            inputs, dropout=rate, width_multiplier=width_multiplier
+        )
     return classifier_head(features, num_classes, rate)
+
+
+def _imagenet_features(name: str, inputs, width_multiplier: float):
+    """The backbone in the layout of its published ImageNet weights file."""
+    from vispipe.models.imagenet import IMAGENET_MIN_SIZE, imagenet_features
+    from vispipe.models.imagenet_files import published_weights
+
+    height, width = inputs.shape[1:3]
+    published_weights(name, width_multiplier, (height, width))  # Published at all?
+    if min(height, width) < IMAGENET_MIN_SIZE:
+        raise ValueError(
+            f"{name} with ImageNet weights needs images of at least {IMAGENET_MIN_SIZE}x"
+            f"{IMAGENET_MIN_SIZE} pixels, got {height}x{width}."
+        )
+    if inputs.shape[-1] != 3:
+        raise ValueError(
+            f"{name} with ImageNet weights takes 3-channel images, got {inputs.shape[-1]}."
+        )
+    return imagenet_features(name, inputs, width_multiplier)
 
 
 def build_model(
@@ -212,6 +235,7 @@ def build_model(
     *,
     dropout: float = 0.0,
     width_multiplier: float = 1.0,
+    imagenet: bool = False,
 ) -> keras.Model:
     """Builds zoo network `name` for normalized float images.
 
@@ -231,6 +255,10 @@ def build_model(
             googlenet 0.4; efficientnet_b0 0.2;
             none for the others).
         width_multiplier: Channel multiplier (mobilenet_v2 only).
+        imagenet: Build the backbone in the layout of the network's
+            published ImageNet weights file (see `vispipe.models.imagenet`):
+            inputs preprocessed as those weights expect, at least 32 px,
+            three channels. Weights stay random until loaded.
 
     Returns:
         A `keras.Model` named `name` mapping images to float32
@@ -239,7 +267,9 @@ def build_model(
 
     Raises:
         ValueError: Unknown name, input smaller than the network's
-            `min_size`, fewer than 2 classes, or an argument out of range.
+            `min_size`, fewer than 2 classes, an argument out of range, or
+            `imagenet` for a network without published weights (the
+            message names those with).
 
     Example:
 
@@ -251,7 +281,7 @@ def build_model(
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     outputs = apply_network(name, inputs, num_classes, dropout=dropout,
-                            width_multiplier=width_multiplier)
+                            width_multiplier=width_multiplier, imagenet=imagenet)
     return keras.Model(inputs, outputs, name=name)
 
 

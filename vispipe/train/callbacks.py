@@ -16,6 +16,7 @@ callbacks = [meter, MetricsLogger(run, steps_per_epoch=938,
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from vispipe.fileio import atomic_path
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import RunFolder
+from vispipe.train.run_info import RunWarning
 
 __all__ = [
     "TrainingDivergedError",
@@ -39,6 +41,8 @@ __all__ = [
     "CurvePlotter",
     "ValAccuracyEarlyStopping",
     "TqdmProgress",
+    "PreciseBatchNorm",
+    "ChanceAccuracyGuard",
 ]
 
 _METRIC_KEYS = ("loss", "accuracy", "top5")
@@ -207,6 +211,9 @@ class Checkpointer(keras.callbacks.Callback):
         self.run = run
         self.interval = interval
         self.final_epoch = final_epoch
+        # The model to save when `fit` trains another one that shares its
+        # layers (the head on cached features); None: the model being fit.
+        self.saved_model: keras.Model | None = None
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         done = epoch + 1
@@ -216,8 +223,9 @@ class Checkpointer(keras.callbacks.Callback):
 
     def save(self, epoch: int) -> None:
         """Checkpoints the model as having completed `epoch` epochs."""
-        save_model_atomic(self.model, self.run.checkpoint_path(epoch))
-        self.run.set_latest_checkpoint(epoch, _step(self.model))
+        model = self.saved_model or self.model
+        save_model_atomic(model, self.run.checkpoint_path(epoch))
+        self.run.set_latest_checkpoint(epoch, _step(model))
 
 
 class BestModelSaver(keras.callbacks.Callback):
@@ -232,12 +240,13 @@ class BestModelSaver(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.best = best
+        self.saved_model: keras.Model | None = None  # As `Checkpointer.saved_model`.
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         value = _finite((logs or {}).get("val_accuracy"))
         if value is not None and (self.best is None or value > self.best):
             self.best = value
-            save_model_atomic(self.model, self.path)
+            save_model_atomic(self.saved_model or self.model, self.path)
 
 
 class CurvePlotter(keras.callbacks.Callback):
@@ -340,3 +349,99 @@ class TqdmProgress(keras.callbacks.Callback):
             postfix["val_acc"] = f"{logs['val_accuracy']:.4f}"
         self._bar.set_postfix(postfix)
         self._bar.close()
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recomputes BatchNorm statistics before each validation and each save.
+
+    After the last training step of an epoch (before Keras validates, and
+    before the checkpoint callbacks that follow this one), every trainable
+    BatchNormalization layer's moving mean and variance are replaced by
+    their average over `max_batches` training batches with the epoch's final
+    weights (`vispipe.models.batchnorm.recompute_statistics`), so validation,
+    checkpoints and the final model predict with statistics that match the
+    weights.
+
+    Args:
+        batches: `batches(epoch)` -> an iterable of training batches.
+        max_batches: Batches to average over (0: off).
+    """
+
+    def __init__(self, batches, max_batches: int):
+        super().__init__()
+        self.batches = batches
+        self.max_batches = max_batches
+        self._epoch = 0
+        self._done = False
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch, self._done = epoch, False
+
+    def _recompute(self) -> None:
+        if self._done or not self.max_batches:
+            return
+        from vispipe.models.batchnorm import recompute_statistics
+
+        recompute_statistics(self.model, self.batches(self._epoch), self.max_batches)
+        self._done = True
+
+    def on_test_begin(self, logs=None) -> None:
+        self._recompute()  # Keras validates before on_epoch_end.
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        self._recompute()
+
+
+class ChanceAccuracyGuard(keras.callbacks.Callback):
+    """Warns when validation accuracy stays at chance while training accuracy rises.
+
+    A network that learns (training accuracy at least `margin` above chance
+    and `margin` above its first epoch) but validates at chance (within
+    `tolerance` of the share of the most frequent validation class) for two
+    validations in a row is broken in inference mode, not untrained. The
+    warning is printed once, logged, and handed to `on_warning` (the trainer
+    records it in run.json).
+
+    Args:
+        chance: Accuracy of always predicting the most frequent val class.
+        likely_cause: What to name as the probable cause.
+        on_warning: Called with the warning (a `RunWarning`).
+        margin: Rise of training accuracy that counts as learning.
+        tolerance: Distance from chance that counts as chance.
+    """
+
+    KIND = "val_accuracy_at_chance"
+
+    def __init__(self, chance: float, likely_cause: str, on_warning=None,
+                 margin: float = 0.1, tolerance: float = 0.02):
+        super().__init__()
+        self.chance = chance
+        self.likely_cause = likely_cause
+        self.on_warning = on_warning
+        self.margin = margin
+        self.tolerance = tolerance
+        self.first_accuracy: float | None = None
+        self.at_chance = 0
+        self.warned = False
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs or {}
+        accuracy = _finite(logs.get("accuracy"))
+        if accuracy is not None and self.first_accuracy is None:
+            self.first_accuracy = accuracy
+        value = _finite(logs.get("val_accuracy"))
+        if value is None or accuracy is None:
+            return
+        self.at_chance = self.at_chance + 1 if abs(value - self.chance) <= self.tolerance else 0
+        learning = (accuracy >= self.chance + self.margin
+                    and accuracy >= self.first_accuracy + self.margin)
+        if self.warned or self.at_chance < 2 or not learning:
+            return
+        self.warned = True
+        message = (f"Validation accuracy has stayed at chance ({value:.1%}; chance "
+                   f"{self.chance:.1%}) while training accuracy rose to {accuracy:.1%}: the "
+                   f"model does not work in inference mode. Likely cause: {self.likely_cause}")
+        print(f"WARNING: {message}", flush=True)
+        logging.getLogger(__name__).warning("%s", message)
+        if self.on_warning is not None:
+            self.on_warning(RunWarning(epoch=epoch + 1, kind=self.KIND, message=message))

@@ -13,7 +13,7 @@ plot_curves(epoch_records, "runs/mnist/curves.png")
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -109,18 +109,36 @@ def plot_lr_curve(x: np.ndarray, lrs: np.ndarray, path: str, *, xlabel: str, tit
 
 
 def plot_lr_range_test(
-    lrs: Sequence[float], losses: Sequence[float], suggested_lr: float, path: str
+    lrs: Sequence[float], losses: Sequence[float],
+    suggestions: Mapping[str, tuple[float, tuple[float, float]]], chosen: str, path: str,
+    title: str = "Learning-rate range test",
 ) -> str:
-    """Plots smoothed loss against learning rate (log scale), marking the suggestion."""
+    """Plots smoothed loss against learning rate (log scale), marking each suggestion.
+
+    Args:
+        lrs: Learning rates.
+        losses: Smoothed losses.
+        suggestions: Rule -> (suggested lr, (lr, loss) of the curve point it
+            comes from); the point is marked and a dotted line drawn at the
+            suggested rate ("minimum" suggests a tenth of its point's).
+        chosen: The rule whose suggestion is returned (drawn larger).
+        path: The PNG to write.
+        title: Plot title.
+    """
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.plot(lrs, losses, color="tab:blue")
-    index = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggested_lr))))
-    ax.plot([lrs[index]], [losses[index]], "o", color="tab:red",
-            label=f"suggested lr {suggested_lr:.3g}")
+    colors = {"valley": "tab:red", "minimum": "tab:green", "steep": "tab:orange"}
+    for rule, (lr, point) in suggestions.items():
+        color = colors.get(rule, "tab:purple")
+        marker = "o" if rule == chosen else "s"
+        label = f"{rule}: {lr:.3g}" + (" (suggested)" if rule == chosen else "")
+        ax.plot([point[0]], [point[1]], marker, color=color,
+                markersize=9 if rule == chosen else 6, label=label)
+        ax.axvline(lr, color=color, linestyle=":", alpha=0.7)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("loss (smoothed)")
-    ax.set_title("Learning-rate range test")
+    ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     return save_figure(fig, path)

@@ -19,8 +19,10 @@ image.
   "classes": ["0", "1", ...],      # index = label id (labels.txt holds the same)
   "image": {"height": 28, "width": 28, "channels": 1, "resize_mode": "squash"},
   "normalization": {"mode": "standardize", "mean": [33.3], "std": [78.6],
-                    "mean_image_file": null},
+                    "mean_image_file": null, "to_rgb": false},
   "model": {...}, "train": {...},  # ModelConfig, TrainConfig
+  "pretrained": {"source": "imagenet", "file": "/abs/.keras/models/..._notop.h5"},  # or null
+  "warnings": [{"epoch": 3, "kind": "val_accuracy_at_chance", "message": "..."}],
   "steps_per_epoch": 844, "epochs_completed": 12,
   "created": "...", "finished": "...", "registry_id": 3,
   "device": {...}, "result": {...}, "distributed": {...}   # reports
@@ -47,13 +49,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vispipe.config_io import from_dict
-from vispipe.configs import NORMALIZATIONS, ModelConfig, TrainConfig, choices
+from vispipe.configs import PREPROCESS_MODES, ModelConfig, TrainConfig, choices
 from vispipe.data.format import ImageInput
 
 __all__ = [
     "RUN_FORMAT_VERSION",
     "RUN_STATUSES",
     "Normalization",
+    "PretrainedWeights",
+    "RunWarning",
     "RunInfo",
     "OutdatedRunError",
 ]
@@ -70,20 +74,55 @@ class OutdatedRunError(ValueError):
 class Normalization:
     """The normalization inside the run's model (its `Preprocess` layer).
 
+    With `weights: imagenet` it is the weights' own input normalization,
+    whatever `train.normalization` says.
+
     Attributes:
-        mode: One of `vispipe.configs.NORMALIZATIONS`.
+        mode: One of `vispipe.configs.PREPROCESS_MODES`: the dataset
+            normalizations, or "caffe" (RGB to BGR minus the ImageNet means)
+            and "tf" (to [-1, 1]) of pretrained weights.
         mean: Per-channel mean on the 0-255 scale ("standardize", "pixel").
         std: Per-channel standard deviation ("standardize").
         mean_image_file: The dataset's mean image, `mean.npy` ("image").
+        to_rgb: A grayscale input is repeated to three channels first.
     """
 
-    mode: str = choices(NORMALIZATIONS)
+    mode: str = choices(PREPROCESS_MODES)
     mean: list[float] | None = None
     std: list[float] | None = None
     mean_image_file: str | None = None
+    to_rgb: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class PretrainedWeights:
+    """The weights a run started from (`model.weights`).
+
+    Attributes:
+        source: `model.weights` as given: "imagenet", a file or a run folder.
+        file: The file loaded (absolute).
+    """
+
+    source: str
+    file: str
+
+
+@dataclass
+class RunWarning:
+    """A problem found while training, for the log, the UI and `run.json`.
+
+    Attributes:
+        epoch: The epoch (1-based) after which it was found.
+        kind: What kind, e.g. "val_accuracy_at_chance".
+        message: The sentence shown, with the likely cause.
+    """
+
+    epoch: int
+    kind: str
+    message: str
 
 
 @dataclass
@@ -98,6 +137,8 @@ class RunInfo:
         normalization: What the model's preprocessing does.
         model: The network settings.
         train: The solver settings.
+        pretrained: The weights it started from, or None (from scratch).
+        warnings: Problems found while training (`RunWarning`).
         status: One of `RUN_STATUSES`.
         error: Why a "failed" run failed.
         created, finished: ISO-8601 UTC times.
@@ -117,6 +158,8 @@ class RunInfo:
     normalization: Normalization
     model: ModelConfig
     train: TrainConfig
+    pretrained: PretrainedWeights | None = None
+    warnings: list[RunWarning] = field(default_factory=list)
     status: str = choices(RUN_STATUSES, "running")
     error: str | None = None
     created: str = ""

@@ -11,12 +11,26 @@ How a run proceeds:
   batches as an uninterrupted one. Every epoch's pipeline is built on one
   decoded-records dataset, so the in-memory image cache fills only once.
 - Validation runs every `val_interval` epochs and after the last one.
-- Transfer learning (`ModelConfig.freeze_epochs > 0`): the first
-  `freeze_epochs` epochs train only the classifier head; then the backbone is
-  unfrozen and a new optimizer (fresh momentum/moments) takes over whose
-  schedule is the same policy over the same total steps times
-  `finetune_lr_factor`, starting at the step already reached, so the LR
-  curve continues (scaled) rather than restarting.
+- Transfer learning (`ModelConfig.freeze_epochs > 0`; -1 means 1 when
+  starting from `weights`): the first `freeze_epochs` epochs train only the
+  classifier head, the backbone frozen with its BatchNorm in inference mode.
+  A zoo network's head then trains on backbone features computed once per
+  image (`feature_cache_copies`, see `vispipe.train.feature_cache`), not by
+  running the frozen backbone every step. Then the backbone (or its last
+  `unfreeze_blocks` blocks) is unfrozen and a new optimizer (fresh
+  momentum/moments) takes over whose schedule is the same policy over the
+  same total steps times `finetune_lr_factor`, starting at the step already
+  reached, so the LR curve continues (scaled) rather than restarting; with
+  `finetune_lr_mult` the rates also fall with depth
+  (`vispipe.train.layer_rates`).
+- `weights: imagenet` is resolved before anything else: without the file
+  and without network the run fails at once, in one line.
+- BatchNorm: trainable BatchNorm layers get a momentum suited to the run
+  length (`TrainConfig.bn_momentum`), and their statistics are recomputed
+  over training batches before every validation and save
+  (`precise_bn_batches`), so a short run from scratch does not validate with
+  statistics of its first steps. Validation at chance while training
+  accuracy rises is reported on the console and in run.json's "warnings".
 - Data-parallel (`TrainConfig.distributed`, see `vispipe.train.distributed`):
   `batch_size` stays the global batch; under Horovod each rank reads its own
   shard with `batch_size / ranks` images per step, every rank validates on
@@ -61,6 +75,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ContextManager
 
 import keras
+import numpy as np
 import tensorflow as tf
 import yaml
 
@@ -70,13 +85,18 @@ from vispipe.data.format import LABELS_FILE, MEAN_FILE, DatasetInfo, read_datase
 from vispipe.data.inputs import decoded_records, make_dataset, steps_per_epoch
 from vispipe.interrupts import sigterm_as_interrupt
 from vispipe.models import build_classifier, set_backbone_trainable
+from vispipe.models.batchnorm import batchnorm_layers, set_momentum, suited_momentum
+from vispipe.models.classifier import IMAGENET, imagenet_weights_file
+from vispipe.models.transfer import frozen_epochs, resolve_weights_path
 from vispipe.registry import Recording
 from vispipe.train.callbacks import (
     BestModelSaver,
+    ChanceAccuracyGuard,
     Checkpointer,
     CurvePlotter,
     DivergenceGuard,
     MetricsLogger,
+    PreciseBatchNorm,
     ThroughputMeter,
     TqdmProgress,
     ValAccuracyEarlyStopping,
@@ -84,10 +104,12 @@ from vispipe.train.callbacks import (
 )
 from vispipe.train.device import DeviceInfo, configure_device, seed_everything
 from vispipe.train.distributed import Replicas, setup
+from vispipe.train.feature_cache import CachedFeatures, HeadSplit, compute_features, split_head
+from vispipe.train.layer_rates import depth_multipliers, with_rate_multipliers
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.plots import plot_curves
 from vispipe.train.run_folder import CheckpointRef, RunFolder, write_text_atomic
-from vispipe.train.run_info import Normalization, RunInfo
+from vispipe.train.run_info import Normalization, PretrainedWeights, RunInfo, RunWarning
 from vispipe.train.schedules import make_schedule, validate_policy
 
 if TYPE_CHECKING:
@@ -143,6 +165,7 @@ class _Session:
     steps: int
     progress: bool
     replicas: Replicas = field(default_factory=Replicas)
+    weights_file: str | None = None  # The file `model.weights` resolved to, for run.json.
     entry: Recording = field(default_factory=lambda: Recording(None))  # The registry's.
     train_records: tf.data.Dataset | None = None
 
@@ -173,8 +196,8 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
         ("train.label_smoothing", cfg.label_smoothing, 0 <= cfg.label_smoothing < 1,
          "a value in [0, 1)"),
         ("train.warmup_epochs", cfg.warmup_epochs, cfg.warmup_epochs >= 0, "a number >= 0"),
-        ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= 0,
-         "an integer >= 0"),
+        ("model.freeze_epochs", model_cfg.freeze_epochs, model_cfg.freeze_epochs >= -1,
+         "an integer >= 0, or -1 (1 with weights, else 0)"),
         # The head-only phase has its own optimizer, which an elastic
         # state would have to swap back on restore.
         ("model.freeze_epochs", model_cfg.freeze_epochs,
@@ -182,6 +205,19 @@ def _check_settings(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
          "0 with train.elastic"),
         ("model.finetune_lr_factor", model_cfg.finetune_lr_factor,
          model_cfg.finetune_lr_factor > 0, "a number > 0"),
+        ("model.finetune_lr_mult", model_cfg.finetune_lr_mult, model_cfg.finetune_lr_mult >= 1,
+         "a number >= 1"),
+        ("model.unfreeze_blocks", model_cfg.unfreeze_blocks, model_cfg.unfreeze_blocks >= 0,
+         "an integer >= 0 (0: all)"),
+        ("model.feature_cache_copies", model_cfg.feature_cache_copies,
+         model_cfg.feature_cache_copies >= 0, "an integer >= 0"),
+        ("model.feature_cache_copies", model_cfg.feature_cache_copies,
+         model_cfg.feature_cache_copies <= 1 or cfg.augment.enabled,
+         "0 or 1 without train.augment (augmented views need augmentation)"),
+        ("train.bn_momentum", cfg.bn_momentum,
+         cfg.bn_momentum is None or 0 <= cfg.bn_momentum < 1, "null or a value in [0, 1)"),
+        ("train.precise_bn_batches", cfg.precise_bn_batches, cfg.precise_bn_batches >= 0,
+         "an integer >= 0"),
     )
     for name, value, ok, expected in checks:
         if not ok:
@@ -256,20 +292,30 @@ def _schedule(session: _Session, scale: float):
     )
 
 
-def _compile(model: keras.Model, session: _Session, *, scale: float, step: int) -> None:
-    """Compiles with a new optimizer whose schedule starts at `step`."""
+def _loss_and_metrics(session: _Session) -> tuple[keras.losses.Loss, list]:
     cfg = session.train_cfg
-    with session.replicas.scope():  # Keras optimizers bind the current strategy.
-        optimizer = make_optimizer(cfg, _schedule(session, scale))
     k = min(5, session.info.num_classes)
     if cfg.label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy"),
-                   keras.metrics.TopKCategoricalAccuracy(k, name="top5")]
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy()
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                   keras.metrics.SparseTopKCategoricalAccuracy(k, name="top5")]
+        return loss, [keras.metrics.CategoricalAccuracy(name="accuracy"),
+                      keras.metrics.TopKCategoricalAccuracy(k, name="top5")]
+    return keras.losses.SparseCategoricalCrossentropy(), [
+        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+        keras.metrics.SparseTopKCategoricalAccuracy(k, name="top5")]
+
+
+def _compile(model: keras.Model, session: _Session, *, scale: float, step: int) -> None:
+    """Compiles with a new optimizer whose schedule starts at `step`.
+
+    With `finetune_lr_mult`, unfrozen backbone layers get rates falling with depth.
+    """
+    cfg, ratio = session.train_cfg, session.model_cfg.finetune_lr_mult
+    with session.replicas.scope():  # Keras optimizers bind the current strategy.
+        optimizer = make_optimizer(cfg, _schedule(session, scale))
+        multipliers = depth_multipliers(model, ratio) if ratio != 1 else []
+        if any(m != 1 for m in multipliers):
+            optimizer = with_rate_multipliers(optimizer, multipliers)
+    loss, metrics = _loss_and_metrics(session)
     with session.replicas.scope():
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
         if step:
@@ -336,6 +382,11 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
     callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(), meter]
     if session.progress and chief:
         callbacks.append(TqdmProgress(cfg.epochs, session.steps))
+    if _single_process(session):
+        # Before validation and the savers; under data parallelism ranks
+        # would average different batches (momentum alone applies there).
+        callbacks.append(PreciseBatchNorm(lambda epoch: _train_dataset(session, epoch),
+                                          cfg.precise_bn_batches))
     early = None
     if cfg.early_stopping:
         # Before the Checkpointer, which saves when training stops early.
@@ -344,6 +395,7 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
         callbacks.append(early)
     if chief:
         callbacks += [
+            _chance_guard(model, session),
             MetricsLogger(run, steps_per_epoch=session.steps,
                           log_every_steps=cfg.log_every_steps, meter=meter,
                           time_offset=history[-1]["time"] if history else 0.0),
@@ -354,23 +406,28 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
         ]
     callbacks += extra_callbacks or []
     val_ds = _val_dataset(session)
+    head = (_CachedHead.create(model, session, validate=val_ds is not None)
+            if start_epoch < model_cfg.freeze_epochs else None)
     for epoch in range(start_epoch, cfg.epochs):
         if model_cfg.freeze_epochs and epoch == model_cfg.freeze_epochs:
-            set_backbone_trainable(model, True)
+            set_backbone_trainable(model, True, last_blocks=model_cfg.unfreeze_blocks)
             _compile(model, session, scale=model_cfg.finetune_lr_factor,
                      step=_iterations(model))
         validate = val_ds is not None and (
             (epoch + 1) % cfg.val_interval == 0 or epoch + 1 == cfg.epochs
         )
-        # Outside the strategy scope (Keras uses the model's strategy anyway):
-        # in it, a checkpoint saved by the chief alone creates variables,
-        # which a multi-worker strategy initialises with a collective that
-        # the other workers never join.
-        model.fit(
-            _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
-            validation_data=val_ds if validate else None, callbacks=callbacks,
-            verbose=0, shuffle=False,  # The pipeline shuffles, seeded per epoch.
-        )
+        if epoch < model_cfg.freeze_epochs and head is not None:
+            head.fit_epoch(model, session, epoch, callbacks, validate)
+        else:
+            # Outside the strategy scope (Keras uses the model's strategy anyway):
+            # in it, a checkpoint saved by the chief alone creates variables,
+            # which a multi-worker strategy initialises with a collective that
+            # the other workers never join.
+            model.fit(
+                _train_dataset(session, epoch), epochs=epoch + 1, initial_epoch=epoch,
+                validation_data=val_ds if validate else None, callbacks=callbacks,
+                verbose=0, shuffle=False,  # The pipeline shuffles, seeded per epoch.
+            )
         if chief:
             run.update_info(epochs_completed=epoch + 1)
         stopped = early is not None and early.stopped
@@ -382,6 +439,104 @@ def _fit_epochs(model: keras.Model, session: _Session, start_epoch: int, extra_c
                 print(f"Early stopping after epoch {epoch + 1}: no better val accuracy "
                       f"in {cfg.early_stopping} validations.")
             break
+
+
+def _single_process(session: _Session) -> bool:
+    return session.replicas.size == 1 and session.replicas.strategy is None
+
+
+@dataclass
+class _CachedHead:
+    """The frozen phase on cached backbone features (see `vispipe.train.feature_cache`)."""
+
+    split: HeadSplit
+    train: CachedFeatures
+    val: CachedFeatures | None
+
+    @classmethod
+    def create(cls, model: keras.Model, session: _Session,
+               validate: bool) -> _CachedHead | None:
+        """Computes the features, or None where the phase runs uncached."""
+        cfg, copies = session.train_cfg, session.model_cfg.feature_cache_copies
+        split = split_head(model) if copies and _single_process(session) else None
+        if split is None:
+            return None
+        start = time.perf_counter()
+        batch, info, progress = cfg.batch_size, session.info, session.progress
+        views = [make_dataset(info, "train", batch, cache=cfg.cache)]
+        views += [make_dataset(info, "train", batch, training=True, augment=cfg.augment,
+                               seed=_epoch_seed(cfg.seed, -copy), cache=cfg.cache)
+                  for copy in range(1, copies)]
+        parts = [compute_features(split.backbone, ds, progress=progress,
+                                  desc=f"Features {i + 1}/{copies}") for i, ds in enumerate(views)]
+        train = CachedFeatures(np.concatenate([p.features for p in parts]),
+                               np.concatenate([p.labels for p in parts]))
+        val = None
+        if validate:
+            val = compute_features(split.backbone, make_dataset(info, "val", batch, cache=cfg.cache),
+                                   progress=progress, desc="Features val")
+        loss, metrics = _loss_and_metrics(session)
+        split.head.compile(optimizer=model.optimizer, loss=loss, metrics=metrics)
+        if session.replicas.is_chief:
+            print(f"Frozen phase: backbone features of {len(train.labels)} training "
+                  f"({copies} per image) and {0 if val is None else len(val.labels)} val "
+                  f"images computed in {time.perf_counter() - start:.1f} s; the head trains "
+                  "on them.", flush=True)
+        return cls(split, train, val)
+
+    def fit_epoch(self, model: keras.Model, session: _Session, epoch: int, callbacks,
+                  validate: bool) -> None:
+        """One epoch of the head on the cached features; savers save the full model."""
+        cfg, depth = session.train_cfg, session.info.num_classes
+        depth = depth if cfg.label_smoothing else 0
+        steps = -(-len(self.train.labels) // cfg.batch_size)
+        for callback in callbacks:
+            if isinstance(callback, (Checkpointer, BestModelSaver)):
+                callback.saved_model = model
+            if isinstance(callback, TqdmProgress):
+                callback.steps_per_epoch = steps
+            if isinstance(callback, ThroughputMeter):
+                callback.images_per_epoch = len(self.train.labels)
+        try:
+            self.split.head.fit(
+                self.train.dataset(cfg.batch_size, seed=_epoch_seed(cfg.seed, epoch),
+                                   shuffle=True, num_classes=depth),
+                epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
+                validation_data=(self.val.dataset(cfg.batch_size, num_classes=depth)
+                                 if validate and self.val is not None else None),
+                callbacks=callbacks)
+        finally:
+            for callback in callbacks:
+                if isinstance(callback, (Checkpointer, BestModelSaver)):
+                    callback.saved_model = None
+                if isinstance(callback, TqdmProgress):
+                    callback.steps_per_epoch = session.steps
+                if isinstance(callback, ThroughputMeter):
+                    callback.images_per_epoch = min(session.steps * cfg.batch_size,
+                                                    session.info.split_counts["train"])
+
+
+def _chance_guard(model: keras.Model, session: _Session) -> ChanceAccuracyGuard:
+    """Warns (console, run.json) when val accuracy sits at chance while training learns."""
+    info, cfg = session.info, session.train_cfg
+    counts = list(info.class_counts.get("val", {}).values())
+    chance = max(counts) / sum(counts) if counts and sum(counts) else 1 / info.num_classes
+    if not batchnorm_layers(model, trainable_only=False):
+        cause = ("the validation images differ from the training ones (labels, preprocessing "
+                 "or source), or there are too few training images per class to generalise.")
+    elif not (cfg.precise_bn_batches and _single_process(session)):
+        cause = ("BatchNorm moving statistics that do not match the weights (inference mode "
+                 "uses them, training mode does not): set train.precise_bn_batches (e.g. 16) "
+                 "or a lower train.bn_momentum.")
+    else:
+        cause = ("the validation images differ from the training ones (labels, preprocessing "
+                 "or source); BatchNorm statistics were recomputed each epoch.")
+    run = session.run
+
+    def record(warning: RunWarning) -> None:
+        run.update_info(warnings=run.read_run_info().warnings + [warning])
+
+    return ChanceAccuracyGuard(chance, cause, record)
 
 
 def _result(session: _Session, duration: float) -> TrainResult:
@@ -453,14 +608,17 @@ def _run(model: keras.Model, session: _Session, start_epoch: int, callbacks) -> 
         raise
 
 
-def _normalization(info: DatasetInfo, mode: str) -> Normalization:
-    """What the model's `Preprocess` layer does, for `run.json`."""
+def _normalization(info: DatasetInfo, model: keras.Model) -> Normalization:
+    """What the model's `Preprocess` layer does (the weights' own with `weights: imagenet`)."""
+    config = model.get_layer("preprocess").get_config()
+    mode = config["mode"]
     return Normalization(
         mode=mode,
-        mean=list(info.mean_pixel) if mode in ("standardize", "pixel") else None,
-        std=list(info.std_pixel) if mode == "standardize" else None,
+        mean=config.get("mean") if mode != "image" else None,
+        std=config.get("std"),
         mean_image_file=(os.path.abspath(os.path.join(info.path, MEAN_FILE))
                          if mode == "image" else None),
+        to_rgb=bool(config.get("to_rgb")),
     )
 
 
@@ -522,13 +680,17 @@ def _prepare(start: _Start, progress: bool) -> tuple[keras.Model, _Session, int]
         # A worker that joins an elastic job later finds rank 0's folder.
         _check_new_run_folder(run)
     info = read_dataset_info(start.dataset_dir)
+    weights_file = None
+    if model_cfg.weights and start.resumed is None:  # Offline: fail now, in one line.
+        weights_file = (imagenet_weights_file(model_cfg, info.image_shape)
+                        if model_cfg.weights == IMAGENET else resolve_weights_path(model_cfg.weights))
     steps = _steps_per_epoch(info, train_cfg, replicas)
     validate_policy(train_cfg.lr, train_cfg.epochs * steps, "train.lr")
     make_optimizer(train_cfg, 0.01)  # Validates the optimizer settings up front.
     seed_everything(train_cfg.seed)
     device = configure_device(train_cfg.mixed_precision)
     session = _Session(run, start.name, info, model_cfg, train_cfg, device, steps, progress,
-                       replicas)
+                       replicas, weights_file)
     checkpoint = run.latest_checkpoint() if start.resumed else None
     # Every rank has checked the folder, or read run.json and the checkpoint
     # pointer, before rank 0 writes them.
@@ -561,7 +723,7 @@ def _open_run_folder(session: _Session, start: _Start, model: keras.Model,
     """Rank 0 creates the run folder, or reopens the resumed one; every rank waits."""
     if session.replicas.is_chief:
         if start.resumed is None:
-            _new_run_folder(session)
+            _new_run_folder(session, model)
         else:
             _reopen_run_folder(session, start.resumed, start_epoch)
             print(f"Resuming {session.run.path} at epoch {start_epoch + 1}/"
@@ -584,6 +746,8 @@ def _model(session: _Session, checkpoint: CheckpointRef | None) -> tuple[keras.M
     if checkpoint is None:
         with replicas.scope():
             model = build_classifier(model_cfg, session.info, session.train_cfg.normalization)
+        momentum = session.train_cfg.bn_momentum
+        set_momentum(model, suited_momentum(session.steps) if momentum is None else momentum)
         if model_cfg.freeze_epochs:
             set_backbone_trainable(model, False)
         _compile(model, session, scale=1.0, step=0)
@@ -603,7 +767,7 @@ def _write_config(session: _Session) -> None:
          "train": dataclasses.asdict(session.train_cfg)}, sort_keys=False))
 
 
-def _new_run_folder(session: _Session) -> None:
+def _new_run_folder(session: _Session, model: keras.Model) -> None:
     """Creates the run folder's files."""
     run, info = session.run, session.info
     model_cfg, train_cfg = session.model_cfg, session.train_cfg
@@ -613,9 +777,11 @@ def _new_run_folder(session: _Session) -> None:
         dataset_dir=os.path.abspath(info.path),
         classes=list(info.classes),
         image=info.image,
-        normalization=_normalization(info, train_cfg.normalization),
+        normalization=_normalization(info, model),
         model=model_cfg,
         train=train_cfg,
+        pretrained=(PretrainedWeights(model_cfg.weights, os.path.abspath(session.weights_file))
+                    if session.weights_file else None),
         created=_now(),
         steps_per_epoch=session.steps,
         registry_id=session.entry.id,
@@ -677,6 +843,9 @@ def train(
     ```
     """
     run = RunFolder(run_dir)
+    # Recorded resolved, so a resumed run agrees.
+    model_cfg = dataclasses.replace(
+        model_cfg, freeze_epochs=frozen_epochs(model_cfg.freeze_epochs, model_cfg.weights))
     start = _Start(run, dataset_dir, model_cfg, train_cfg,
                    name=name or os.path.basename(run.path))
     return _train(start, progress, callbacks)
