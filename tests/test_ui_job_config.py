@@ -207,6 +207,38 @@ def test_a_serve_job_runs_serve_with_a_server_config(roots, tmp_path):
 
 # --- pretrained weights --------------------------------------------------------------
 
+def test_imagenet_weights_are_offered_only_for_networks_that_have_them(roots, tmp_path):
+    from vispipe.models import IMAGENET_NETWORKS
+    from vispipe.train.run_info import PretrainedWeights, RunWarning
+
+    client = browser_client(roots)
+    page = client.get("/models/new").text
+    marked = re.findall(r'id="net-(\w+)"(?:(?!</tr>).)*<td class="imagenet">yes</td>', page)
+    assert sorted(marked) == sorted(IMAGENET_NETWORKS)
+    dataset = _completed("dataset", tmp_path / "d")
+    (tmp_path / "d").mkdir()
+    response = client.post("/models/new", data=_train_form(
+        dataset, network="resnet18", pretrained="imagenet"))
+    assert response.status_code == 400
+    assert (f"ImageNet weights are published for {', '.join(IMAGENET_NETWORKS)}; got network "
+            "&#39;resnet18&#39;") in response.text
+    response = client.post("/models/new", data=_train_form(
+        dataset, network="mobilenet_v2", pretrained="imagenet"), follow_redirects=False)
+    assert response.status_code == 303
+    assert _resolved(_only_job())[1].model.weights == "imagenet"
+
+    run_id, run_dir = _run(tmp_path, weights="imagenet")
+    from vispipe.train.run_folder import RunFolder
+
+    RunFolder(run_dir).update_info(
+        pretrained=PretrainedWeights("imagenet", "/cache/mobilenet_v2.h5"),
+        warnings=[RunWarning(2, "val_accuracy_at_chance", "validation accuracy <b>at chance</b>")])
+    page = client.get(f"/runs/{run_id}").text
+    assert ("Pretrained: ImageNet (keras.applications) <span class=\"muted\">(loaded "
+            "/cache/mobilenet_v2.h5)</span>") in page
+    assert "After epoch 2: validation accuracy &lt;b&gt;at chance&lt;/b&gt;" in page
+
+
 def _keras_file() -> bytes:
     return b"PK\x03\x04" + bytes(60)
 

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.datastructures import UploadFile
 
 from vispipe.configs import LRFinderConfig, PipelineConfig
-from vispipe.models import list_models
+from vispipe.models import IMAGENET_NETWORKS, list_models
 from vispipe.registry import Entry, Registry
 from vispipe.ui.config_form import FormField, checked_config, form_defaults, options, read_fields
 from vispipe.ui.devices import capabilities, horovod_launcher
@@ -30,10 +30,12 @@ from vispipe.ui.templating import render
 from vispipe.ui.uploads import read_limited
 from vispipe.ui.weights_store import WEIGHTS_TYPES, find_weights, list_weights, store_weights
 
-__all__ = ["router", "TrainForm", "parse_train_form", "PRETRAINED_CHOICES", "LR_FIND_STEPS"]
+__all__ = ["router", "TrainForm", "parse_train_form", "IMAGENET", "PRETRAINED_CHOICES",
+           "LR_FIND_STEPS"]
 
 router = APIRouter()
 
+IMAGENET = "imagenet"  # `model.weights` of keras.applications' ImageNet weights
 # Form field -> config key: types, defaults and allowed values come from the config classes.
 TRAIN_FIELDS = (
     FormField("network", "model.name"),
@@ -58,8 +60,9 @@ TRAIN_FIELDS = (
 # Offered as this machine allows (`capabilities`); the defaults still come from the config.
 DEVICE_FIELDS = (FormField("mixed_precision", "train.mixed_precision"),
                  FormField("distributed", "train.distributed"))
-# Where a new model's weights start: "none" (random), an earlier run, or a stored file.
-PRETRAINED_CHOICES = ("none", "run", "file")
+# Where a new model's weights start: "none" (random), ImageNet (`model.weights: imagenet`, for
+# the networks keras.applications publishes weights of), an earlier run, or a stored file.
+PRETRAINED_CHOICES = ("none", IMAGENET, "run", "file")
 # The LR finder started from the form: steps of its range test.
 LR_FIND_STEPS = 60
 
@@ -81,6 +84,7 @@ def _page(request: Request, form: dict, errors: dict, status_code: int = 200):
     form = {**form_defaults(TRAIN_FIELDS + DEVICE_FIELDS), "pretrained": "none", **form}
     return render(request, "model_new.html", status_code=status_code, form=form, errors=errors,
                   datasets=datasets, runs=runs, networks=list_models(),
+                  imagenet_networks=IMAGENET_NETWORKS,
                   policies=options("train.lr.policy"), optimizers=options("train.optimizer"),
                   stored_weights=list_weights(request.app.state.settings),
                   weights_types=tuple(WEIGHTS_TYPES), caps=caps,
@@ -154,9 +158,14 @@ class TrainForm:
                  "lr_find": LRFinderConfig(num_steps=LR_FIND_STEPS)})
 
 
-def _pretrained(form, settings, runs: list[Entry], errors: dict[str, str]) -> str:
+def _pretrained(form, settings, network: str, runs: list[Entry], errors: dict[str, str]) -> str:
     """`model.weights` of the form's "pretrained" choice ("" for random weights)."""
     kind = choice_field(form, "pretrained", PRETRAINED_CHOICES, errors, "none")
+    if kind == IMAGENET:
+        if network not in IMAGENET_NETWORKS:
+            errors["pretrained"] = (f"ImageNet weights are published for "
+                                    f"{', '.join(IMAGENET_NETWORKS)}; got network {network!r}")
+        return IMAGENET
     if kind == "run":
         start = text_field(form, "weights_run")
         run = next((r for r in runs if str(r.id) == start), None)
@@ -184,7 +193,7 @@ def _model_section(form, settings, tree: dict, runs: list[Entry], errors: dict[s
             errors["custom_code"] = problem
         else:
             model["custom_path"] = _save_network(settings, code)
-    model["weights"] = _pretrained(form, settings, runs, errors)
+    model["weights"] = _pretrained(form, settings, model["name"], runs, errors)
 
 
 def _device_section(form, tree: dict, errors: dict[str, str]) -> list[str]:

@@ -26,15 +26,19 @@ class PretrainedSource:
     """The start of a run's weights.
 
     Attributes:
-        kind: "none" (random), "run" (an earlier run), "file" (a weights
-            file, stored by the UI or not).
+        kind: "none" (random), "imagenet" (keras.applications' weights),
+            "run" (an earlier run), "file" (a weights file, stored by the UI
+            or not).
         label: What the page shows: the run's name or the file's name.
         url: The earlier run's page, when the UI knows it ("" otherwise).
+        file: The file training loaded (`RunInfo.pretrained.file`; "" until
+            training has loaded it).
     """
 
     kind: str
     label: str = ""
     url: str = ""
+    file: str = ""
 
 
 def pretrained_source(info: RunInfo, settings: UISettings) -> PretrainedSource:
@@ -42,14 +46,17 @@ def pretrained_source(info: RunInfo, settings: UISettings) -> PretrainedSource:
     weights = info.model.weights
     if not weights:
         return PretrainedSource("none")
+    loaded = info.pretrained.file if info.pretrained else ""
+    if weights == "imagenet":
+        return PretrainedSource("imagenet", "ImageNet (keras.applications)", file=loaded)
     registry = Registry.open()
     try:
         run = next((e for e in registry.list("run") if e.path == weights), None)
     finally:
         registry.close()
     if run is not None:
-        return PretrainedSource("run", run.name, f"/runs/{run.id}")
+        return PretrainedSource("run", run.name, f"/runs/{run.id}", loaded)
     stored = stored_weights_at(settings, weights)
     if stored is not None:
-        return PretrainedSource("file", stored.name)
-    return PretrainedSource("run" if os.path.isdir(weights) else "file", weights)
+        return PretrainedSource("file", stored.name, file=loaded)
+    return PretrainedSource("run" if os.path.isdir(weights) else "file", weights, file=loaded)
