@@ -16,7 +16,7 @@ import yaml
 
 from vispipe.cli import build_parser
 from vispipe.cli_grammar import resolve
-from vispipe.configs import LR_POLICIES, OPTIMIZERS, TrainConfig
+from vispipe.configs import LR_POLICIES, OPTIMIZERS, ModelConfig, TrainConfig
 from vispipe.export.options import FORMATS, ExportOptions
 from vispipe.registry import Registry
 from vispipe.ui.jobs import read_job
@@ -223,9 +223,12 @@ def test_imagenet_weights_are_offered_only_for_networks_that_have_them(roots, tm
     assert (f"ImageNet weights are published for {', '.join(IMAGENET_NETWORKS)}; got network "
             "&#39;resnet18&#39;") in response.text
     response = client.post("/models/new", data=_train_form(
-        dataset, network="mobilenet_v2", pretrained="imagenet"), follow_redirects=False)
+        dataset, network="mobilenet_v2", pretrained="imagenet", unfreeze_blocks="3",
+        finetune_lr_mult="10"), follow_redirects=False)
     assert response.status_code == 303
-    assert _resolved(_only_job())[1].model.weights == "imagenet"
+    model = _resolved(_only_job())[1].model
+    assert (model.weights, model.unfreeze_blocks, model.finetune_lr_mult) == ("imagenet", 3, 10.0)
+    assert model.freeze_epochs == ModelConfig().freeze_epochs  # The config class's default.
 
     run_id, run_dir = _run(tmp_path, weights="imagenet")
     from vispipe.train.run_folder import RunFolder

@@ -56,6 +56,10 @@ TRAIN_FIELDS = (
     FormField("rotation", "train.augment.rotation", 0, 180),
     FormField("zoom", "train.augment.zoom", 0, 0.9),
     FormField("translate", "train.augment.translate", 0, 0.9),
+    FormField("freeze_epochs", "model.freeze_epochs", -1, 10_000),
+    FormField("unfreeze_blocks", "model.unfreeze_blocks", 0, 1000),
+    FormField("finetune_lr_factor", "model.finetune_lr_factor", 1e-6, 10),
+    FormField("finetune_lr_mult", "model.finetune_lr_mult", 1, 1000),
 )
 # Offered as this machine allows (`capabilities`); the defaults still come from the config.
 DEVICE_FIELDS = (FormField("mixed_precision", "train.mixed_precision"),
