@@ -10,6 +10,7 @@ app.include_router(router)
 from __future__ import annotations
 
 import ast
+import asyncio
 import hashlib
 import os
 import time
@@ -250,7 +251,8 @@ async def _stored_upload(request: Request, form) -> dict:
     settings = request.app.state.settings
     data = await read_limited(upload, settings.max_upload_bytes)
     try:
-        stored = store_weights(data, upload.filename, settings)
+        # Hashing and writing a large file: off the event loop.
+        stored = await asyncio.to_thread(store_weights, data, upload.filename, settings)
     except UnsafeInputError as error:
         raise HTTPException(415, str(error)) from None
     return dict(fields, pretrained="file", weights_file=stored.id)
