@@ -35,6 +35,7 @@ class _WrappingLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        _unwatch(module.__name__)
         self._wrap(lambda: self._loader.exec_module(module))
 
     def __getattr__(self, name: str) -> Any:  # Resource readers and the like.
@@ -50,12 +51,23 @@ class _Watcher(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)  # One import only, found by the other finders.
-        spec = importlib.util.find_spec(fullname)
+        # Found by the other finders. A probe (`importlib.util.find_spec("keras")`, as
+        # TensorFlow makes) loads nothing: the watcher stays until the module executes.
+        index = sys.meta_path.index(self)
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(index, self)
         if spec is None or spec.loader is None:
             return spec
         spec.loader = _WrappingLoader(spec.loader, self.wrap)
         return spec
+
+
+def _unwatch(name: str) -> None:
+    """Removes the watcher of `name` (its module is executing now)."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _Watcher) and f.name == name)]
 
 
 def on_import(name: str, wrap: Wrap) -> bool:
