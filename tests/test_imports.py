@@ -54,6 +54,9 @@ def saved_model(tmp_path_factory) -> str:
     ("import keras; import vispipe", True),
     # TensorFlow looks "keras" up before importing it (the CLI's order).
     ("import vispipe; import tensorflow; import keras", True),
+    # A probe that loads nothing first (TensorFlow makes one on import; `vispipe export`
+    # reaches Keras that way): the registration still waits for Keras to load.
+    ("import vispipe, importlib.util; importlib.util.find_spec('keras'); import keras", True),
     ("import keras", False),  # Without vispipe: the control, which must fail.
 ])
 def test_a_saved_model_opens_after_import_vispipe(saved_model, tmp_path, imports, opens):

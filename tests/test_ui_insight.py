@@ -110,6 +110,8 @@ def test_model_page_shows_the_grad_cam_of_the_top_losses(client, runs):
 
 
 def test_new_model_form_offers_class_weights_the_sampler_and_mlflow(client, runs):
+    from vispipe.cli import build_parser
+    from vispipe.cli_grammar import resolve
     from vispipe.registry import Registry
 
     page = client.get("/models/new").text
@@ -120,9 +122,9 @@ def test_new_model_form_offers_class_weights_the_sampler_and_mlflow(client, runs
             "class_weight": "auto", "balanced_sampler": "on", "mlflow": "on"}
     assert client.post("/models/new", data=form, follow_redirects=False).status_code == 303
     job = next(j for j in Registry.open().list("job") if j.name.endswith("weighted"))
-    argv = " ".join(job.params["argv"])
-    assert "--class-weight auto" in argv and "--sampler balanced" in argv
-    assert "--tracking mlflow" in argv
+    argv = job.params["argv"]
+    train = resolve(build_parser().parse_args(argv)).train  # job.yaml, as `vispipe` reads it
+    assert (train.class_weight, train.sampler, train.tracking) == ("auto", "balanced", "mlflow")
     form["class_weight"] = "lots"
     response = client.post("/models/new", data=form, follow_redirects=False)
     assert response.status_code == 400 and "got &#39;lots&#39;" in response.text

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from vispipe.configs import DatasetConfig, ModelConfig, TrainConfig
 from vispipe.registry import Registry
 from vispipe.train.run_folder import RunFolder
 from vispipe.ui import UISettings, create_app
@@ -97,7 +98,7 @@ def test_dataset_train_abort_resume_classify(mnist_small):
         client.post(f"/jobs/{train_job}/abort")
         job = _wait("the abort", lambda: _finished(train_job))
         assert job.status == "aborted"
-        assert RunFolder(run_dir).read_info()["status"] == "interrupted"
+        assert RunFolder(run_dir).read_run_info().status == "interrupted"
         done = _epochs_logged(run_dir)
         assert 1 <= done < 200
         run = _entry("run", run_dir)
@@ -111,8 +112,11 @@ def test_dataset_train_abort_resume_classify(mnist_small):
         resume_job = int(response.headers["location"].rsplit("/", 1)[1])
         job = _wait("the resumed run", lambda: _finished(resume_job))
         assert job.status == "completed", open(job.log_path).read()
-        info = RunFolder(run_dir).read_info()
-        assert info["status"] == "completed" and info["epochs_completed"] == done + 1
+        info = RunFolder(run_dir).read_run_info()
+        assert info.status == "completed" and info.epochs_completed == done + 1
+        # The resume ran `vispipe train --resume --run RUN --config job.yaml` (train.epochs).
+        assert job.entry.params["argv"][:4] == ["train", "--resume", "--run", run_dir]
+        assert "is deprecated" not in open(job.log_path).read()
 
         events = client.get(f"/runs/{run.id}/events").text
         records = [json.loads(line[6:]) for line in events.splitlines()
@@ -148,21 +152,39 @@ def test_dataset_train_abort_resume_classify(mnist_small):
         assert 'id="confusion-matrix"' in page and page.count('class="thumb') >= 10
         assert f"/runs/{run.id}/classify/{many_job}" in client.get(f"/runs/{run.id}").text
 
+        # A new model from an uploaded weights file (this run's model.keras), kept in the store.
+        with open(os.path.join(run_dir, "model.keras"), "rb") as f:
+            response = client.post("/models/new", data=dict(_train_form(dataset.id, "tuned", 1),
+                                                            pretrained="file"),
+                                   files={"weights_upload": ("lenet <v1>.keras", f.read(),
+                                                             "application/zip")},
+                                   follow_redirects=False)
+        assert response.status_code == 303, response.text
+        job = _wait("the fine-tune", lambda: _finished(int(response.headers["location"]
+                                                            .rsplit("/", 1)[1])))
+        assert job.status == "completed", open(job.log_path).read()
+        weights = RunFolder(job.target).read_run_info().model.weights
+        assert weights.startswith(settings.folder("weights")) and weights.endswith("<v1>.keras")
+        tuned = _entry("run", job.target)
+        assert "Pretrained: weights file lenet &lt;v1&gt;.keras" in client.get(f"/runs/{tuned.id}").text
+        assert "lenet &lt;v1&gt;.keras" in client.get("/models/new").text  # Offered again.
+
 
 def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, tmp_path):
     settings = UISettings(data_roots=[mnist_small], max_jobs=1)
     first = JobQueue(settings)
     data_dir = os.path.join(settings.folder("datasets"), "d")
-    dataset_job = first.submit("Dataset d", "dataset", [
-        "dataset", "create", "--source", os.path.join(mnist_small, "train"), "--output", data_dir,
-        "--max-per-class", "10", "--quiet"], target=data_dir, target_kind="dataset")
+    dataset_job = first.submit("Dataset d", "dataset", ["dataset", "create", "--quiet"], config={
+        "dataset": DatasetConfig(source=os.path.join(mnist_small, "train"), output=data_dir,
+                                 max_per_class=10)}, target=data_dir, target_kind="dataset")
     assert _wait("the dataset", lambda: _finished(dataset_job), first).status == "completed"
 
     runs = [os.path.join(settings.folder("runs"), name) for name in ("a", "b")]
-    ids = [first.submit(f"Train {os.path.basename(r)}", "train", [
-        "train", "--dataset", data_dir, "--out", r, "--model", "lenet", "--epochs", "200",
-        "--batch-size", "8", "--set", "train.steps_per_epoch=2", "--quiet"],
-        target=r, target_kind="run") for r in runs]
+    config = {"model": ModelConfig(name="lenet"),
+              "train": TrainConfig(epochs=200, batch_size=8, steps_per_epoch=2)}
+    ids = [first.submit(f"Train {os.path.basename(r)}", "train",
+                        ["train", "--dataset", data_dir, "--run", r, "--quiet"], config=config,
+                        target=r, target_kind="run") for r in runs]
     first.tick()
     assert [_job(i).status for i in ids] == ["running", "queued"]  # max_jobs=1
     _wait("a checkpoint", lambda: RunFolder(runs[0]).exists()
@@ -173,10 +195,10 @@ def test_restart_marks_running_job_interrupted_and_keeps_the_queue(mnist_small, 
     second = JobQueue(settings)
     assert second.recover() == [ids[0]]
     assert _job(ids[0]).status == "interrupted"
-    assert RunFolder(runs[0]).read_info()["status"] == "interrupted"
+    assert RunFolder(runs[0]).read_run_info().status == "interrupted"
     assert first._procs[ids[0]].wait(timeout=60) in (130, -15)  # Ended by SIGTERM.
     assert pid == first._procs[ids[0]].pid
-    assert resume_argv(_job(ids[0])) == ["train", "--resume", runs[0]]
+    assert resume_argv(_job(ids[0])) == ["train", "--resume", "--run", runs[0]]
     assert _job(ids[1]).status == "queued"
     assert second.abort(ids[1]).status == "aborted"
 

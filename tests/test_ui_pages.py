@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import time
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from vispipe.configs import DatasetConfig
 from vispipe.registry import Registry
 from vispipe.ui import UISettings, create_app
 from vispipe.ui.settings import UnsafeInputError, check_name, confine
+
+from ui_helpers import browser_client, write_run
 
 EVIL = '<img src=x onerror=alert(1)> & "q" \'q\''
 
@@ -32,13 +34,17 @@ def roots(tmp_path):
 
 
 def _client(roots, **kwargs) -> TestClient:
-    """A browser session: opened at the token URL, posting with the page's CSRF token."""
-    settings = UISettings(data_roots=[str(roots)], **kwargs)
-    client = TestClient(create_app(settings, start_jobs=False), base_url="http://localhost")
-    page = client.get(f"/?token={settings.token}")
-    token = re.search(r'<meta name="csrf-token" content="(\w+)">', page.text).group(1)
-    client.headers.update({"Origin": "http://localhost", "X-CSRF-Token": token})
-    return client
+    return browser_client(roots, **kwargs)
+
+
+def _cli_config(job):
+    """What the job's `vispipe` command line resolves to, read by the CLI's own parser."""
+    from vispipe.cli import build_parser
+    from vispipe.cli_grammar import resolve
+
+    argv = job.params["argv"]
+    assert argv[-2] == "--config" and os.path.dirname(argv[-1]) == job.path
+    return build_parser().parse_args(argv), resolve(build_parser().parse_args(argv))
 
 
 def test_confine_accepts_inside_and_rejects_traversal_and_symlinks(roots, tmp_path):
@@ -114,11 +120,14 @@ def test_valid_dataset_form_queues_a_job_with_the_confined_path(roots):
         "name": EVIL, "source_kind": "folder", "source": "pets"}, follow_redirects=False)
     assert response.status_code == 303, response.text
     (job,) = Registry.open().list("job")
-    argv = job.params["argv"]
-    assert argv[argv.index("--source") + 1] == str((roots / "pets").resolve())
+    assert job.params["argv"][:2] == ["dataset", "create"]
+    _, config = _cli_config(job)  # `vispipe dataset create --config <job>/job.yaml`
+    assert config.dataset.source == str((roots / "pets").resolve())
     # The job itself refuses files outside the data roots too.
-    assert argv[argv.index("--data-root") + 1] == str(roots.resolve())
-    assert job.params["target"].endswith(EVIL.strip())
+    assert config.dataset.data_roots == [str(roots.resolve())]
+    assert config.dataset.output == job.params["target"] and job.params["target"].endswith(EVIL.strip())
+    # The form's defaults are the config class's.
+    assert config.dataset.image == DatasetConfig().image and config.dataset.val_percent == 25
     page = client.get(response.headers["location"]).text
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
@@ -257,12 +266,8 @@ CLASSES = ["cat", "dog", "bird"]
 @pytest.fixture
 def completed_run(tmp_path):
     """A registered, completed run folder whose model has three classes."""
-    from vispipe.train.run_folder import RunFolder
-
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    RunFolder(str(run_dir)).write_info({"version": 1, "name": "pets", "status": "completed",
-                                        "classes": CLASSES})
+    write_run(run_dir, CLASSES)
     registry = Registry.open()
     entry = registry.add("run", "pets", str(run_dir), {})
     registry.finish(entry, "completed", {})
@@ -331,8 +336,10 @@ def test_classify_many_archive_queues_a_classify_job_with_folder_labels(roots, c
     (job,) = Registry.open().list("job")
     (folder,) = _request_folders(run_dir)
     folder = os.path.join(run_dir, folder)
-    assert job.params["argv"] == ["classify", str(run_dir), os.path.join(folder, "inputs.txt"),
-                                  "--csv", os.path.join(folder, "predictions.csv"), "--top-k", "2"]
+    assert job.params["argv"][:-2] == ["classify", "--run", str(run_dir),
+                                       os.path.join(folder, "inputs.txt"),
+                                       "--out", os.path.join(folder, "predictions.csv")]
+    assert _cli_config(job)[1].evaluate.top_k == 2  # From the job's config file.
     images = os.path.join(folder, "images")
     with open(os.path.join(folder, "inputs.txt")) as f:
         assert f.read().splitlines() == [os.path.join(images, "000000.png") + " 0",
@@ -399,6 +406,29 @@ def test_classify_many_results_show_accuracy_confusion_and_best_images(roots, co
     assert client.get(url + "/image/9.png").status_code == 404
     csv_text = client.get(url + "/predictions.csv").text
     assert csv_text.splitlines()[0].startswith("path,label,predicted,probability,error")
+
+
+def test_classify_many_results_come_from_the_evaluate_functions_by_column_name(tmp_path):
+    from vispipe.fileio import write_json_atomic
+    from vispipe.ui.classify_many import Request, read_results
+
+    folder = tmp_path / "request"
+    folder.mkdir()
+    write_json_atomic(folder / "request.json", Request("x.txt", "list", ["a", "b", "c"], [], 2).__dict__)
+    # Columns in another order than `vispipe classify` writes them: read by name.
+    (folder / "predictions.csv").write_text(
+        "prob_1,class_1,error,probability,predicted,label,path,class_2,prob_2\n"
+        "0.9,cat,,0.9,cat,cat,/a.png,dog,0.1\n"
+        "0.6,dog,,0.6,dog,cat,/b.png,cat,0.4\n"
+        ",,truncated file,,,dog,/c.png,,\n")
+    results = read_results(str(folder), ["cat", "dog", "bird"])
+    assert (results.accuracy, results.labelled, results.errors) == (0.5, 2, 1)
+    assert results.matrix_classes == ["cat", "dog"] and results.confusion == [[1, 1], [0, 0]]
+    assert results.rows[1].top == [("dog", 0.6), ("cat", 0.4)] and results.rows[2].name == "c"
+    (folder / "predictions.csv").write_text(
+        "path,label,predicted,probability,error,class_1,prob_1\n/a.png,cat,fox,0.9,,fox,0.9\n")
+    with pytest.raises(ValueError, match="fox"):
+        read_results(str(folder), ["cat", "dog", "bird"])
 
 
 def test_classify_many_thumbnails_stay_inside_the_request_and_data_roots(roots, completed_run,
@@ -582,8 +612,8 @@ def test_new_model_offers_only_the_device_options_this_machine_has(roots, tmp_pa
     response = client.post("/models/new", data=form, follow_redirects=False)
     if caps.gpus >= 2:
         assert response.status_code == 303
-        argv = Registry.open().list("job")[0].params["argv"]
-        assert "train.mixed_precision=on" in argv and argv[-2:] == ["--distributed", "mirrored"]
+        config = _cli_config(Registry.open().list("job")[0])[1]
+        assert config.train.mixed_precision == "on" and config.train.distributed == "mirrored"
     else:
         assert response.status_code == 400
         if not caps.gpus:
@@ -604,7 +634,7 @@ def test_horovod_training_runs_under_horovodrun(roots, tmp_path):
     assert response.status_code == 303, response.text
     (job,) = Registry.open().list("job")
     assert job.params["launcher"] == [horovodrun_path(), "-np", "2", "--gloo", "-H", "localhost:2"]
-    assert job.params["argv"][-2:] == ["--distributed", "horovod"]
+    assert _cli_config(job)[1].train.distributed == "horovod"
     too_many = client.post("/models/new", data=dict(
         _TRAIN_FORM, name="hvd2", dataset=str(_dataset_entry(tmp_path / "x")),
         distributed="horovod", processes="100000"))

@@ -36,6 +36,8 @@ from vispipe.registry import Registry
 from vispipe.ui import UISettings, create_app
 from vispipe.ui.jobs import JobQueue, read_job
 
+from ui_helpers import write_run
+
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "vispipe", "ui", "templates")
 EVIL = "http://evil.example"
@@ -359,12 +361,8 @@ def test_abort_redirects_only_to_pages_of_this_server(roots):
 # --- 6: archives, image bombs and uploads off the event loop --------------------------
 
 def _completed_run(tmp_path, classes=("cat", "dog")) -> int:
-    from vispipe.train.run_folder import RunFolder
-
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    RunFolder(str(run_dir)).write_info({"version": 1, "name": "pets", "status": "completed",
-                                        "classes": list(classes)})
+    write_run(run_dir, classes)
     registry = Registry.open()
     entry = registry.add("run", "pets", str(run_dir), {})
     registry.finish(entry, "completed", {})

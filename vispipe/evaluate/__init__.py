@@ -18,6 +18,7 @@ from vispipe.evaluate.classify import (
     accuracy,
     classify,
     predictions_table,
+    read_predictions_csv,
     write_predictions_csv,
 )
 from vispipe.evaluate.evaluator import (
@@ -39,6 +40,7 @@ __all__ = [
     "classify",
     "accuracy",
     "predictions_table",
+    "read_predictions_csv",
     "write_predictions_csv",
     "LayerStats",
     "TensorStats",

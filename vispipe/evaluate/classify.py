@@ -43,6 +43,7 @@ __all__ = [
     "accuracy",
     "predictions_table",
     "write_predictions_csv",
+    "read_predictions_csv",
 ]
 
 IMAGE_EXTENSIONS = (
@@ -422,3 +423,26 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str) -> str:
                     row += [name, f"{prob:.6f}"]
                 writer.writerow(row + [""] * (len(header) - len(row)))
     return path
+
+
+def read_predictions_csv(path: str) -> list[Prediction]:
+    """The predictions of a file `write_predictions_csv` wrote, in its order.
+
+    Columns are read by their header names, so a file with more or fewer top
+    classes (`class_i`, `prob_i`) reads the same way.
+
+    Raises:
+        ValueError: The file lacks one of the columns `write_predictions_csv`
+            writes (named).
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label", "predicted", "probability", "error"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: expected a predictions CSV of `vispipe classify`; "
+                             f"missing columns {sorted(missing)}.")
+        ranks = range(1, 1 + sum(name.startswith("class_") for name in reader.fieldnames))
+        return [Prediction(path=row["path"], label=row["label"] or None, error=row["error"] or None,
+                           top=[(row[f"class_{i}"], float(row[f"prob_{i}"])) for i in ranks
+                                if row[f"class_{i}"]])
+                for row in reader]

@@ -8,22 +8,23 @@ A request is a folder `<run>/classify-<stamp>/` that keeps everything on disk:
   the archive are only ever shown, never used as paths);
 - `inputs.txt`: the list file of `vispipe classify`, one `path [class id]`
   line per image;
-- `predictions.csv`: what the job (`vispipe classify RUN inputs.txt --csv`)
-  writes, one row per image in input order.
+- `predictions.csv`: what the job (`vispipe classify --run RUN inputs.txt
+  --out predictions.csv`) writes, one row per image in input order, read
+  back with `vispipe.evaluate.read_predictions_csv` and scored with the
+  evaluate stage's own functions.
 
 Example:
 
 ```python
 request = prepare_request(data, "digits.zip", classes, settings.data_roots, folder,
                           settings.max_upload_bytes, top_k=5)
-argv = classify_argv(run_dir, folder, request.top_k)
+argv = classify_argv(run_dir, folder)  # its config: {"evaluate": {"top_k": request.top_k}}
 results = read_results(folder, classes)  # None until the job has written its CSV
 ```
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -34,8 +35,12 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from vispipe.evaluate.classify import IMAGE_EXTENSIONS
-from vispipe.train.run_folder import write_json_atomic
+import numpy as np
+
+from vispipe.evaluate.classify import (IMAGE_EXTENSIONS, Prediction, accuracy,
+                                       read_predictions_csv)
+from vispipe.evaluate.metrics import confusion_matrix
+from vispipe.fileio import write_json_atomic
 from vispipe.ui.settings import UnsafeInputError, confine
 
 __all__ = ["MAX_IMAGES", "MAX_ARCHIVE_ENTRIES", "BadUpload", "Request", "Row", "Results",
@@ -291,35 +296,48 @@ def read_request(folder: str) -> Request:
         return Request(**json.load(f))
 
 
-def classify_argv(run_dir: str, folder: str, top_k: int) -> list[str]:
-    """The `vispipe classify` arguments of a request folder."""
-    return ["classify", run_dir, os.path.join(folder, INPUTS_FILE),
-            "--csv", os.path.join(folder, PREDICTIONS_FILE), "--top-k", str(top_k)]
+def classify_argv(run_dir: str, folder: str) -> list[str]:
+    """The `vispipe classify` operands of a request folder (`evaluate.top_k` is its config)."""
+    return ["classify", "--run", run_dir, os.path.join(folder, INPUTS_FILE),
+            "--out", os.path.join(folder, PREDICTIONS_FILE)]
 
 
 def input_paths(folder: str) -> list[str]:
     """The image path of each row, in order (as `vispipe classify` reads `inputs.txt`)."""
-    with open(os.path.join(folder, PREDICTIONS_FILE), newline="", encoding="utf-8") as f:
-        return [row["path"] for row in csv.DictReader(f)]
+    return [p.path for p in read_predictions_csv(os.path.join(folder, PREDICTIONS_FILE))]
 
 
 @dataclass(frozen=True)
 class Row:
-    """One classified image."""
+    """One classified image: its `Prediction` and the name it was uploaded under."""
 
     index: int
     name: str
-    label: str | None
-    predicted: str | None
-    probability: float | None
-    error: str
-    top: list[tuple[str, float]]
+    prediction: Prediction
+
+    @property
+    def label(self) -> str | None:
+        return self.prediction.label
+
+    @property
+    def predicted(self) -> str | None:
+        return self.prediction.predicted
+
+    @property
+    def probability(self) -> float | None:
+        return self.prediction.probability
+
+    @property
+    def error(self) -> str:
+        return self.prediction.error or ""
+
+    @property
+    def top(self) -> list[tuple[str, float]]:
+        return self.prediction.top
 
     @property
     def correct(self) -> bool | None:
-        if self.label is None or self.predicted is None:
-            return None
-        return self.label == self.predicted
+        return self.prediction.correct
 
 
 @dataclass
@@ -329,12 +347,14 @@ class Results:
     Attributes:
         rows: Every image, in input order.
         accuracy: Top-1 accuracy over labelled, classified images (None
-            without labels).
+            without labels), as `vispipe.evaluate.accuracy` gives it.
         labelled: Labelled, classified images.
         errors: Images that could not be classified.
         matrix_classes: Classes of the confusion matrix: those that occur
             as a label or a prediction of a labelled image, in model order.
-        confusion: `[true][predicted]` counts over `matrix_classes`.
+        confusion: `[true][predicted]` counts over `matrix_classes` (the
+            rows and columns of `vispipe.evaluate.metrics.confusion_matrix`
+            that are not all zero).
         best: Per predicted class (model order), its most probable images.
     """
 
@@ -347,6 +367,19 @@ class Results:
     best: dict[str, list[Row]] = field(default_factory=dict)
 
 
+def _confusion(predictions: Sequence[Prediction], classes: Sequence[str]
+               ) -> tuple[list[str], list[list[int]]]:
+    """The confusion matrix of the judged predictions, over the classes that occur."""
+    judged = [p for p in predictions if p.correct is not None]
+    if not judged:
+        return [], []
+    index = {name: i for i, name in enumerate(classes)}
+    cm = confusion_matrix(np.array([index[p.label] for p in judged]),
+                          np.array([index[p.predicted] for p in judged]), len(classes))
+    present = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
+    return [classes[i] for i in present], cm[np.ix_(present, present)].tolist()
+
+
 def read_results(folder: str, classes: Sequence[str], per_class: int = 6) -> Results | None:
     """The results of a request folder, or None while the job has not written them.
 
@@ -354,39 +387,29 @@ def read_results(folder: str, classes: Sequence[str], per_class: int = 6) -> Res
         folder: The request folder.
         classes: The model's class names (the order of matrices and lists).
         per_class: Images shown per predicted class.
+
+    Raises:
+        ValueError: A predictions file that is not `vispipe classify`'s, or
+            that names a class the model does not have.
     """
     path = os.path.join(folder, PREDICTIONS_FILE)
     if not os.path.isfile(path):
         return None
     names = read_request(folder).names
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for index, record in enumerate(csv.reader(f)):
-            if index == 0:
-                continue  # The header.
-            top = [(record[i], float(record[i + 1])) for i in range(5, len(record) - 1, 2)
-                   if record[i]]
-            rows.append(Row(index=index - 1, name=names[index - 1] if index - 1 < len(names)
-                            else record[0], label=record[1] or None,
-                            predicted=record[2] or None,
-                            probability=float(record[3]) if record[3] else None,
-                            error=record[4], top=top))
-    judged = [r for r in rows if r.correct is not None]
-    results = Results(rows=rows, labelled=len(judged), errors=sum(bool(r.error) for r in rows),
-                      accuracy=sum(r.correct for r in judged) / len(judged) if judged else None)
+    predictions = read_predictions_csv(path)
+    unknown = {p.label for p in predictions} | {p.predicted for p in predictions}
+    unknown -= set(classes) | {None}
+    if unknown:
+        raise ValueError(f"{path}: classes {sorted(unknown)} are not the model's.")
+    rows = [Row(i, names[i] if i < len(names) else p.path, p) for i, p in enumerate(predictions)]
+    matrix_classes, confusion = _confusion(predictions, list(classes))
+    results = Results(rows=rows, accuracy=accuracy(predictions),
+                      labelled=sum(p.correct is not None for p in predictions),
+                      errors=sum(bool(p.error) for p in predictions),
+                      matrix_classes=matrix_classes, confusion=confusion)
     order = {name: i for i, name in enumerate(classes)}
-    if judged:
-        present = {r.label for r in judged} | {r.predicted for r in judged}
-        results.matrix_classes = sorted(present, key=lambda c: order.get(c, len(order)))
-        at = {name: i for i, name in enumerate(results.matrix_classes)}
-        size = len(at)
-        results.confusion = [[0] * size for _ in range(size)]
-        for r in judged:
-            results.confusion[at[r.label]][at[r.predicted]] += 1
-    by_class: dict[str, list[Row]] = {}
-    for r in rows:
-        if r.predicted is not None:
-            by_class.setdefault(r.predicted, []).append(r)
-    for name in sorted(by_class, key=lambda c: order.get(c, len(order))):
-        results.best[name] = sorted(by_class[name], key=lambda r: -r.probability)[:per_class]
+    for name in sorted({r.predicted for r in rows} - {None}, key=order.__getitem__):
+        by_probability = sorted((r for r in rows if r.predicted == name),
+                                key=lambda r: -r.probability)
+        results.best[name] = by_probability[:per_class]
     return results

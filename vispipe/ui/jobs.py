@@ -2,13 +2,14 @@
 
 A job is a registry entry of kind "job" (name: its title, path: its job
 folder, params: `{"verb", "argv", "target", "target_kind", "launcher"}`) plus, in the job
-folder, `job.json` (`{"state": "queued"|"running"|"done", "pid", "abort"}`)
-and `log.txt` (the process's output). Nothing lives only in memory: a new
+folder, `job.json` (`{"state": "queued"|"running"|"done", "pid", "abort"}`),
+`job.yaml` (the job's typed config, `vispipe.ui.job_config`) and `log.txt`
+(the process's output). Nothing lives only in memory: a new
 `JobQueue` on the same registry picks up queued jobs and marks the jobs that
 were running when the last UI process stopped "interrupted" (after ending
 any process left over), and `resume_argv` offers to continue them.
 
-Each job runs `python -P -m vispipe ARGV...` in its job folder, in its own
+Each job runs `python -P -m vispipe ARGV... --config job.yaml` in its job folder, in its own
 process group. `-P` keeps the working directory off the import path, so a
 folder named `vispipe` (or anything else) where the UI was started cannot
 stand in for the installed code. Abort is SIGTERM to the group: the trainer
@@ -19,8 +20,8 @@ Example:
 ```python
 queue = JobQueue(UISettings(max_jobs=2))
 queue.start()
-job_id = queue.submit("Train lenet", "train", ["train", "--dataset", "d", "--out", "r"],
-                      target="r", target_kind="run")
+job_id = queue.submit("Train lenet", "train", ["train", "--dataset", "d", "--run", "r"],
+                      config={"train": TrainConfig(epochs=3)}, target="r", target_kind="run")
 queue.abort(job_id)
 queue.stop()
 ```
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -42,11 +44,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from vispipe.fileio import write_json_atomic
 from vispipe.registry import Entry, Registry
-from vispipe.train.run_folder import RunFolder, write_json_atomic
+from vispipe.train.run_folder import RunFolder
+from vispipe.ui.job_config import JOB_CONFIG_FILE, JobConfig, write_job_config
 from vispipe.ui.settings import UISettings
 
-__all__ = ["Job", "JobQueue", "read_job", "resume_argv", "log_tail"]
+__all__ = ["Job", "JobQueue", "read_job", "resume_argv", "resume_config", "log_tail"]
 
 _log = logging.getLogger(__name__)
 _POLL_S = 0.3
@@ -90,6 +94,19 @@ class Job:
     def log_path(self) -> str:
         return os.path.join(self.entry.path, "log.txt")
 
+    @property
+    def command(self) -> str:
+        """The command line the job runs, as its log's first line shows it."""
+        return " ".join(["vispipe", *self.entry.params.get("argv", [])])
+
+    def config_text(self) -> str:
+        """Its `job.yaml` ("" for a job without one)."""
+        try:
+            with open(os.path.join(self.entry.path, JOB_CONFIG_FILE), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
 
 def read_job(entry: Entry) -> Job:
     """The `Job` of a registry entry of kind "job"."""
@@ -101,22 +118,27 @@ def read_job(entry: Entry) -> Job:
     return Job(entry, data.get("state", "queued"), data.get("pid"), bool(data.get("abort")))
 
 
-def resume_argv(job: Job, epochs: int | None = None) -> list[str] | None:
+def resume_argv(job: Job) -> list[str] | None:
     """The CLI arguments that continue an interrupted or aborted training job.
 
     Args:
         job: A training or resume job.
-        epochs: A new total number of epochs (default: the run's).
 
     Returns:
-        `["train", "--resume", RUN, ...]`, or None when the job cannot be
-        resumed (still active, completed, or no checkpoint written yet).
+        `["train", "--resume", "--run", RUN]`, or None when the job cannot be
+        resumed (still active, completed, or no checkpoint written yet). A new
+        total of epochs is the job's config: `resume_config`.
     """
     if job.target_kind != "run" or job.status not in ("interrupted", "aborted", "failed"):
         return None
     if not RunFolder(job.target).latest_checkpoint():
         return None
-    return ["train", "--resume", job.target] + (["--epochs", str(epochs)] if epochs else [])
+    return ["train", "--resume", "--run", job.target]
+
+
+def resume_config(epochs: int | None) -> JobConfig | None:
+    """The config of a resume job: a new total of epochs, the only setting a resume takes."""
+    return {"train": {"epochs": epochs}} if epochs else None
 
 
 # TensorFlow's start-up messages that TF_CPP_MIN_LOG_LEVEL cannot silence: absl
@@ -230,24 +252,36 @@ class JobQueue:
 
     # --- API ---------------------------------------------------------------
 
-    def submit(self, title: str, verb: str, argv: list[str], *, target: str = "",
-               target_kind: str = "", launcher: list[str] | None = None) -> int:
-        """Queues `python -P -m vispipe ARGV`; returns the job id.
+    def submit(self, title: str, verb: str, argv: list[str], *, config: JobConfig | None = None,
+               target: str = "", target_kind: str = "", launcher: list[str] | None = None) -> int:
+        """Queues `python -P -m vispipe ARGV --config job.yaml`; returns the job id.
 
         Args:
             title: What the pages call the job.
             verb: The kind of work ("dataset", "train", "resume", "evaluate",
-                "export", "lr-find", "serve").
-            argv: Arguments after `vispipe`.
+                "export", "lr-find", "serve", "classify").
+            argv: The verb and its operands (`--run`, `--dataset`, `--out`):
+                arguments after `vispipe` that are not settings.
+            config: The job's settings, written to `job.yaml` in the job
+                folder (`vispipe.ui.job_config`) and passed as `--config`.
             target: The folder the job writes (dataset, run or export).
             target_kind: "dataset", "run", "export", "lr", "serve", "eval"
                 or "classify".
             launcher: A command that runs the job's command, e.g.
                 `["horovodrun", "-np", "2", ...]` (default: none).
+
+        Raises:
+            ConfigError: A config value that is not allowed (nothing is queued).
         """
         job_dir = os.path.join(self.settings.folder("jobs"),
                                f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
         os.makedirs(job_dir)
+        try:
+            if config is not None:
+                argv = [*argv, "--config", write_job_config(job_dir, config)]
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
         self._write_state(job_dir, state="queued", pid=None, abort=False)
         registry = Registry.open()
         try:
@@ -356,12 +390,15 @@ class JobQueue:
         run = RunFolder(job.target)
         if job.target_kind != "run" or not run.exists():
             return
-        info = run.read_info()
-        if info.get("status") == "running":
+        try:
+            info = run.read_run_info()
+        except ValueError:  # An older run format: its own upgrade says what to do.
+            return
+        if info.status == "running":
             run.update_info(status="interrupted")
-            if info.get("registry_id"):
-                registry.finish(int(info["registry_id"]), "interrupted",
-                                {"epochs_completed": info.get("epochs_completed", 0)})
+            if info.registry_id:
+                registry.finish(info.registry_id, "interrupted",
+                                {"epochs_completed": info.epochs_completed})
 
     @staticmethod
     def _write_state(job_dir: str, **state: Any) -> None:

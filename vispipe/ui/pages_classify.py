@@ -19,8 +19,9 @@ import uuid
 from fastapi import APIRouter, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from vispipe.configs import EvaluateConfig
 from vispipe.registry import Entry, Registry
-from vispipe.train.run_folder import RunFolder
+from vispipe.train.run_folder import RunFolder, read_run_info
 from vispipe.ui.classify_many import (PREDICTIONS_FILE, BadUpload, classify_argv, input_paths,
                                       prepare_request, read_request, read_results)
 from vispipe.ui.forms import int_field
@@ -40,11 +41,14 @@ _THUMB_PX = 96
 
 
 def _classes(entry: Entry) -> list[str]:
-    run = RunFolder(entry.path)
-    if entry.status != "completed" or not run.exists():
+    """The class names of a completed run (its `RunInfo`)."""
+    if entry.status != "completed" or not RunFolder(entry.path).exists():
         raise HTTPException(409, f"Model {entry.name!r} is {entry.status}; expected a completed "
                                  "run to classify with.")
-    return list(run.read_info()["classes"])
+    try:
+        return read_run_info(entry.path).classes
+    except ValueError as error:
+        raise HTTPException(409, str(error)) from None
 
 
 @router.post("/runs/{entry_id}/classify-many")
@@ -72,7 +76,8 @@ async def classify_many(request: Request, entry_id: int, inputs: UploadFile):
         raise HTTPException(409, f"Cannot write the results into the run folder: {error}") from None
     job_id = request.app.state.queue.submit(
         f"Classify {req.count} images with {entry.name}", "classify",
-        classify_argv(entry.path, folder, req.top_k), target=folder, target_kind="classify")
+        classify_argv(entry.path, folder), config={"evaluate": EvaluateConfig(top_k=req.top_k)},
+        target=folder, target_kind="classify")
     return RedirectResponse(f"/runs/{entry_id}/classify/{job_id}", status_code=303)
 
 
@@ -98,12 +103,15 @@ def results_page(request: Request, entry_id: int, job_id: int):
     """Progress while the job runs; then the per-image table, accuracy, confusion
     matrix and the most probable images of each predicted class."""
     entry, job = _lookup(entry_id, job_id)
-    classes = list(RunFolder(entry.path).read_info().get("classes", []))
+    classes = _classes(entry)
     try:
         req = read_request(job.target)
     except FileNotFoundError:
         raise HTTPException(404, f"The request folder of job {job_id} was deleted.") from None
-    results = read_results(job.target, classes) if job.status == "completed" else None
+    try:
+        results = read_results(job.target, classes) if job.status == "completed" else None
+    except ValueError as error:
+        raise HTTPException(409, str(error)) from None
     return render(request, "classify_many.html", entry=entry, job=job, req=req, results=results,
                   rows_shown=_ROWS_SHOWN, log=log_tail(job))
 

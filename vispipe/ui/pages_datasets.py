@@ -10,6 +10,7 @@ app.include_router(router)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import math
 import os
@@ -18,15 +19,16 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
-from vispipe.configs import ENCODINGS, RESIZE_MODES, DatasetConfig
+from vispipe.configs import RESIZE_MODES, DatasetConfig
 from vispipe.registry import Registry
-from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
+from vispipe.ui.config_form import FormField, checked_config, form_defaults, options, read_fields
+from vispipe.ui.forms import choice_field, new_folder_field, text_field
 from vispipe.ui.jobs import log_tail
 from vispipe.ui.settings import UnsafeInputError, confine
 from vispipe.ui.templating import render
 from vispipe.ui.views import entry_or_404, jobs_by_target, load_entry
 
-__all__ = ["router"]
+__all__ = ["router", "DATASET_FIELDS", "parse_dataset_form"]
 
 router = APIRouter()
 
@@ -39,78 +41,91 @@ _PATH_FIELDS = {
     "folders": ("train_dir", "val_dir", "test_dir"),
     "lists": ("train_list", "val_list", "test_list", "labels_file"),
 }
-_DEFAULTS = {"source_kind": "folder", "val_percent": "25", "test_percent": "0", "height": "28",
-             "width": "28", "channels": "1", "resize_mode": "squash", "encoding": "png",
-             "min_per_class": "2", "max_per_class": "0"}
+_REQUIRED = ("source", "train_dir", "train_list", "labels_file")
+# Form field -> config key: types, defaults and allowed values come from `DatasetConfig`.
+DATASET_FIELDS = (
+    FormField("val_percent", "dataset.val_percent", 0, 90),
+    FormField("test_percent", "dataset.test_percent", 0, 90),
+    FormField("height", "dataset.image.height", 4, 1024),
+    FormField("width", "dataset.image.width", 4, 1024),
+    FormField("channels", "dataset.image.channels"),
+    FormField("resize_mode", "dataset.image.resize_mode"),
+    FormField("encoding", "dataset.image.encoding"),
+    FormField("min_per_class", "dataset.min_per_class", 1, 10**6),
+    FormField("max_per_class", "dataset.max_per_class", 0, 10**7),
+)
+
+
+def _page(request: Request, form, errors: dict[str, str], status_code: int = 200):
+    return render(request, "dataset_new.html", status_code=status_code,
+                  form={**form_defaults(DATASET_FIELDS), "source_kind": "folder", **form},
+                  errors=errors, roots=request.app.state.settings.data_roots,
+                  modes=options("dataset.image.resize_mode"),
+                  encodings=options("dataset.image.encoding"),
+                  channels=options("dataset.image.channels"))
 
 
 @router.get("/datasets/new")
 def new_dataset(request: Request):
-    return render(request, "dataset_new.html", form=_DEFAULTS, errors={},
-                  roots=request.app.state.settings.data_roots, modes=RESIZE_MODES,
-                  encodings=ENCODINGS)
+    return _page(request, {}, {})
 
 
-def parse_dataset_form(form, settings
-                       ) -> tuple[list[str], str, str, dict[str, str], dict[str, str]]:
-    """The `vispipe dataset create` arguments of a submitted form.
-
-    The job gets the data roots too (`--data-root`): it refuses any file that
-    resolves outside them, even one swapped in after the form was checked.
-
-    Returns:
-        (argv, name, output folder, source paths by `DatasetConfig` field,
-        errors by field); argv is only usable when errors is empty.
-    """
-    errors: dict[str, str] = {}
-    name, output = new_folder_field(form, settings.folder("datasets"), "dataset", errors)
-    kind = choice_field(form, "source_kind", SOURCE_KINDS, errors, "folder")
-    argv = ["dataset", "create", "--output", output]
-    for root in settings.data_roots:
-        argv += ["--data-root", root]
+def _sources(form, kind: str, roots: list[str], errors: dict[str, str]) -> dict[str, str]:
+    """The form's source paths by `DatasetConfig` field, each confined to the data roots."""
     sources: dict[str, str] = {}
     for field in _PATH_FIELDS.get(kind, ()):
         value = text_field(form, field)
         if not value:
-            if field in ("source", "train_dir", "train_list", "labels_file"):
+            if field in _REQUIRED:
                 errors[field] = "required for this source kind"
             continue
         try:
-            path = confine(value, settings.data_roots, field)
+            path = confine(value, roots, field)
         except UnsafeInputError as error:
             errors[field] = str(error)
             continue
-        if not os.path.exists(path):
+        if "${" in path:  # A config file would read it as an environment variable.
+            errors[field] = f"{value!r}: expected a path without '${{'"
+        elif not os.path.exists(path):
             errors[field] = f"{value!r} does not exist"
         sources[field] = path
-        argv += [f"--{field.replace('_', '-')}", path]
-    val = float_field(form, "val_percent", errors, low=0, high=90, default=25)
-    test = float_field(form, "test_percent", errors, low=0, high=90, default=0)
-    if val + test >= 100:
-        errors["test_percent"] = f"val + test must be under 100%, got {val + test:g}%"
-    height = int_field(form, "height", errors, low=4, high=1024, default=28)
-    width = int_field(form, "width", errors, low=4, high=1024, default=28)
-    channels = int(choice_field(form, "channels", ("1", "3"), errors, "1"))
-    mode = choice_field(form, "resize_mode", RESIZE_MODES, errors, "squash")
-    encoding = choice_field(form, "encoding", ENCODINGS, errors, "png")
-    low = int_field(form, "min_per_class", errors, low=1, high=10**6, default=2)
-    high = int_field(form, "max_per_class", errors, low=0, high=10**7, default=0)
+    return sources
+
+
+def parse_dataset_form(form, settings) -> tuple[DatasetConfig, str, dict[str, str]]:
+    """The `vispipe dataset create` config of a submitted form.
+
+    The job gets the data roots too (`dataset.data_roots`): it refuses any
+    file that resolves outside them, even one swapped in after the form was
+    checked.
+
+    Returns:
+        (the `DatasetConfig`, the dataset's name, errors by field); the
+        config is only usable when errors is empty.
+    """
+    errors: dict[str, str] = {}
+    name, output = new_folder_field(form, settings.folder("datasets"), "dataset", errors)
+    kind = choice_field(form, "source_kind", SOURCE_KINDS, errors, "folder")
+    tree = read_fields(form, DATASET_FIELDS, errors)
+    dataset = tree["dataset"]
+    dataset.update(_sources(form, kind, settings.data_roots, errors), output=output,
+                   data_roots=list(settings.data_roots))
+    if dataset["val_percent"] + dataset["test_percent"] >= 100:
+        errors["test_percent"] = (f"val + test must be under 100%, got "
+                                  f"{dataset['val_percent'] + dataset['test_percent']:g}%")
+    low, high = dataset["min_per_class"], dataset["max_per_class"]
     if high and high < low:
         errors["max_per_class"] = f"expected 0 (all) or at least min per class ({low}), got {high}"
-    argv += ["--val-percent", f"{val:g}", "--test-percent", f"{test:g}",
-             "--size", f"{height}x{width}", "--channels", str(channels),
-             "--resize-mode", mode, "--encoding", encoding,
-             "--min-per-class", str(low), "--max-per-class", str(high)]
-    return argv, name, output, sources, errors
+    return checked_config(tree, DATASET_FIELDS, errors).dataset, name, errors
 
 
-def _source_problem(sources: dict[str, str], roots: list[str]) -> str | None:
+def _source_problem(config: DatasetConfig) -> str | None:
     """Why the job would refuse these sources (a file outside the data roots, one
     class, a bad list line ...), found by listing them as it will; else None."""
     from vispipe.data.sources import load_source
 
     try:
-        load_source(DatasetConfig(**sources, data_roots=roots, val_percent=0, test_percent=0))
+        load_source(dataclasses.replace(config, val_percent=0, test_percent=0))
     except (OSError, ValueError) as error:
         return str(error)
     return None
@@ -118,20 +133,19 @@ def _source_problem(sources: dict[str, str], roots: list[str]) -> str | None:
 
 @router.post("/datasets/new")
 async def create_dataset(request: Request):
-    settings = request.app.state.settings
     form = await request.form()
-    argv, name, output, sources, errors = parse_dataset_form(form, settings)
+    config, name, errors = parse_dataset_form(form, request.app.state.settings)
     if not errors:
         # Listing a large folder takes a while: off the event loop.
-        problem = await asyncio.to_thread(_source_problem, sources, settings.data_roots)
+        problem = await asyncio.to_thread(_source_problem, config)
         if problem:
-            errors[next(iter(sources))] = problem
+            errors[next(f for f in _PATH_FIELDS[form.get("source_kind") or "folder"]
+                        if getattr(config, f))] = problem
     if errors:
-        return render(request, "dataset_new.html", status_code=400, form=dict(form),
-                      errors=errors, roots=settings.data_roots, modes=RESIZE_MODES,
-                      encodings=ENCODINGS)
-    job_id = request.app.state.queue.submit(f"Dataset {name}", "dataset", argv,
-                                            target=output, target_kind="dataset")
+        return _page(request, dict(form), errors, status_code=400)
+    job_id = request.app.state.queue.submit(f"Dataset {name}", "dataset", ["dataset", "create"],
+                                            config={"dataset": config}, target=config.output,
+                                            target_kind="dataset")
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 

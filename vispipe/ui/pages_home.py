@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from vispipe.registry import Registry
 from vispipe.ui.forms import local_path_field
-from vispipe.ui.jobs import log_tail, read_job, resume_argv
+from vispipe.ui.jobs import log_tail, read_job, resume_argv, resume_config
 from vispipe.ui.settings import is_within
 from vispipe.ui.templating import render
 from vispipe.ui.views import entry_or_404, home_items
@@ -128,12 +128,13 @@ async def resume(request: Request, job_id: int):
         job = _job(registry, job_id)
     finally:
         registry.close()
-    argv = resume_argv(job, int(epochs) if epochs else None)
+    argv = resume_argv(job)
     if argv is None:
         raise HTTPException(409, f"Job {job_id} ({job.status}) cannot be resumed: "
                                  "expected an interrupted or aborted training job with a checkpoint.")
     # A Horovod run resumes under the same launcher, with as many ranks.
     new_id = request.app.state.queue.submit(f"Resume {job.entry.name}", "resume", argv,
+                                            config=resume_config(int(epochs) if epochs else None),
                                             target=job.target, target_kind="run",
                                             launcher=job.entry.params.get("launcher"))
     return RedirectResponse(f"/jobs/{new_id}", status_code=303)

@@ -10,28 +10,67 @@ app.include_router(router)
 from __future__ import annotations
 
 import ast
+import asyncio
 import hashlib
 import os
 import time
+from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.datastructures import UploadFile
 
-from vispipe.configs import LR_POLICIES, OPTIMIZERS
+from vispipe.configs import LRFinderConfig, PipelineConfig
 from vispipe.data.balance import CLASS_WEIGHT_MODES
-from vispipe.models import list_models
-from vispipe.registry import Registry
+from vispipe.models import IMAGENET_NETWORKS, list_models
+from vispipe.registry import Entry, Registry
+from vispipe.ui.config_form import FormField, checked_config, form_defaults, options, read_fields
 from vispipe.ui.devices import capabilities, horovod_launcher
-from vispipe.ui.forms import choice_field, float_field, int_field, new_folder_field, text_field
+from vispipe.ui.forms import choice_field, int_field, new_folder_field, text_field
+from vispipe.ui.settings import UnsafeInputError
 from vispipe.ui.templating import render
+from vispipe.ui.uploads import read_limited
+from vispipe.ui.weights_store import WEIGHTS_TYPES, find_weights, list_weights, store_weights
 
-__all__ = ["router", "parse_train_form"]
+__all__ = ["router", "TrainForm", "parse_train_form", "IMAGENET", "PRETRAINED_CHOICES",
+           "LR_FIND_STEPS"]
 
 router = APIRouter()
 
-_DEFAULTS = {"network": "lenet", "epochs": "10", "batch_size": "64", "base_lr": "0.01",
-             "policy": "fixed", "optimizer": "sgd", "seed": "42", "val_interval": "1",
-             "snapshot_interval": "1", "gamma": "0.1", "step_size": "33", "power": "1"}
+IMAGENET = "imagenet"  # `model.weights` of keras.applications' ImageNet weights
+# Form field -> config key: types, defaults and allowed values come from the config classes.
+TRAIN_FIELDS = (
+    FormField("network", "model.name"),
+    FormField("epochs", "train.epochs", 1, 10_000),
+    FormField("batch_size", "train.batch_size", 1, 65_536),
+    FormField("optimizer", "train.optimizer"),
+    FormField("seed", "train.seed", 0, 2**31 - 1),
+    FormField("val_interval", "train.val_interval", 0, 10_000),
+    FormField("snapshot_interval", "train.snapshot_interval", 1, 10_000),
+    FormField("steps_per_epoch", "train.steps_per_epoch", 0, 10**7),
+    FormField("base_lr", "train.lr.base_lr", 1e-9, 100),
+    FormField("policy", "train.lr.policy"),
+    FormField("gamma", "train.lr.gamma", 0, 100),
+    FormField("step_size", "train.lr.step_size", 0.1, 100),
+    FormField("power", "train.lr.power", 0, 100),
+    FormField("flip_horizontal", "train.augment.flip_horizontal"),
+    FormField("flip_vertical", "train.augment.flip_vertical"),
+    FormField("rotation", "train.augment.rotation", 0, 180),
+    FormField("zoom", "train.augment.zoom", 0, 0.9),
+    FormField("translate", "train.augment.translate", 0, 0.9),
+    FormField("freeze_epochs", "model.freeze_epochs", -1, 10_000),
+    FormField("unfreeze_blocks", "model.unfreeze_blocks", 0, 1000),
+    FormField("finetune_lr_factor", "model.finetune_lr_factor", 1e-6, 10),
+    FormField("finetune_lr_mult", "model.finetune_lr_mult", 1, 1000),
+)
+# Offered as this machine allows (`capabilities`); the defaults still come from the config.
+DEVICE_FIELDS = (FormField("mixed_precision", "train.mixed_precision"),
+                 FormField("distributed", "train.distributed"))
+# Where a new model's weights start: "none" (random), ImageNet (`model.weights: imagenet`, for
+# the networks keras.applications publishes weights of), an earlier run, or a stored file.
+PRETRAINED_CHOICES = ("none", IMAGENET, "run", "file")
+# The LR finder started from the form: steps of its range test.
+LR_FIND_STEPS = 60
 
 
 def _choices(registry: Registry) -> tuple[list, list]:
@@ -48,14 +87,19 @@ def _page(request: Request, form: dict, errors: dict, status_code: int = 200):
     finally:
         registry.close()
     caps = capabilities()
+    form = {**form_defaults(TRAIN_FIELDS + DEVICE_FIELDS), "pretrained": "none", **form}
     return render(request, "model_new.html", status_code=status_code, form=form, errors=errors,
-                  datasets=datasets, runs=runs, networks=list_models(), policies=LR_POLICIES,
-                  optimizers=OPTIMIZERS, caps=caps, processes=_processes_range(caps.gpus))
+                  datasets=datasets, runs=runs, networks=list_models(),
+                  imagenet_networks=IMAGENET_NETWORKS,
+                  policies=options("train.lr.policy"), optimizers=options("train.optimizer"),
+                  stored_weights=list_weights(request.app.state.settings),
+                  weights_types=tuple(WEIGHTS_TYPES), caps=caps,
+                  processes=_processes_range(caps.gpus))
 
 
 @router.get("/models/new")
 def new_model(request: Request):
-    return _page(request, dict(_DEFAULTS, dataset=request.query_params.get("dataset", "")), {})
+    return _page(request, {"dataset": request.query_params.get("dataset", "")}, {})
 
 
 def _check_custom_code(code: str) -> str | None:
@@ -87,13 +131,100 @@ def _processes_range(gpus: int) -> tuple[int, int]:
     return most, (most if gpus >= 2 else 2)
 
 
-def parse_train_form(form, settings, registry: Registry
-                     ) -> tuple[list[str], list[str], str, str, dict[str, str]]:
-    """The `vispipe train` arguments of a submitted New-model form.
+@dataclass
+class TrainForm:
+    """A submitted New-model form, as a `vispipe train` job.
 
-    Returns:
-        (argv, launcher, name, run folder, errors by field); the launcher
-        (`horovodrun ...`) prefixes the job's command, empty for one process.
+    Attributes:
+        name: The model's name.
+        run_dir: The run folder to create.
+        dataset_dir: The dataset to train on ("" when none was chosen).
+        config: The `model` and `train` sections, checked.
+        launcher: `horovodrun ...` prefixing the job's command (empty for
+            one process).
+        errors: Problems by form field; the job is only usable without any.
+    """
+
+    name: str
+    run_dir: str
+    dataset_dir: str
+    config: PipelineConfig
+    launcher: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def train_job(self) -> tuple[list[str], dict]:
+        """`vispipe train`'s operands and its config sections."""
+        return (["train", "--dataset", self.dataset_dir, "--run", self.run_dir, "--name", self.name],
+                {"model": self.config.model, "train": self.config.train})
+
+    def lr_find_job(self, out_dir: str) -> tuple[list[str], dict]:
+        """`vispipe lr-find` on the same network and solver, into `out_dir`."""
+        return (["lr-find", "--dataset", self.dataset_dir, "--out", out_dir],
+                {"model": self.config.model, "train": self.config.train,
+                 "lr_find": LRFinderConfig(num_steps=LR_FIND_STEPS)})
+
+
+def _pretrained(form, settings, network: str, runs: list[Entry], errors: dict[str, str]) -> str:
+    """`model.weights` of the form's "pretrained" choice ("" for random weights)."""
+    kind = choice_field(form, "pretrained", PRETRAINED_CHOICES, errors, "none")
+    if kind == IMAGENET:
+        if network not in IMAGENET_NETWORKS:
+            errors["pretrained"] = (f"ImageNet weights are published for "
+                                    f"{', '.join(IMAGENET_NETWORKS)}; got network {network!r}")
+        return IMAGENET
+    if kind == "run":
+        start = text_field(form, "weights_run")
+        run = next((r for r in runs if str(r.id) == start), None)
+        if run is None:
+            errors["weights_run"] = f"expected one of the completed runs, got {start!r}"
+        return run.path if run else ""
+    if kind == "file":
+        stored = find_weights(settings, text_field(form, "weights_file"))
+        if stored is None:
+            errors["weights_file"] = ("expected a stored weights file or an upload, got "
+                                      f"{text_field(form, 'weights_file')!r}")
+        return stored.path if stored else ""
+    return ""
+
+
+def _model_section(form, settings, tree: dict, runs: list[Entry], errors: dict[str, str]) -> None:
+    """The network's keys of the tree: custom code and pretrained weights."""
+    networks = tuple(s.name for s in list_models()) + ("custom",)
+    model = tree.setdefault("model", {})
+    model["name"] = choice_field(form, "network", networks, errors, model["name"])
+    if model["name"] == "custom":
+        code = text_field(form, "custom_code")
+        problem = _check_custom_code(code)
+        if problem:
+            errors["custom_code"] = problem
+        else:
+            model["custom_path"] = _save_network(settings, code)
+    model["weights"] = _pretrained(form, settings, model["name"], runs, errors)
+
+
+def _device_section(form, tree: dict, errors: dict[str, str]) -> list[str]:
+    """Mixed precision and distribution (what this machine offers); returns the launcher."""
+    caps = capabilities()
+    train = tree["train"]
+    defaults = form_defaults(DEVICE_FIELDS)
+    train["mixed_precision"] = choice_field(form, "mixed_precision", caps.mixed_precision,
+                                            errors, defaults["mixed_precision"])
+    distributed = choice_field(form, "distributed", caps.distributed, errors,
+                               defaults["distributed"])
+    if "distributed" in errors or distributed == "none":
+        return []
+    train["distributed"] = distributed
+    if distributed != "horovod":
+        return []
+    most, default = _processes_range(caps.gpus)
+    return horovod_launcher(int_field(form, "processes", errors, low=2, high=most,
+                                      default=default))
+
+
+def parse_train_form(form, settings, registry: Registry) -> TrainForm:
+    """The `vispipe train` job of a submitted New-model form.
+
+    The settings go through the checker a `--config` file goes through.
     """
     errors: dict[str, str] = {}
     name, out = new_folder_field(form, settings.folder("runs"), "model", errors)
@@ -101,88 +232,64 @@ def parse_train_form(form, settings, registry: Registry
     dataset = next((d for d in datasets if str(d.id) == text_field(form, "dataset")), None)
     if dataset is None:
         errors["dataset"] = f"expected one of the completed datasets, got {text_field(form, 'dataset')!r}"
-    networks = tuple(s.name for s in list_models()) + ("custom",)
-    network = choice_field(form, "network", networks, errors, "lenet")
-    argv = ["train", "--dataset", dataset.path if dataset else "", "--out", out,
-            "--name", name, "--model", network]
-    if network == "custom":
-        code = text_field(form, "custom_code")
-        problem = _check_custom_code(code)
-        if problem:
-            errors["custom_code"] = problem
-        else:
-            argv += ["--set", f"model.custom_path={_save_network(settings, code)}"]
-    start = text_field(form, "weights_run")
-    if start:
-        run = next((r for r in runs if str(r.id) == start), None)
-        if run is None:
-            errors["weights_run"] = f"expected one of the completed runs, got {start!r}"
-        else:
-            argv += ["--weights", run.path]
-    epochs = int_field(form, "epochs", errors, low=1, high=10000)
-    argv += ["--epochs", str(epochs),
-             "--batch-size", str(int_field(form, "batch_size", errors, low=1, high=65536)),
-             "--lr", f"{float_field(form, 'base_lr', errors, low=1e-9, high=100):g}",
-             "--lr-policy", choice_field(form, "policy", LR_POLICIES, errors, "fixed"),
-             "--optimizer", choice_field(form, "optimizer", OPTIMIZERS, errors, "sgd"),
-             "--seed", str(int_field(form, "seed", errors, low=0, high=2**31 - 1)),
-             "--set", f"train.val_interval={int_field(form, 'val_interval', errors, low=0, high=epochs)}",
-             "--set", f"train.snapshot_interval={int_field(form, 'snapshot_interval', errors, low=1, high=epochs)}",
-             "--set", f"train.lr.gamma={float_field(form, 'gamma', errors, low=0, high=100, default=0.1):g}",
-             "--set", f"train.lr.step_size={float_field(form, 'step_size', errors, low=0.1, high=100, default=33):g}",
-             "--set", f"train.lr.power={float_field(form, 'power', errors, low=0, high=100, default=1):g}"]
-    for flag in ("flip_horizontal", "flip_vertical"):
-        if form.get(flag):
-            argv += ["--set", f"train.augment.{flag}=true"]
-    for flag, high in (("rotation", 180), ("zoom", 0.9), ("translate", 0.9)):
-        value = float_field(form, flag, errors, low=0, high=high, default=0)
-        if value:
-            argv += ["--set", f"train.augment.{flag}={value:g}"]
-    argv += ["--class-weight", choice_field(form, "class_weight", CLASS_WEIGHT_MODES, errors,
-                                            "none")]
-    if form.get("balanced_sampler"):
-        argv += ["--sampler", "balanced"]
-    if form.get("mlflow"):
-        argv += ["--tracking", "mlflow"]
-    steps = int_field(form, "steps_per_epoch", errors, low=0, high=10**7, default=0)
-    if steps:
-        argv += ["--set", f"train.steps_per_epoch={steps}"]
-    caps = capabilities()
-    mixed = choice_field(form, "mixed_precision", caps.mixed_precision, errors, "auto")
-    if mixed != "auto":
-        argv += ["--set", f"train.mixed_precision={mixed}"]
-    distributed = choice_field(form, "distributed", caps.distributed, errors, "none")
-    launcher: list[str] = []
-    if distributed != "none" and "distributed" not in errors:
-        argv += ["--distributed", distributed]
-    if distributed == "horovod" and "distributed" not in errors:
-        most, default = _processes_range(caps.gpus)
-        launcher = horovod_launcher(int_field(form, "processes", errors, low=2, high=most,
-                                              default=default))
-    return argv, launcher, name, out, errors
+    tree = read_fields(form, TRAIN_FIELDS, errors)
+    _model_section(form, settings, tree, runs, errors)
+    _balance_section(form, tree["train"], errors)
+    train = tree["train"]
+    for interval in ("val_interval", "snapshot_interval"):
+        if interval not in errors and train[interval] > train["epochs"]:
+            errors[interval] = f"expected at most the epochs ({train['epochs']}), got {train[interval]}"
+    launcher = _device_section(form, tree, errors)
+    config = checked_config(tree, TRAIN_FIELDS, errors)
+    return TrainForm(name, out, dataset.path if dataset else "", config, launcher, errors)
+
+
+
+def _balance_section(form, train: dict, errors: dict[str, str]) -> None:
+    """Class weights (a select), balanced batches and MLflow tracking (checkboxes)."""
+    train["class_weight"] = choice_field(form, "class_weight", CLASS_WEIGHT_MODES, errors, "none")
+    train["sampler"] = "balanced" if form.get("balanced_sampler") else "none"
+    train["tracking"] = "mlflow" if form.get("mlflow") else "none"
+
+async def _stored_upload(request: Request, form) -> dict:
+    """The form with an uploaded weights file stored and chosen (`weights_file`)."""
+    upload = form.get("weights_upload")
+    fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return fields
+    settings = request.app.state.settings
+    data = await read_limited(upload, settings.max_upload_bytes)
+    try:
+        # Hashing and writing a large file: off the event loop.
+        stored = await asyncio.to_thread(store_weights, data, upload.filename, settings)
+    except UnsafeInputError as error:
+        raise HTTPException(415, str(error)) from None
+    return dict(fields, pretrained="file", weights_file=stored.id)
 
 
 @router.post("/models/new")
 async def create_model(request: Request):
     settings = request.app.state.settings
-    form = await request.form()
+    form = await _stored_upload(request, await request.form())
     registry = Registry.open()
     try:
-        argv, launcher, name, out, errors = parse_train_form(form, settings, registry)
+        job = parse_train_form(form, settings, registry)
     finally:
         registry.close()
-    if form.get("action") == "lr-find" and "dataset" not in errors:
+    queue = request.app.state.queue
+    # The LR finder needs everything but a name for the model.
+    problems = {k: v for k, v in job.errors.items() if k != "name" or form.get("action") != "lr-find"}
+    if form.get("action") == "lr-find" and not problems:
         lr_dir = os.path.join(settings.folder("lr"), time.strftime("%Y%m%d-%H%M%S"))
-        lr_argv = ["lr-find", "--dataset", argv[2], "--out", lr_dir,
-                   "--model", argv[argv.index("--model") + 1],
-                   "--batch-size", argv[argv.index("--batch-size") + 1], "--steps", "60"]
-        job_id = request.app.state.queue.submit("LR finder", "lr-find", lr_argv,
-                                                target=lr_dir, target_kind="lr")
+        argv, config = job.lr_find_job(lr_dir)
+        job_id = queue.submit("LR finder", "lr-find", argv, config=config, target=lr_dir,
+                              target_kind="lr")
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-    if errors:
-        return _page(request, dict(form), errors, status_code=400)
-    job_id = request.app.state.queue.submit(f"Train {name}", "train", argv, target=out,
-                                            target_kind="run", launcher=launcher)
+    if problems:
+        return _page(request, form, problems, status_code=400)
+    argv, config = job.train_job()
+    job_id = queue.submit(f"Train {job.name}", "train", argv, config=config, target=job.run_dir,
+                          target_kind="run", launcher=job.launcher)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
@@ -237,17 +344,11 @@ def lr_preview(request: Request):
     """Points of the LR policy over training, for the form's live preview plot."""
     import numpy as np
 
-    from vispipe.configs import LRPolicyConfig
     from vispipe.train.policies import lr_at
 
     errors: dict[str, str] = {}
-    q = request.query_params
-    cfg = LRPolicyConfig(
-        policy=choice_field(q, "policy", LR_POLICIES, errors, "fixed"),
-        base_lr=float_field(q, "base_lr", errors, low=1e-9, high=100, default=0.01),
-        gamma=float_field(q, "gamma", errors, low=0, high=100, default=0.1),
-        power=float_field(q, "power", errors, low=0, high=100, default=1.0),
-        step_size=float_field(q, "step_size", errors, low=0.1, high=100, default=33.0))
+    fields = [f for f in TRAIN_FIELDS if f.key.startswith("train.lr.")]
+    cfg = checked_config(read_fields(request.query_params, fields, errors), fields, errors).train.lr
     if errors:
         return JSONResponse({"errors": errors}, status_code=400)
     total = 200

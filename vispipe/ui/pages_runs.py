@@ -10,6 +10,7 @@ app.include_router(router)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -21,11 +22,15 @@ from fastapi import APIRouter, HTTPException, Request, UploadFile
 from fastapi.responses import (FileResponse, JSONResponse, RedirectResponse, Response,
                                StreamingResponse)
 
-from vispipe.export.options import installed_formats
+from vispipe.configs import EvaluateConfig
+from vispipe.export.options import ExportOptions, installed_formats
 from vispipe.registry import Entry, Registry
-from vispipe.train.run_folder import RunFolder
-from vispipe.ui.forms import int_field
+from vispipe.train.run_folder import RunFolder, read_run_info
+from vispipe.train.run_info import RunInfo
+from vispipe.ui.config_form import options
+from vispipe.ui.forms import choice_field, int_field
 from vispipe.ui.jobs import Job, log_tail, read_job, resume_argv
+from vispipe.ui.pretrained import pretrained_source
 from vispipe.ui.settings import is_within
 from vispipe.ui.templating import render
 from vispipe.ui.uploads import read_limited, save_image
@@ -35,6 +40,8 @@ __all__ = ["router", "export_available"]
 
 router = APIRouter()
 
+# The export form's first choices; the formats offered are the installed ones (`installed_formats`).
+_EXPORT_CHECKED = ("savedmodel", "tfjs")
 _FINAL = ("completed", "failed", "interrupted", "aborted")
 _models: dict[tuple[str, float], object] = {}
 _models_lock = threading.Lock()
@@ -66,8 +73,8 @@ def run_page(request: Request, entry_id: int):
         jobs = _jobs_of(registry, entry.path)
     finally:
         registry.close()
+    info, problem = _run_info(entry.path)
     run = RunFolder(entry.path)
-    info = run.read_info() if run.exists() else {}
     train_job = next((j for j in jobs if j.target == entry.path and j.target_kind == "run"), None)
     status = entry_status(entry, train_job)
     evaluations = {}
@@ -78,7 +85,9 @@ def run_page(request: Request, entry_id: int):
                 evaluations[split] = json.load(f)
     exports = [j for j in jobs if j.verb == "export"]
     reports = {job.id: _benchmark(job.target) for job in exports}
-    return render(request, "run.html", entry=entry, info=info, status=status, job=train_job,
+    return render(request, "run.html", entry=entry, info=info, problem=problem,
+                  pretrained=pretrained_source(info, request.app.state.settings) if info else None,
+                  status=status, job=train_job,
                   log=log_tail(train_job) if train_job else "",
                   resume=resume_argv(train_job) if train_job else None,
                   evaluations=evaluations, exports=exports, reports=reports,
@@ -86,7 +95,29 @@ def run_page(request: Request, entry_id: int):
                               and j.status in ("queued", "running")],
                   serving=[j for j in jobs if j.verb == "serve"],
                   classifications=[j for j in jobs if j.verb == "classify"],
-                  export_formats=installed_formats(), export_ok=export_available())
+                  eval_splits=options("evaluate.splits")[::-1],  # test first
+                  export_formats=installed_formats(), export_checked=_EXPORT_CHECKED,
+                  serve_port=_default_rest_port() if reports else None, export_ok=export_available())
+
+
+def _run_info(run_dir: str) -> tuple[RunInfo | None, str]:
+    """The run's `RunInfo`, or None and why not (not written yet, an older format)."""
+    run = RunFolder(run_dir)
+    if not run.exists():
+        return None, ""
+    try:
+        return run.read_run_info(), ""
+    except ValueError as error:
+        return None, str(error)
+
+
+def _default_rest_port() -> int | None:
+    """`ServerConfig`'s default REST port; None when the serving stage is not installed."""
+    try:
+        from vispipe.serving.config import ServerConfig
+    except ImportError:
+        return None
+    return next(f.default for f in dataclasses.fields(ServerConfig) if f.name == "rest_port")
 
 
 def _benchmark(export_dir: str):
@@ -190,10 +221,9 @@ def _explain(model, path: str, run_dir: str) -> dict:
     import base64
 
     from vispipe.data.images import load_image
-    from vispipe.evaluate.classify import run_image_options
     from vispipe.evaluate.gradcam import GradCam, overlay_png
 
-    image, _ = load_image(path, run_image_options(run_dir))
+    image, _ = load_image(path, read_run_info(run_dir).image)
     try:
         result = GradCam(model)(image[None])
     except ValueError as error:  # A network without a spatial layer.
@@ -205,17 +235,17 @@ def _explain(model, path: str, run_dir: str) -> dict:
 
 def _classify_sync(run_dir: str, filename: str | None, data: bytes, settings, top: int,
                    with_layers: bool, explain: bool = False) -> JSONResponse:
-    from vispipe.evaluate.classify import classify, run_image_options
+    from vispipe.evaluate.classify import classify
 
     path = save_image(filename, data, settings)  # Decoding checks stay off the event loop.
-    info = RunFolder(run_dir).read_info()
     try:
+        info = read_run_info(run_dir)
         model = _cached_model(run_dir)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise HTTPException(409, str(error)) from None
     started = time.perf_counter()
-    prediction = classify(model, path, top_k=top, classes=info["classes"],
-                          image_options=run_image_options(run_dir), progress=False)[0]
+    prediction = classify(model, path, top_k=top, classes=info.classes,
+                          image_options=info.image, progress=False)[0]
     body = {"top": prediction.top, "error": prediction.error, "note": prediction.note,
             "ms": round(1000 * (time.perf_counter() - started), 1)}
     if explain and not prediction.error:
@@ -232,11 +262,16 @@ def _classify_sync(run_dir: str, filename: str | None, data: bytes, settings, to
 
 @router.post("/runs/{entry_id}/evaluate")
 async def evaluate(request: Request, entry_id: int):
+    """Queues `vispipe evaluate` of one split (`evaluate.splits`), written into the run."""
     form = await request.form()
-    split = form.get("split") if form.get("split") in ("test", "val", "train") else "test"
+    errors: dict[str, str] = {}
+    split = choice_field(form, "split", tuple(options("evaluate.splits")), errors, "test")
+    if errors:
+        raise HTTPException(400, f"Split: {errors['split']}.")
     entry = load_entry(entry_id, "run")
     request.app.state.queue.submit(f"Evaluate {entry.name} ({split})", "evaluate",
-                                   ["evaluate", entry.path, "--split", split],
+                                   ["evaluate", "--run", entry.path],
+                                   config={"evaluate": EvaluateConfig(splits=[split])},
                                    target=os.path.join(entry.path, f"eval-{split}"),
                                    target_kind="eval")
     return RedirectResponse(f"/runs/{entry_id}#evaluation", status_code=303)
@@ -261,21 +296,26 @@ def run_file(entry_id: int, name: str):
 
 @router.post("/runs/{entry_id}/export")
 async def export(request: Request, entry_id: int):
+    """Queues `vispipe export` of the checked formats (the `export` section, `ExportOptions`)."""
     form = await request.form()
     formats = [f for f in installed_formats() if form.get(f"format_{f}")]
     if not formats:
-        raise HTTPException(400, f"Export: expected at least one format of {installed_formats()}.")
+        raise HTTPException(400, f"Export: expected at least one format of "
+                                 f"{', '.join(installed_formats())}.")
     if not export_available():
         raise HTTPException(409, "The export stage is not installed (`vispipe export` is missing).")
+    errors: dict[str, str] = {}
+    limit = int_field(form, "verify_limit", errors, low=0, high=10**7,
+                      default=ExportOptions().verify_limit)
+    if errors:
+        raise HTTPException(400, f"Verify limit: {errors['verify_limit']}.")
     entry = load_entry(entry_id, "run")
     out = os.path.join(request.app.state.settings.folder("exports"),
                        f"{entry_id}-{time.strftime('%Y%m%d-%H%M%S')}")
-    argv = ["export", "--run", entry.path, "--formats", ",".join(formats), "--out", out]
-    limit = form.get("verify_limit")
-    if limit and str(limit).isdigit():
-        argv += ["--verify-limit", str(limit)]
-    job_id = request.app.state.queue.submit(f"Export {entry.name}", "export", argv,
-                                            target=out, target_kind="export")
+    job_id = request.app.state.queue.submit(
+        f"Export {entry.name}", "export", ["export", "--run", entry.path, "--out", out],
+        config={"export": ExportOptions(formats=tuple(formats), verify_limit=limit)},
+        target=out, target_kind="export")
     _set_run(job_id, entry.path)
     return RedirectResponse(f"/runs/{entry_id}#export", status_code=303)
 
@@ -360,6 +400,9 @@ def _job_run(job: Job) -> str:
 
 @router.post("/exports/{job_id}/serve")
 async def serve(request: Request, job_id: int):
+    """Queues `vispipe serve --config` (a `ServerConfig`) of an export's SavedModel."""
+    from vispipe.serving.config import ServerConfig
+
     form = await request.form()
     port = str(form.get("port") or "8501")
     if not port.isdigit() or not 1024 <= int(port) <= 65535:
@@ -370,13 +413,15 @@ async def serve(request: Request, job_id: int):
         run = next((e for e in registry.list("run") if e.path == _job_run(job)), None)
     finally:
         registry.close()
-    config = os.path.join(job.target, "savedmodel", "models.config")
-    if not os.path.isfile(config):
+    models_config = os.path.join(job.target, "savedmodel", "models.config")
+    if not os.path.isfile(models_config):
         raise HTTPException(409, f"Export {job_id} has no SavedModel (savedmodel/models.config).")
-    # REST only, on this machine only, as the page's address says (TF Serving's flag names).
-    argv = ["serve", "--model_config_file", config, "--rest_api_port", port, "--port", "0",
-            "--host", "127.0.0.1"]
-    serve_id = request.app.state.queue.submit(f"Serve export {job_id} on :{port}", "serve", argv,
+    # REST only, on this machine only, as the page's address says. The token
+    # reaches the server in its environment, never in a file.
+    config = ServerConfig(model_config_file=models_config, rest_port=int(port), grpc_port=None,
+                          host="127.0.0.1")
+    serve_id = request.app.state.queue.submit(f"Serve export {job_id} on :{port}", "serve",
+                                              ["serve"], config=config,
                                               target=f"http://127.0.0.1:{port}",
                                               target_kind="serve")
     _set_run(serve_id, _job_run(job))

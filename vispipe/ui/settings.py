@@ -106,7 +106,8 @@ def check_name(name: str, what: str = "name") -> str:
     """`name` stripped, if it is usable as a folder name.
 
     Any printable text is allowed (it is escaped wherever it is shown) except
-    path separators, control characters, a leading dot and more than 100
+    path separators, control characters, a leading dot, `${` (a job's config
+    file would read it as an environment variable) and more than 100
     characters.
 
     Raises:
@@ -123,8 +124,8 @@ def check_name(name: str, what: str = "name") -> str:
         raise UnsafeInputError(f"{what}: expected a name, got an empty one.")
     if len(name) > 100:
         raise UnsafeInputError(f"{what}: expected at most 100 characters, got {len(name)}.")
-    if name.startswith(".") or _BAD_NAME.search(name):
+    if name.startswith(".") or _BAD_NAME.search(name) or "${" in name:
         raise UnsafeInputError(
-            f"{what}: {name!r} cannot be a folder name; expected no '/', '\\', control "
+            f"{what}: {name!r} cannot be a folder name; expected no '/', '\\', '${{', control "
             "characters or leading '.'.")
     return name
