@@ -51,6 +51,7 @@ def test_run_page_shows_the_benchmark_of_each_export(tmp_path):
     assert [c[0] for c in cells] == ["keras", "onnx_float32", "onnx_int8", "openvino_int8"]
     assert cells[2][5] == "4.0x"  # int8 against the same format's float32
     assert "smallest within 0.5 points of Keras: <b>onnx_int8</b>" in page
+    assert "most accurate (smallest drop from Keras): <b>onnx_float32</b>" in page
     assert 'title="RuntimeError: no NNCF"' in page
     plot = client.get(f"/exports/{job_id}/file/benchmark.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
