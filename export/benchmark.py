@@ -209,9 +209,15 @@ class BenchmarkReport:
         return "\n".join(lines) + "\n"
 
 
+# Weight types a format name ends with, longest first ("_dynamic_int8" before "_int8").
+_WEIGHT_SUFFIXES = ("_dynamic_int8", "_float32", "_float16", "_uint8", "_int8")
+
+
 def _family(fmt: str) -> str:
-    """"onnx_int8" -> "onnx", "tflite_pruned80_int8" -> "tflite_pruned80", "keras" -> "keras"."""
-    return fmt.rsplit("_", 1)[0] if "_" in fmt else fmt
+    """"onnx_int8" -> "onnx", "tflite_dynamic_int8" -> "tflite",
+    "tflite_pruned80_int8" -> "tflite_pruned80", "keras" -> "keras"."""
+    suffix = next((s for s in _WEIGHT_SUFFIXES if fmt.endswith(s)), "")
+    return fmt[:-len(suffix)] if suffix else fmt
 
 
 def _dominated(row: BenchmarkRow, others: Sequence[BenchmarkRow], cost: str) -> bool:
