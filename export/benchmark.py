@@ -75,8 +75,8 @@ class BenchmarkRow:
             that exported it.
         fps: Images per second at that latency.
         pareto: No other passed format is both at least as small and at
-            least as accurate, or both at least as fast and as accurate
-            (with one of them strictly better).
+            least as accurate (top-1 drop from Keras), or both at least as
+            fast and as accurate (with one of them strictly better).
         picks: The picks that chose it (keys of `BenchmarkReport.picks`).
         path: The artifact, relative to the export folder.
         reason: Why it failed, or a note.
@@ -226,8 +226,9 @@ def _dominated(row: BenchmarkRow, others: Sequence[BenchmarkRow], cost: str) -> 
         theirs = getattr(other, cost)
         if other is row or theirs is None:
             continue
-        if (theirs <= mine and other.top1 >= row.top1
-                and (theirs < mine or other.top1 > row.top1)):
+        # Drops from Keras compare formats verified on different images.
+        if (theirs <= mine and other.top1_drop <= row.top1_drop
+                and (theirs < mine or other.top1_drop < row.top1_drop)):
             return True
     return False
 
@@ -324,7 +325,7 @@ def summarize(export_dir: str | os.PathLike, *, max_drop: float = 0.5, plot: boo
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     rows = _rows(saved.get("formats", []))
-    passed = [r for r in rows if r.status == "passed" and r.top1 is not None]
+    passed = [r for r in rows if r.status == "passed" and r.top1_drop is not None]
     picks = _picks(rows, max_drop)
     chosen: dict[str, list[str]] = {}
     for pick, fmt in picks.items():
