@@ -75,8 +75,8 @@ class BenchmarkRow:
             that exported it.
         fps: Images per second at that latency.
         pareto: No other passed format is both at least as small and at
-            least as accurate, or both at least as fast and as accurate
-            (with one of them strictly better).
+            least as accurate (top-1 drop from Keras), or both at least as
+            fast and as accurate (with one of them strictly better).
         picks: The picks that chose it (keys of `BenchmarkReport.picks`).
         path: The artifact, relative to the export folder.
         reason: Why it failed, or a note.
@@ -112,8 +112,9 @@ class BenchmarkReport:
         verify_images: How many images.
         max_drop: The accuracy budget of the picks, in points.
         rows: One per format, in export order (Keras first).
-        picks: `{pick: format}`: "accurate" (the most accurate), "smallest"
-            and "fastest" (within `max_drop` of Keras), and one per target
+        picks: `{pick: format}`: "accurate" (the artifact whose top-1 drops
+            least from Keras's on its images), "smallest" and "fastest"
+            (within `max_drop` of Keras), and one per target
             ("serving", "mobile", "apple", "browser", "intel", "onnx"); see
             `pick_descriptions`.
         plot_path: `benchmark.png` ("" when not drawn).
@@ -161,7 +162,7 @@ class BenchmarkReport:
     def pick_descriptions(self) -> dict[str, str]:
         """What each pick means, e.g. "smallest": "smallest within 0.5 points of Keras"."""
         budget = f"within {self.max_drop:g} points of Keras"
-        return {"accurate": "most accurate", "smallest": f"smallest {budget}",
+        return {"accurate": "most accurate (smallest drop from Keras)", "smallest": f"smallest {budget}",
                 "fastest": f"fastest on this machine {budget}",
                 **{key: f"for {label}" for key, label, _, _ in _TARGETS}}
 
@@ -208,9 +209,15 @@ class BenchmarkReport:
         return "\n".join(lines) + "\n"
 
 
+# Weight types a format name ends with, longest first ("_dynamic_int8" before "_int8").
+_WEIGHT_SUFFIXES = ("_dynamic_int8", "_float32", "_float16", "_uint8", "_int8")
+
+
 def _family(fmt: str) -> str:
-    """"onnx_int8" -> "onnx", "tflite_pruned80_int8" -> "tflite_pruned80", "keras" -> "keras"."""
-    return fmt.rsplit("_", 1)[0] if "_" in fmt else fmt
+    """"onnx_int8" -> "onnx", "tflite_dynamic_int8" -> "tflite",
+    "tflite_pruned80_int8" -> "tflite_pruned80", "keras" -> "keras"."""
+    suffix = next((s for s in _WEIGHT_SUFFIXES if fmt.endswith(s)), "")
+    return fmt[:-len(suffix)] if suffix else fmt
 
 
 def _dominated(row: BenchmarkRow, others: Sequence[BenchmarkRow], cost: str) -> bool:
@@ -219,8 +226,9 @@ def _dominated(row: BenchmarkRow, others: Sequence[BenchmarkRow], cost: str) -> 
         theirs = getattr(other, cost)
         if other is row or theirs is None:
             continue
-        if (theirs <= mine and other.top1 >= row.top1
-                and (theirs < mine or other.top1 > row.top1)):
+        # Drops from Keras compare formats verified on different images.
+        if (theirs <= mine and other.top1_drop <= row.top1_drop
+                and (theirs < mine or other.top1_drop < row.top1_drop)):
             return True
     return False
 
@@ -263,7 +271,10 @@ def _picks(rows: list[BenchmarkRow], max_drop: float) -> dict[str, str]:
 
     exported = [r for r in within if r.format != "keras"]
     choices = {
-        "accurate": max(measured, key=lambda r: (r.top1, -(r.size_mb or 0)), default=None),
+        # Against Keras on the same images: TF.js may run on fewer of them.
+        "accurate": min([r for r in measured if r.format != "keras" and r.top1_drop is not None],
+                        key=lambda r: (r.top1_drop, -(r.agreement or 0), r.size_mb or 0),
+                        default=None),
         "smallest": smallest(exported),
         "fastest": fastest(exported),
     }
@@ -314,7 +325,7 @@ def summarize(export_dir: str | os.PathLike, *, max_drop: float = 0.5, plot: boo
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     rows = _rows(saved.get("formats", []))
-    passed = [r for r in rows if r.status == "passed" and r.top1 is not None]
+    passed = [r for r in rows if r.status == "passed" and r.top1_drop is not None]
     picks = _picks(rows, max_drop)
     chosen: dict[str, list[str]] = {}
     for pick, fmt in picks.items():

@@ -19,9 +19,14 @@ def _export_folder(out) -> None:
                          0.95, 1.0, 1e-6, 0.2),
             FormatResult("onnx_int8", "passed", "onnx/r_int8.onnx", 100_000, 90_000, 0.948,
                          0.997, 0.03, 0.1),
+            FormatResult("tflite_float32", "passed", "tflite/r_float32.tflite", 400_000, 370_000,
+                         0.95, 1.0, 1e-6, 0.2),
+            FormatResult("tflite_dynamic_int8", "passed", "tflite/r_dynamic_int8.tflite",
+                         200_000, 190_000, 0.949, 0.998, 0.01, 0.2),
             FormatResult("openvino_int8", "failed_export", reason="RuntimeError: no NNCF")]
     (out / "onnx").mkdir(parents=True)
-    for row in rows[1:3]:
+    (out / "tflite").mkdir()
+    for row in rows[1:5]:
         (out / row.path).write_bytes(b"\0" * 16)
     write_report(str(out), rows, {"name": "r", "verify_split": "test", "verify_images": 1000,
                                   "platform": "Linux"})
@@ -48,9 +53,11 @@ def test_run_page_shows_the_benchmark_of_each_export(tmp_path):
     assert table, page
     rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table.group(1), re.S)
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows[1:]]
-    assert [c[0] for c in cells] == ["keras", "onnx_float32", "onnx_int8", "openvino_int8"]
-    assert cells[2][5] == "4.0x"  # int8 against the same format's float32
+    assert [c[0] for c in cells] == ["keras", "onnx_float32", "onnx_int8", "tflite_float32",
+                                     "tflite_dynamic_int8", "openvino_int8"]
+    assert cells[2][5] == "4.0x" and cells[4][5] == "2.0x"  # against the format's float32
     assert "smallest within 0.5 points of Keras: <b>onnx_int8</b>" in page
+    assert "most accurate (smallest drop from Keras): <b>onnx_float32</b>" in page
     assert 'title="RuntimeError: no NNCF"' in page
     plot = client.get(f"/exports/{job_id}/file/benchmark.png")
     assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
