@@ -191,6 +191,7 @@ def prepare_model(name: str, work: str) -> BenchModel:
     keras_path = os.path.join(folder, f"{name}.keras")
     staged_v2 = os.path.join(folder, "staged", "2")
     shape = (28, 28, 1) if name == "lenet" else (224, 224, 3)
+    os.makedirs(folder, exist_ok=True)
     if name == "lenet":
         mnist = os.path.join(folder, "mnist-png")
         if not os.path.isdir(mnist):
