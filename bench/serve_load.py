@@ -17,6 +17,10 @@ with random weights (throughput does not depend on the weights; no download is
 possible here), fed upscaled CIFAR-10 test images. N keep-alive clients each
 send single-image TF Serving REST requests (`{"instances": [image]}`).
 
+With `--grpc`, vispipe is also loaded over gRPC Predict (`vispipe_grpc`,
+binary `tensor_content` bodies, one HTTP/2 channel), against the model ceiling
+(`grpc_efficiency`) and the direct REST server (`grpc_ratio_vs_direct`).
+
 Ceilings, measured in the same run: `offline_images_per_s` (the model alone,
 batched concrete-function calls, the best of batch 1, 8 and 32) and
 `http_floor_rps`. `efficiency` = vispipe throughput / min(the two ceilings).
@@ -32,7 +36,7 @@ the way through the vispipe run and a broken version 3 two thirds through; a
 Usage:
 
     python bench/serve_load.py --model lenet --clients 1,32 --duration 20
-    python bench/serve_load.py --model mobilenet_v2 --clients 32
+    python bench/serve_load.py --model mobilenet_v2 --clients 1,32 --grpc
 """
 
 from __future__ import annotations
@@ -107,7 +111,58 @@ async def _load(port: int, path: str, bodies: list[bytes], clients: int, duratio
     stop_at = time.perf_counter() + duration
     started = time.perf_counter()
     await asyncio.gather(*(_client(port, path, bodies, stop_at, latencies, errors) for _ in range(clients)))
-    elapsed = time.perf_counter() - started
+    return _summary(latencies, errors, time.perf_counter() - started)
+
+
+async def _grpc_client(stub, requests: list, stop_at: float, latencies: list, errors: list) -> None:
+    """One caller of TF Serving's gRPC Predict until `stop_at` (binary tensor_content bodies)."""
+    import grpc
+
+    i = random.randrange(len(requests))
+    while time.perf_counter() < stop_at:
+        request = requests[i % len(requests)]
+        i += 1
+        started = time.perf_counter()
+        try:
+            await stub.Predict(request, timeout=60)
+        except grpc.aio.AioRpcError as error:
+            errors.append(error.code().name)
+        latencies.append(time.perf_counter() - started)
+
+
+async def _grpc_load(port: int, requests: list, clients: int, duration: float) -> dict:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    latencies: list[float] = []
+    errors: list = []
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}", options=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stop_at = time.perf_counter() + duration
+        started = time.perf_counter()
+        await asyncio.gather(*(_grpc_client(stub, requests, stop_at, latencies, errors) for _ in range(clients)))
+    return _summary(latencies, errors, time.perf_counter() - started)
+
+
+def grpc_requests(model: BenchModel) -> list:
+    """PredictRequests of the same images as the REST bodies."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    for body in model.bodies:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model.name
+        request.model_spec.signature_name = "serving_default"
+        images = np.asarray(json.loads(body)["instances"], dtype=np.uint8)
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+        requests.append(request)
+    return requests
+
+
+def _summary(latencies: list[float], errors: list, elapsed: float) -> dict:
     ok = len(latencies) - len(errors)
     return {
         "throughput_rps": round(ok / elapsed, 1),
@@ -222,10 +277,10 @@ def stored_response(model: BenchModel, path: str) -> str:
 # -- servers ------------------------------------------------------------------------------------
 
 
-def _command(server: str, model: BenchModel, response: str, port: int) -> list[str]:
+def _command(server: str, model: BenchModel, response: str, port: int, grpc_port: int = 0) -> list[str]:
     if server == "vispipe":
         return [sys.executable, "-m", "vispipe.serving", "--model_base_path", model.base,
-                "--model_name", model.name, "--port", "0", "--file_system_poll_wait_seconds", "0.5",
+                "--model_name", model.name, "--port", str(grpc_port), "--file_system_poll_wait_seconds", "0.5",
                 "--rest_api_port", str(port)]
     kind, path = {"naive": ("naive", model.keras_path), "direct": ("direct", os.path.join(model.base, "1")),
                   "http_floor": ("floor", response)}[server]
@@ -239,14 +294,19 @@ def _cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
-def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespace) -> dict[int, dict]:
-    """Starts one server, loads it at each client count; returns count -> result."""
+def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+    """Starts one server, loads it at each client count; returns {server: {count: result}}.
+
+    vispipe's is also loaded over gRPC (as `vispipe_grpc`) with `--grpc`.
+    """
     port = _free_port()
+    grpc_port = _free_port() if server == "vispipe" and args.grpc else 0
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen(_command(server, model, response, port), env=env, cwd=REPO,
+    process = subprocess.Popen(_command(server, model, response, port, grpc_port), env=env, cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     path = f"/v1/models/{model.name}:predict"
-    results = {}
+    results: dict[int, dict] = {}
+    grpc_results: dict[int, dict] = {}
     try:
         _wait_ready(port, process)
         for clients in args.clients:
@@ -267,9 +327,18 @@ def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespa
             result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
             results[clients] = result
             print(f"{model.name} {server} x{clients}: {result}", file=sys.stderr)
+        if grpc_port:
+            requests = grpc_requests(model)
+            for clients in args.clients:
+                asyncio.run(_grpc_load(grpc_port, requests, clients, args.warmup))
+                cpu_before = _cpu_seconds(process.pid)
+                result = asyncio.run(_grpc_load(grpc_port, requests, clients, args.duration))
+                result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
+                grpc_results[clients] = result
+                print(f"{model.name} {server} gRPC x{clients}: {result}", file=sys.stderr)
     finally:
         _stop(process)
-    return results
+    return {server: results, **({"vispipe_grpc": grpc_results} if grpc_results else {})}
 
 
 def _report(results: dict[str, dict], offline: dict[int, float], clients: int) -> dict:
@@ -277,8 +346,15 @@ def _report(results: dict[str, dict], offline: dict[int, float], clients: int) -
     ceiling_model = max(offline.values())
     ceiling_http = served["http_floor"]["throughput_rps"]
     vispipe = served["vispipe"]["throughput_rps"]
+    grpc = {}
+    if "vispipe_grpc" in results:
+        rps = results["vispipe_grpc"][clients]["throughput_rps"]
+        grpc = {"vispipe_grpc": results["vispipe_grpc"][clients],
+                "grpc_efficiency": round(rps / ceiling_model, 3),
+                "grpc_ratio_vs_direct": round(rps / max(served["direct"]["throughput_rps"], 1e-9), 3)}
     return {
         **{name: served[name] for name in ("vispipe", "direct", "naive")},
+        **grpc,
         "ratio_vs_direct": round(vispipe / max(served["direct"]["throughput_rps"], 1e-9), 3),
         "ratio_vs_naive": round(vispipe / max(served["naive"]["throughput_rps"], 1e-9), 3),
         "offline_images_per_s": ceiling_model,
@@ -300,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run (all four give the report)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "vispipe-serve-bench"),
                         help="where the models and data subsets are cached")
+    parser.add_argument("--grpc", action="store_true", help="also load vispipe over gRPC (binary tensor bodies)")
     parser.add_argument("--hot-swap", action="store_true", help="drop in version 2, then a broken 3, during the vispipe run")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -312,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     offline = offline_rates(model)
     response = stored_response(model, os.path.join(args.work_dir, f"{model.name}-response.json"))
-    results = {name: _serve(name, model, response, args) for name in args.servers.split(",")}
+    results: dict[str, dict[int, dict]] = {}
+    for name in args.servers.split(","):
+        results.update(_serve(name, model, response, args))
     hot_swap = results.get("vispipe", {}).get(args.clients[0], {}).pop("hot_swap", None)
     common = {
         "model": model.name,
@@ -323,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
     }
-    if set(results) != set(SERVERS):
+    if not set(SERVERS) <= set(results):
         report = {"results": results, **common}
     elif len(args.clients) == 1:
         report = {**_report(results, offline, args.clients[0]), **common}
