@@ -1,13 +1,33 @@
-"""Serving load test: vispipe's batching server against a naive FastAPI `model.predict` endpoint.
+"""Serving load test: vispipe's batching server against the servers a user would write.
 
-Both servers run as subprocesses on loopback ports and serve the same MNIST LeNet
-(trained here on an MNIST PNG subset if no export is given, and saved both as a
-.keras file and as a TF Serving SavedModel). N keep-alive clients each send
-single-image TF Serving REST requests (`{"instances": [image]}`) for a bounded
-time; then one JSON object is printed:
+All servers run as subprocesses on loopback ports with the same uvicorn
+settings, one at a time, and serve the same model:
 
-    {"vispipe": {"throughput_rps", "p50_ms", "p95_ms", "p99_ms", "errors"},
-     "naive": {...}, "throughput_ratio": vispipe / naive}
+- `vispipe`: `python -m vispipe.serving` (dynamic batching) on the SavedModel;
+- `direct`: a FastAPI endpoint that calls the SavedModel's `serving_default`
+  concrete function on each request's tensor (no `model.predict`, no batching):
+  what a competent engineer writes;
+- `naive`: a FastAPI endpoint calling `model.predict` per request, as tutorials do;
+- `http_floor`: the same FastAPI endpoint with no model at all: it parses the
+  request (JSON to an array) and returns a stored response of the same size.
+
+Models (`--model`): `lenet`, the DIGITS LeNet trained here on an MNIST PNG
+subset (28x28x1 bodies), or `mobilenet_v2`, Keras' MobileNetV2 at 224x224x3
+with random weights (throughput does not depend on the weights; no download is
+possible here), fed upscaled CIFAR-10 test images. N keep-alive clients each
+send single-image TF Serving REST requests (`{"instances": [image]}`).
+
+With `--grpc`, vispipe is also loaded over gRPC Predict (`vispipe_grpc`,
+binary `tensor_content` bodies, one HTTP/2 channel), against the model ceiling
+(`grpc_efficiency`) and the direct REST server (`grpc_ratio_vs_direct`).
+
+Ceilings, measured in the same run: `offline_images_per_s` (the model alone,
+batched concrete-function calls, the best of batch 1, 8 and 32) and
+`http_floor_rps`. `efficiency` = vispipe throughput / min(the two ceilings).
+Each server object has `throughput_rps`, `p50_ms`, `p99_ms`, `errors` and
+`cpu_s_per_request` (the server process's CPU seconds over its requests).
+One JSON object is printed; with several `--clients` counts, `by_clients`
+holds one report per count (servers stay up between counts).
 
 With --hot-swap, version 2 of the model is dropped into the base path a third of
 the way through the vispipe run and a broken version 3 two thirds through; a
@@ -15,7 +35,8 @@ the way through the vispipe run and a broken version 3 two thirds through; a
 
 Usage:
 
-    python bench/serve_load.py --clients 32 --duration 20
+    python bench/serve_load.py --model lenet --clients 1,32 --duration 20
+    python bench/serve_load.py --model mobilenet_v2 --clients 1,32 --grpc
 """
 
 from __future__ import annotations
@@ -29,158 +50,21 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, BENCH)
+
+from serve_models import MODELS, BenchModel, prepare_model  # noqa: E402
+
 HOST = "127.0.0.1"  # loopback only
 MAX_CLIENTS = 256
 MAX_DURATION_S = 120.0
-
-
-def _shared_datasets() -> str:
-    return os.environ.get("VISPIPE_SHARED_DATASETS") or os.path.join(os.path.dirname(REPO), "shared", "datasets")
-
-
-def _mnist_subset(dest: str, per_class: int) -> str:
-    """Unpacks `per_class` train and test PNGs per digit; returns the mnist-png folder."""
-    archive = os.path.join(_shared_datasets(), "mnist-png.tar.gz")
-    if not os.path.isfile(archive):
-        sys.exit(f"serve_load: MNIST archive not found at {archive} (set VISPIPE_SHARED_DATASETS)")
-    taken: dict[str, int] = {}
-    with tarfile.open(archive) as tar:
-        members = []
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and len(parts) == 4 and taken.get("/".join(parts[:3]), 0) < per_class:
-                taken["/".join(parts[:3])] = taken.get("/".join(parts[:3]), 0) + 1
-                members.append(member)
-        tar.extractall(dest, members=members, filter="data")
-    return os.path.join(dest, "mnist-png")
-
-
-def _load_split(root: str, split: str):
-    import numpy as np
-    from PIL import Image
-
-    images, labels = [], []
-    for digit in range(10):
-        folder = os.path.join(root, split, str(digit))
-        for name in sorted(os.listdir(folder)):
-            images.append(np.asarray(Image.open(os.path.join(folder, name)).convert("L"))[..., None])
-            labels.append(digit)
-    return np.stack(images).astype("uint8"), np.array(labels)
-
-
-def _export(model, path: str) -> None:
-    """SavedModel in TF Serving layout: serving_default (uint8 images) and classify (tf.Examples)."""
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    labels = tf.constant([str(d) for d in range(10)])
-    module = tf.Module()
-    module.model = model
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")])
-    def serving_default(images):
-        probabilities = module.model(tf.cast(images, tf.float32), training=False)
-        return {"probabilities": probabilities, "label": tf.gather(labels, tf.argmax(probabilities, axis=1))}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def classify(inputs):
-        encoded = tf.io.parse_example(inputs, {"image": tf.io.FixedLenFeature([], tf.string)})["image"]
-        images = tf.map_fn(
-            lambda data: tf.reshape(tf.io.decode_png(data, channels=1), [28, 28, 1]),
-            encoded,
-            fn_output_signature=tf.TensorSpec([28, 28, 1], tf.uint8),
-        )
-        scores = module.model(tf.cast(images, tf.float32), training=False)
-        return {"classes": tf.tile(labels[None], [tf.shape(scores)[0], 1]), "scores": scores}
-
-    staging = path + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    tf.saved_model.save(module, staging, signatures={"serving_default": serving_default, "classify": classify})
-    proto = saved_model_pb2.SavedModel()
-    pb = os.path.join(staging, "saved_model.pb")
-    with open(pb, "rb") as f:
-        proto.ParseFromString(f.read())
-    proto.meta_graphs[0].signature_def["classify"].method_name = "tensorflow/serving/classify"
-    with open(pb, "wb") as f:
-        f.write(proto.SerializeToString())
-    os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
-    with open(os.path.join(staging, "assets", "labels.txt"), "w") as f:
-        f.write("\n".join(str(d) for d in range(10)) + "\n")
-    os.replace(staging, path)
-
-
-def prepare_model(work: str) -> tuple[str, str, str, list]:
-    """Trains the DIGITS LeNet on an MNIST subset (once, cached in `work`).
-
-    Returns:
-        (SavedModel base path holding version 1, .keras path, staged version 2 folder, test images as lists).
-    """
-    base = os.path.join(work, "models", "lenet")
-    keras_path = os.path.join(work, "lenet.keras")
-    staged_v2 = os.path.join(work, "staged", "2")
-    mnist = os.path.join(work, "mnist-png")
-    if not os.path.isdir(mnist):
-        _mnist_subset(work, per_class=300)
-    if not os.path.isfile(os.path.join(base, "1", "saved_model.pb")):
-        import keras
-        from keras import layers
-
-        x, y = _load_split(mnist, "train")
-        model = keras.Sequential(
-            [
-                keras.Input((28, 28, 1)),
-                layers.Rescaling(1 / 255.0),
-                layers.Conv2D(20, 5, name="conv1"),
-                layers.MaxPooling2D(2),
-                layers.Conv2D(50, 5, name="conv2"),
-                layers.MaxPooling2D(2),
-                layers.Flatten(),
-                layers.Dense(500, activation="relu"),
-                layers.Dense(10, activation="softmax"),
-            ]
-        )
-        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        model.fit(x.astype("float32"), y, batch_size=64, epochs=3, verbose=0)
-        model.save(keras_path)
-        os.makedirs(base, exist_ok=True)
-        _export(model, os.path.join(base, "1"))
-        os.makedirs(os.path.dirname(staged_v2), exist_ok=True)
-        _export(model, staged_v2)
-    test_x, _ = _load_split(mnist, "test")
-    rng = random.Random(0)
-    picks = [test_x[i].tolist() for i in rng.sample(range(len(test_x)), 64)]
-    return base, keras_path, staged_v2, picks
-
-
-# -- naive server (run as a subprocess) ------------------------------------------------------
-
-
-def naive_app(keras_path: str):
-    """A FastAPI endpoint that calls `model.predict` per request, as tutorials do."""
-    import keras
-    import numpy as np
-    from fastapi import FastAPI
-
-    model = keras.models.load_model(keras_path)
-    app = FastAPI()
-
-    @app.get("/readyz")
-    def ready():
-        return {"status": "ready"}
-
-    @app.post("/v1/models/{name}:predict")
-    def predict(name: str, body: dict):
-        images = np.asarray(body["instances"], dtype="float32")
-        return {"predictions": model.predict(images, verbose=0).tolist()}
-
-    return app
+SERVERS = ("http_floor", "naive", "direct", "vispipe")
 
 
 # -- load generator --------------------------------------------------------------------------
@@ -227,7 +111,58 @@ async def _load(port: int, path: str, bodies: list[bytes], clients: int, duratio
     stop_at = time.perf_counter() + duration
     started = time.perf_counter()
     await asyncio.gather(*(_client(port, path, bodies, stop_at, latencies, errors) for _ in range(clients)))
-    elapsed = time.perf_counter() - started
+    return _summary(latencies, errors, time.perf_counter() - started)
+
+
+async def _grpc_client(stub, requests: list, stop_at: float, latencies: list, errors: list) -> None:
+    """One caller of TF Serving's gRPC Predict until `stop_at` (binary tensor_content bodies)."""
+    import grpc
+
+    i = random.randrange(len(requests))
+    while time.perf_counter() < stop_at:
+        request = requests[i % len(requests)]
+        i += 1
+        started = time.perf_counter()
+        try:
+            await stub.Predict(request, timeout=60)
+        except grpc.aio.AioRpcError as error:
+            errors.append(error.code().name)
+        latencies.append(time.perf_counter() - started)
+
+
+async def _grpc_load(port: int, requests: list, clients: int, duration: float) -> dict:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    latencies: list[float] = []
+    errors: list = []
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(f"{HOST}:{port}", options=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stop_at = time.perf_counter() + duration
+        started = time.perf_counter()
+        await asyncio.gather(*(_grpc_client(stub, requests, stop_at, latencies, errors) for _ in range(clients)))
+    return _summary(latencies, errors, time.perf_counter() - started)
+
+
+def grpc_requests(model: BenchModel) -> list:
+    """PredictRequests of the same images as the REST bodies."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    for body in model.bodies:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model.name
+        request.model_spec.signature_name = "serving_default"
+        images = np.asarray(json.loads(body)["instances"], dtype=np.uint8)
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
+        requests.append(request)
+    return requests
+
+
+def _summary(latencies: list[float], errors: list, elapsed: float) -> dict:
     ok = len(latencies) - len(errors)
     return {
         "throughput_rps": round(ok / elapsed, 1),
@@ -272,24 +207,25 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _model_status(port: int) -> list:
+def _model_status(port: int, name: str) -> list:
     import http.client
 
     connection = http.client.HTTPConnection(HOST, port, timeout=5)
-    connection.request("GET", "/v1/models/lenet")
+    connection.request("GET", f"/v1/models/{name}")
     return json.loads(connection.getresponse().read())["model_version_status"]
 
 
-async def _hot_swap(port: int, base: str, staged_v2: str, duration: float) -> dict:
+async def _hot_swap(port: int, model: BenchModel, duration: float) -> dict:
     """Drops version 2 in at 1/3 of the run, a broken version 3 at 2/3; watches the status."""
     report: dict = {}
     await asyncio.sleep(duration / 3)
+    base = model.base
     copy = os.path.join(base, ".incoming-2")
-    shutil.copytree(staged_v2, copy)
+    shutil.copytree(model.staged_v2, copy)
     os.rename(copy, os.path.join(base, "2"))  # appears complete, as an export would
     dropped = time.perf_counter()
     while time.perf_counter() - dropped < duration / 3:
-        states = {s["version"]: s["state"] for s in await asyncio.to_thread(_model_status, port)}
+        states = {s["version"]: s["state"] for s in await asyncio.to_thread(_model_status, port, model.name)}
         if states.get("2") == "AVAILABLE" and states.get("1") == "END":
             report["version_2_serving_after_s"] = round(time.perf_counter() - dropped, 2)
             break
@@ -299,73 +235,182 @@ async def _hot_swap(port: int, base: str, staged_v2: str, duration: float) -> di
     with open(os.path.join(base, "3", "saved_model.pb"), "wb") as f:
         f.write(b"not a SavedModel")
     await asyncio.sleep(min(3.0, duration / 4))
-    report["status_after_broken_version_3"] = await asyncio.to_thread(_model_status, port)
+    report["status_after_broken_version_3"] = await asyncio.to_thread(_model_status, port, model.name)
     return report
 
+# -- ceilings -----------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=32, help=f"concurrent clients (at most {MAX_CLIENTS})")
-    parser.add_argument("--duration", type=float, default=20.0, help=f"seconds per server (at most {MAX_DURATION_S})")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before timing")
-    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "vispipe-serve-bench"),
-                        help="where the LeNet and MNIST subset are cached")
-    parser.add_argument("--hot-swap", action="store_true", help="drop in version 2, then a broken 3, during the vispipe run")
-    parser.add_argument("--naive-server", nargs=2, metavar=("KERAS", "PORT"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
 
-    if args.naive_server:
-        import uvicorn
+def offline_rates(model: BenchModel, seconds: float = 3.0) -> dict[int, float]:
+    """Images/s of the SavedModel's serving_default alone, at batch 1, 8 and 32."""
+    import numpy as np
+    import tensorflow as tf
 
-        uvicorn.run(naive_app(args.naive_server[0]), host=HOST, port=int(args.naive_server[1]), log_level="warning")
-        return 0
-    if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.duration <= MAX_DURATION_S:
-        parser.error(f"--clients must be 1..{MAX_CLIENTS} and --duration 0..{MAX_DURATION_S}s")
+    function = tf.saved_model.load(os.path.join(model.base, "1")).signatures["serving_default"]
+    image = np.asarray(json.loads(model.bodies[0])["instances"], dtype=np.uint8)
+    rates = {}
+    for batch in (1, 8, 32):
+        images = tf.constant(np.repeat(image, batch, axis=0))
+        function(images=images)  # traces
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            function(images=images)["probabilities"].numpy()
+            calls += 1
+        rates[batch] = round(calls * batch / (time.perf_counter() - start), 1)
+    return rates
 
-    base, keras_path, staged_v2, images = prepare_model(args.work_dir)
-    for extra in ("2", "3"):
-        shutil.rmtree(os.path.join(base, extra), ignore_errors=True)
-    bodies = [json.dumps({"instances": [image]}).encode() for image in images]
+
+def stored_response(model: BenchModel, path: str) -> str:
+    """Writes a predict response of one image (as TF Serving's row format gives it) to `path`."""
+    import numpy as np
+    import tensorflow as tf
+
+    function = tf.saved_model.load(os.path.join(model.base, "1")).signatures["serving_default"]
+    image = np.asarray(json.loads(model.bodies[0])["instances"], dtype=np.uint8)
+    outputs = function(images=tf.constant(image))
+    row = {"probabilities": outputs["probabilities"].numpy()[0].tolist(), "label": outputs["label"].numpy()[0].decode()}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"predictions": [row]}, f)
+    return path
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def _command(server: str, model: BenchModel, response: str, port: int, grpc_port: int = 0) -> list[str]:
+    if server == "vispipe":
+        return [sys.executable, "-m", "vispipe.serving", "--model_base_path", model.base,
+                "--model_name", model.name, "--port", str(grpc_port), "--file_system_poll_wait_seconds", "0.5",
+                "--rest_api_port", str(port)]
+    kind, path = {"naive": ("naive", model.keras_path), "direct": ("direct", os.path.join(model.base, "1")),
+                  "http_floor": ("floor", response)}[server]
+    return [sys.executable, os.path.join(BENCH, "serve_apps.py"), kind, path, str(port)]
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+    """Starts one server, loads it at each client count; returns {server: {count: result}}.
+
+    vispipe's is also loaded over gRPC (as `vispipe_grpc`) with `--grpc`.
+    """
+    port = _free_port()
+    grpc_port = _free_port() if server == "vispipe" and args.grpc else 0
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    results: dict = {}
-    servers = {
-        "naive": [sys.executable, os.path.abspath(__file__), "--naive-server", keras_path],
-        "vispipe": [sys.executable, "-m", "serving", "--model-base-path", base, "--model-name", "lenet",
-                    "--grpc-port", "-1", "--poll-interval", "0.5", "--port"],
-    }
-    for name, command in servers.items():
-        port = _free_port()
-        process = subprocess.Popen(command + [str(port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_ready(port, process)
-            path = "/v1/models/lenet:predict"
-            asyncio.run(_load(port, path, bodies, args.clients, args.warmup))
+    process = subprocess.Popen(_command(server, model, response, port, grpc_port), env=env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = f"/v1/models/{model.name}:predict"
+    results: dict[int, dict] = {}
+    grpc_results: dict[int, dict] = {}
+    try:
+        _wait_ready(port, process)
+        for clients in args.clients:
+            asyncio.run(_load(port, path, model.bodies, clients, args.warmup))
+            cpu_before = _cpu_seconds(process.pid)
 
             async def timed() -> dict:
-                load = asyncio.create_task(_load(port, path, bodies, args.clients, args.duration))
+                load = asyncio.create_task(_load(port, path, model.bodies, clients, args.duration))
                 swap = None
-                if name == "vispipe" and args.hot_swap:
-                    swap = asyncio.create_task(_hot_swap(port, base, staged_v2, args.duration))
+                if server == "vispipe" and args.hot_swap:
+                    swap = asyncio.create_task(_hot_swap(port, model, args.duration))
                 result = await load
                 if swap is not None:
                     result["hot_swap"] = await swap
                 return result
 
-            results[name] = asyncio.run(timed())
-        finally:
-            _stop(process)
-    hot_swap = results["vispipe"].pop("hot_swap", None)
-    report = {
-        "vispipe": results["vispipe"],
-        "naive": results["naive"],
-        "throughput_ratio": round(results["vispipe"]["throughput_rps"] / max(results["naive"]["throughput_rps"], 1e-9), 2),
-        "clients": args.clients,
+            result = asyncio.run(timed())
+            result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
+            results[clients] = result
+            print(f"{model.name} {server} x{clients}: {result}", file=sys.stderr)
+        if grpc_port:
+            requests = grpc_requests(model)
+            for clients in args.clients:
+                asyncio.run(_grpc_load(grpc_port, requests, clients, args.warmup))
+                cpu_before = _cpu_seconds(process.pid)
+                result = asyncio.run(_grpc_load(grpc_port, requests, clients, args.duration))
+                result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
+                grpc_results[clients] = result
+                print(f"{model.name} {server} gRPC x{clients}: {result}", file=sys.stderr)
+    finally:
+        _stop(process)
+    return {server: results, **({"vispipe_grpc": grpc_results} if grpc_results else {})}
+
+
+def _report(results: dict[str, dict], offline: dict[int, float], clients: int) -> dict:
+    served = {name: results[name][clients] for name in SERVERS}
+    ceiling_model = max(offline.values())
+    ceiling_http = served["http_floor"]["throughput_rps"]
+    vispipe = served["vispipe"]["throughput_rps"]
+    grpc = {}
+    if "vispipe_grpc" in results:
+        rps = results["vispipe_grpc"][clients]["throughput_rps"]
+        grpc = {"vispipe_grpc": results["vispipe_grpc"][clients],
+                "grpc_efficiency": round(rps / ceiling_model, 3),
+                "grpc_ratio_vs_direct": round(rps / max(served["direct"]["throughput_rps"], 1e-9), 3)}
+    return {
+        **{name: served[name] for name in ("vispipe", "direct", "naive")},
+        **grpc,
+        "ratio_vs_direct": round(vispipe / max(served["direct"]["throughput_rps"], 1e-9), 3),
+        "ratio_vs_naive": round(vispipe / max(served["naive"]["throughput_rps"], 1e-9), 3),
+        "offline_images_per_s": ceiling_model,
+        "http_floor_rps": ceiling_http,
+        "http_floor": served["http_floor"],
+        "efficiency": round(vispipe / min(ceiling_model, ceiling_http), 3),
+        "limit": "model" if ceiling_model < ceiling_http else "http",
+        "p99_over_p50": round(served["vispipe"]["p99_ms"] / max(served["vispipe"]["p50_ms"], 1e-9), 2),
+        "clients": clients,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=MODELS, default="lenet")
+    parser.add_argument("--clients", default="32", help=f"concurrent clients, comma-separated counts (each at most {MAX_CLIENTS})")
+    parser.add_argument("--duration", type=float, default=20.0, help=f"seconds per server and count (at most {MAX_DURATION_S})")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before timing")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run (all four give the report)")
+    parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "vispipe-serve-bench"),
+                        help="where the models and data subsets are cached")
+    parser.add_argument("--grpc", action="store_true", help="also load vispipe over gRPC (binary tensor bodies)")
+    parser.add_argument("--hot-swap", action="store_true", help="drop in version 2, then a broken 3, during the vispipe run")
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    if not all(1 <= c <= MAX_CLIENTS for c in args.clients) or not 0 < args.duration <= MAX_DURATION_S:
+        parser.error(f"--clients must be 1..{MAX_CLIENTS} and --duration 0..{MAX_DURATION_S}s")
+
+    model = prepare_model(args.model, args.work_dir)
+    for extra in ("2", "3"):
+        shutil.rmtree(os.path.join(model.base, extra), ignore_errors=True)
+    load_before = os.getloadavg()
+    offline = offline_rates(model)
+    response = stored_response(model, os.path.join(args.work_dir, f"{model.name}-response.json"))
+    results: dict[str, dict[int, dict]] = {}
+    for name in args.servers.split(","):
+        results.update(_serve(name, model, response, args))
+    hot_swap = results.get("vispipe", {}).get(args.clients[0], {}).pop("hot_swap", None)
+    common = {
+        "model": model.name,
+        "offline_images_per_s_by_batch": offline,
+        "request_bytes_mean": round(sum(map(len, model.bodies)) / len(model.bodies)),
         "duration_s": args.duration,
         "cpu_count": os.cpu_count(),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
     }
+    if not set(SERVERS) <= set(results):
+        report = {"results": results, **common}
+    elif len(args.clients) == 1:
+        report = {**_report(results, offline, args.clients[0]), **common}
+    else:
+        report = {"by_clients": {str(c): _report(results, offline, c) for c in args.clients}, **common}
     if hot_swap is not None:
         report["hot_swap"] = hot_swap
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report))
     return 0
 
 

@@ -45,7 +45,9 @@ class Batcher:
 
     A worker takes the oldest request, then waits up to `batch_timeout_ms`
     for more requests of the same shape until `max_batch_size` rows are
-    gathered, runs `run` once on the concatenation and splits the outputs.
+    gathered (with no timeout, it takes the requests already queued: those
+    that arrived while the previous batch ran), runs `run` once on the
+    concatenation and splits the outputs.
     A model whose outputs have no batch dimension gets each request run alone.
 
     Args:

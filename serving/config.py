@@ -30,14 +30,17 @@ class BatchingConfig:
     Args:
         enabled: whether requests are queued and run as batches.
         max_batch_size: most instances run in one signature call.
-        batch_timeout_ms: how long the first queued request waits for others.
+        batch_timeout_ms: how long the first queued request waits for others. The
+            default 0 runs a request at once when the model is idle, and batches
+            the requests that queued while the previous batch ran: on a CPU a
+            wait taxed every request at low load (bench/README.md).
         max_queued: most instances waiting per model version; more are refused (503).
         num_batch_threads: batches of one signature that may run at once.
     """
 
     enabled: bool = True
     max_batch_size: int = 64
-    batch_timeout_ms: float = 2.0
+    batch_timeout_ms: float = 0.0
     max_queued: int = 2048
     num_batch_threads: int = 1
 

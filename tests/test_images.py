@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vispipe.configs import ImageOptions
 from vispipe.data import images
@@ -173,6 +173,65 @@ def test_load_image_applies_exif_orientation(tmp_path):
     out, _ = load_image(path, ImageOptions(height=4, width=2, channels=1))
     assert (out[:2] == 0).all() and (out[2:] == 255).all()
 
+
+
+# --- JPEG draft (DCT-scaled) decoding -------------------------------------------
+
+def _photo_jpeg(path, width: int = 1024, height: int = 768, orientation: int = 1) -> str:
+    """A photo-sized JPEG (quality 90): smooth shapes plus sensor-like noise."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    scene = np.stack([128 + 100 * np.sin(6 * x + 3 * y), 255 * x, 255 * (1 - y)], axis=-1)
+    noisy = np.clip(scene + rng.normal(0, 4, scene.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(noisy)
+    exif = image.getexif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    image.save(path, "JPEG", quality=90, exif=exif)
+    return str(path)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("target, mode, decoded", [
+    ((128, 128), "squash", (256, 192)),   # 1/4: still >= 128x128
+    ((128, 128), "crop", (256, 192)),     # crop scales to 171x128 first
+    ((224, 224), "squash", (512, 384)),   # 1/4 would be 256x192 < 224: 1/2
+    ((512, 512), "squash", (1024, 768)),  # no reduction leaves 512 rows
+])
+def test_large_jpeg_decodes_at_the_smallest_dct_scale_the_target_allows(
+    tmp_path, target, mode, decoded
+):
+    path = _photo_jpeg(tmp_path / "photo.jpg")
+    options = ImageOptions(height=target[0], width=target[1], channels=3, resize_mode=mode)
+    assert images._open(path, options).size == decoded
+    assert images._open(path).size == (1024, 768)
+
+
+def test_draft_decoding_is_not_applied_to_other_formats(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.open(_photo_jpeg(tmp_path / "photo.jpg")).save(path)
+    assert images._open(str(path), ImageOptions(height=64, width=64, channels=3)).size == (1024, 768)
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "fill", "half_crop"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_draft_decoding_matches_a_full_decode(tmp_path, mode, orientation):
+    path = _photo_jpeg(tmp_path / "photo.jpg", orientation=orientation)
+    options = ImageOptions(height=128, width=96, channels=3, resize_mode=mode)
+    array, note = load_image(path, options)
+    with Image.open(path) as full:
+        reference = resize(ImageOps.exif_transpose(full).convert("RGB"), 128, 96, mode)
+    assert note is None
+    assert array.shape == reference.shape == (128, 96, 3)
+    if mode in ("squash", "crop"):  # fill's noise bands are seeded by the pixels
+        assert _psnr(array, reference) > 38
+    else:
+        inner = slice(30, -30)  # inside the bands (at most 28 rows here)
+        assert _psnr(array[inner, inner], reference[inner, inner]) > 38
 
 # --- unusable files -------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from vispipe.data.format import ImageInput
 
 __all__ = [
     "MAX_PIXELS",
+    "PNG_COMPRESS_LEVEL",
     "ImageError",
     "load_image",
     "resize",
@@ -41,8 +42,14 @@ __all__ = [
 # whose decoded pixels would not fit in memory.
 MAX_PIXELS = 50_000_000
 
+# zlib level 1 (OpenCV's PNG default): on photo-sized images it encodes 3-5x
+# faster than Pillow's default 6 for files about 10% larger (bench/README.md).
+PNG_COMPRESS_LEVEL = 1
+
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _TO_RGB_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # shown with width and height swapped
 
 
 class ImageError(ValueError):
@@ -54,8 +61,17 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def _open(path: str) -> Image.Image:
-    """Opens and fully decodes `path`, refusing oversized images first."""
+def _open(path: str, target: ImageOptions | ImageInput | None = None) -> Image.Image:
+    """Opens and fully decodes `path`, refusing oversized images first.
+
+    Args:
+        path: The image file.
+        target: When given, a JPEG is decoded straight to the smallest DCT
+            scale (1/2, 1/4, 1/8) that `resize` to this target still shrinks.
+
+    Returns:
+        The loaded Pillow image.
+    """
     try:
         size = os.path.getsize(path)
     except OSError as error:
@@ -81,12 +97,37 @@ def _open(path: str) -> Image.Image:
                 f"(more than MAX_PIXELS={MAX_PIXELS})"
             )
         try:
+            if target is not None:
+                _draft(image, target)
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as error:
             # Pillow reports truncated and corrupt data with these types.
             image.close()
             raise ImageError(path, f"corrupt or truncated image: {error}") from error
     return image
+
+
+def _draft(image: Image.Image, target: ImageOptions | ImageInput) -> None:
+    """Asks libjpeg to decode at the smallest scale still >= what `resize` needs.
+
+    libjpeg's scaled IDCT decodes a JPEG at 1/2, 1/4 or 1/8 of its size for a
+    fraction of the cost of a full decode; Pillow's `draft` picks the largest
+    such reduction that leaves the image at least the requested size, so the
+    final bilinear resize still only shrinks (PSNR against a full decode is
+    in bench/README.md). Other formats are left alone.
+    """
+    if image.format not in ("JPEG", "MPO"):
+        return
+    width, height = image.size
+    transposed = image.getexif().get(_EXIF_ORIENTATION, 1) in _TRANSPOSED_ORIENTATIONS
+    if transposed:
+        width, height = height, width
+    needed_height, needed_width = _scaled_size(
+        height, width, target.height, target.width, target.resize_mode
+    )
+    if transposed:
+        needed_height, needed_width = needed_width, needed_height
+    image.draft(None, (needed_width, needed_height))
 
 
 def _to_8bit(image: Image.Image) -> tuple[Image.Image, str | None]:
@@ -150,7 +191,8 @@ def _to_l_or_rgb(image: Image.Image) -> tuple[Image.Image, list[str]]:
 def load_image(path: str, options: ImageOptions | ImageInput) -> tuple[np.ndarray, str | None]:
     """Loads an image file as the dataset stores it.
 
-    The file is decoded with Pillow, rotated by its EXIF orientation,
+    The file is decoded with Pillow (a JPEG much larger than the target at
+    1/2, 1/4 or 1/8 scale by libjpeg, see `_draft`), rotated by its EXIF orientation,
     converted to 8-bit grayscale or RGB (transparency composited on white),
     then resized with `resize`.
 
@@ -174,7 +216,7 @@ def load_image(path: str, options: ImageOptions | ImageInput) -> tuple[np.ndarra
 
     >>> array, note = load_image("cat.png", ImageOptions(32, 32, 3))
     """
-    image = _open(path)
+    image = _open(path, options)
     try:
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, KeyError, TypeError) as error:
@@ -196,11 +238,23 @@ def _round(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-def _resized(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    mode = "L" if array.shape[2] == 1 else "RGB"
-    image = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode)
+def _resized(image: Image.Image, height: int, width: int) -> np.ndarray:
     out = np.asarray(image.resize((width, height), Image.BILINEAR))
-    return out.reshape(height, width, array.shape[2])
+    return out.reshape(height, width, len(image.getbands()))
+
+
+def _as_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A Pillow 'L' or 'RGB' image of `image` (itself when it already is one)."""
+    if isinstance(image, Image.Image) and image.mode in ("L", "RGB"):
+        return image
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(
+            f"resize: expected an (H, W), (H, W, 1) or (H, W, 3) image, got shape {array.shape}."
+        )
+    return Image.fromarray(array, "L" if array.ndim == 2 else "RGB")
 
 
 def _noise(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -243,59 +297,76 @@ def resize(
         raise ValueError(f"resize mode: expected one of {RESIZE_MODES}, got {mode!r}.")
     if height <= 0 or width <= 0:
         raise ValueError(f"resize: expected a positive size, got {height}x{width}.")
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3):
-        raise ValueError(
-            f"resize: expected an (H, W), (H, W, 1) or (H, W, 3) image, got shape {array.shape}."
-        )
-    in_height, in_width, channels = array.shape
+    # Pillow resizes its own image; a decoded image is not copied to numpy first.
+    picture = _as_image(image)
+    in_width, in_height = picture.size
     if (in_height, in_width) == (height, width):
-        return array
+        return np.asarray(picture).reshape(height, width, len(picture.getbands()))
+    new_height, new_width = _scaled_size(in_height, in_width, height, width, mode)
+    array = _resized(picture, new_height, new_width)
+    if mode in ("crop", "half_crop"):
+        array = _center_crop(array, height, width)
+    if mode in ("fill", "half_crop"):
+        array = _fill(array, height, width)
+    return array
+
+
+def _scaled_size(
+    in_height: int, in_width: int, height: int, width: int, mode: str
+) -> tuple[int, int]:
+    """The size `resize` scales an image to, before any crop or fill.
+
+    Args:
+        in_height, in_width: The image's size.
+        height, width: The target size.
+        mode: One of `RESIZE_MODES`.
+
+    Returns:
+        `(height, width)` of the scaled image: the target for `squash` (and
+        when the aspect ratios match), else at least the target on the side
+        `crop` cuts and at most it on the side `fill` pads (even margins).
+    """
     width_ratio = in_width / width
     height_ratio = in_height / height
     if mode == "squash" or width_ratio == height_ratio:
-        return _resized(array, height, width)
+        return height, width
     wide = width_ratio > height_ratio  # relatively wider than the target
     if mode == "crop":
         if wide:
-            array = _resized(array, height, max(width, _round(in_width / height_ratio)))
-            start = _round((array.shape[1] - width) / 2)
-            return array[:, start:start + width]
-        array = _resized(array, max(height, _round(in_height / width_ratio)), width)
-        start = _round((array.shape[0] - height) / 2)
-        return array[start:start + height]
-
+            return height, max(width, _round(in_width / height_ratio))
+        return max(height, _round(in_height / width_ratio)), width
     if mode == "fill":
         if wide:
-            new_height, new_width = max(1, _round(in_height / width_ratio)), width
-            new_height += (height - new_height) % 2
-        else:
-            new_height, new_width = height, max(1, _round(in_width / height_ratio))
-            new_width += (width - new_width) % 2
-        array = _resized(array, new_height, new_width)
-    else:  # half_crop: the mean ratio leaves the long side over, the short under
-        ratio = (width_ratio + height_ratio) / 2
-        new_height = max(1, _round(in_height / ratio))
-        new_width = max(1, _round(in_width / ratio))
-        if wide:
-            new_height += (height - new_height) % 2
-        else:
-            new_width += (width - new_width) % 2
-        array = _resized(array, new_height, new_width)
-        if wide:
-            start = _round((new_width - width) / 2)
-            array = array[:, start:start + width]
-        else:
-            start = _round((new_height - height) / 2)
-            array = array[start:start + height]
-
+            new_height = max(1, _round(in_height / width_ratio))
+            return new_height + (height - new_height) % 2, width
+        new_width = max(1, _round(in_width / height_ratio))
+        return height, new_width + (width - new_width) % 2
+    # half_crop: the mean ratio leaves the long side over, the short under.
+    ratio = (width_ratio + height_ratio) / 2
+    new_height = max(1, _round(in_height / ratio))
+    new_width = max(1, _round(in_width / ratio))
     if wide:
+        return new_height + (height - new_height) % 2, new_width
+    return new_height, new_width + (width - new_width) % 2
+
+
+def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Cuts the sides longer than the target evenly from both ends."""
+    top = _round((array.shape[0] - height) / 2) if array.shape[0] > height else 0
+    left = _round((array.shape[1] - width) / 2) if array.shape[1] > width else 0
+    return array[top:top + height, left:left + width]
+
+
+def _fill(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pads the side shorter than the target with seeded noise on both ends."""
+    channels = array.shape[2]
+    if array.shape[0] < height:
         band = _noise(array, ((height - array.shape[0]) // 2, width, channels))
         return np.concatenate([band, array, band], axis=0)
-    band = _noise(array, (height, (width - array.shape[1]) // 2, channels))
-    return np.concatenate([band, array, band], axis=1)
+    if array.shape[1] < width:
+        band = _noise(array, (height, (width - array.shape[1]) // 2, channels))
+        return np.concatenate([band, array, band], axis=1)
+    return array
 
 
 def encode_image(array: np.ndarray, encoding: str, jpeg_quality: int = 90) -> bytes:
@@ -321,7 +392,7 @@ def encode_image(array: np.ndarray, encoding: str, jpeg_quality: int = 90) -> by
     image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
     buffer = io.BytesIO()
     if encoding == "png":
-        image.save(buffer, format="PNG")
+        image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     else:
         image.save(buffer, format="JPEG", quality=jpeg_quality)
     return buffer.getvalue()
