@@ -17,8 +17,6 @@ Usage (as `serve_load.py` starts them):
     python bench/serve_apps.py floor RESPONSE.json 8602
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

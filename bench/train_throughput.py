@@ -213,13 +213,16 @@ def mnist_workload(args: argparse.Namespace) -> dict:
 
 
 def small_convnet(num_classes: int) -> keras.Model:
-    """A few strided convolutions: cheap enough at 128x128 that the input decides."""
+    """Two strided convolutions (about 2 MFLOPs an image): cheap enough at 128x128 that the input decides.
+
+    With three 3x3 stride-2 layers (16-32-64 channels, ~20 MFLOPs) the model
+    alone ran about 340 images/s here and bounded both feeds.
+    """
     layers = keras.layers
     model = keras.Sequential([
         keras.Input(PHOTO_SHAPE), layers.Rescaling(1 / 255),
+        layers.Conv2D(8, 5, strides=4, activation="relu"),
         layers.Conv2D(16, 3, strides=2, activation="relu"),
-        layers.Conv2D(32, 3, strides=2, activation="relu"),
-        layers.Conv2D(64, 3, strides=2, activation="relu"),
         layers.GlobalAveragePooling2D(), layers.Dense(num_classes),
     ])
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
