@@ -352,8 +352,10 @@ def test_artifacts_run_in_their_runtimes_without_vispipe(exported, tmp_path):
     from vispipe.export.contract import load_run
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(repo)
-            and not os.path.isdir(os.path.join(p, "vispipe"))]
+    # site-packages only (a virtual environment may live inside the checkout):
+    # not the checkout's source folder, nor the tests folder.
+    sources = {os.path.realpath(repo), os.path.realpath(os.path.join(repo, "tests"))}
+    path = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) not in sources]
     rows, out = exported["rows"], exported["out"]
     artifacts = {f: os.path.join(out, rows[f]["path"], "tiny.xml") if f.startswith("openvino")
                  else os.path.join(out, rows[f]["path"])
