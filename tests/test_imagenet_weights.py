@@ -170,7 +170,7 @@ def test_offline_with_an_empty_cache_fails_in_one_line_before_any_work(offline, 
     dataset = write_pattern_dataset(str(tmp_path / "data"), {"train": 8})
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "vispipe", "train", "--dataset", dataset, "--out", str(run_dir),
+        [sys.executable, "-m", "vispipe", "train", "--dataset", dataset, "--run", str(run_dir),
          "--model", "resnet50", "--weights", "imagenet", "--quiet"],
         capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert result.returncode == 2
