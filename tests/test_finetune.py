@@ -154,7 +154,7 @@ def head_accuracies(dataset: str, model_cfg: ModelConfig, cfg: TrainConfig,
                          metrics=["accuracy"])
             batches = tf.data.Dataset.from_tensor_slices((train_set.features, train_set.labels))
             head.fit(batches.shuffle(len(train_set.labels), seed=seed).batch(cfg.batch_size),
-                     epochs=EPOCHS, verbose=0)
+                     epochs=EPOCHS, verbose=0, shuffle=False)
             loss, accuracy = head.evaluate(val_set.dataset(256), verbose=0)
             scores.append(accuracy if np.isfinite(loss) else 0.0)
             head.set_weights(start)
