@@ -14,10 +14,17 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from real_subsets import CIFAR_CLASSES, cifar_dataset
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
+from vispipe.data.format import read_dataset_info
+from vispipe.data.inputs import make_dataset
+from vispipe.models import build_classifier
 from vispipe.train import find_lr, train
+from vispipe.train.device import seed_everything
+from vispipe.train.feature_cache import compute_features, split_head
+from vispipe.train.optimizers import make_optimizer
 from vispipe.train.run_folder import read_run_info
 
 EPOCHS = 6
@@ -112,26 +119,59 @@ def test_unfreezing_the_last_blocks_keeps_the_others_pretrained(pretrained, targ
     assert not same("conv4_block3_2_conv") and not same("conv4_block2_1_conv")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known defect (stop 19): in the frozen head phase the default 'valley' rule suggested 3e-4 "
-    "(head val accuracy 0.48) where the sweep's best was 0.58 at lr 1.0; the rule needs fixing"))
+def head_accuracies(dataset: str, model_cfg: ModelConfig, cfg: TrainConfig,
+                    lrs: list[float], seeds=(1, 2, 3)) -> dict[float, float]:
+    """Val accuracy of the head trained EPOCHS epochs at each rate, as the frozen phase
+    trains it (on cached backbone features), averaged over head initialisations.
+
+    One seed's accuracies at neighbouring rates differ by up to 0.07 (300 val images);
+    the mean of three is steadier, and the features are computed once.
+
+    Args:
+        dataset: The dataset folder.
+        model_cfg: The pretrained network.
+        cfg: The solver (optimizer, momentum, batch size); the rate is each of `lrs`.
+        lrs: The rates.
+        seeds: One head initialisation and shuffle per seed.
+
+    Returns:
+        Rate -> mean val accuracy (a diverged head scores 0).
+    """
+    info = read_dataset_info(dataset)
+    splits = []
+    for seed in seeds:
+        seed_everything(seed)
+        splits.append(split_head(build_classifier(model_cfg, info, cfg.normalization)))
+    train_set, val_set = (compute_features(splits[0].backbone,
+                                           make_dataset(info, name, cfg.batch_size))
+                          for name in ("train", "val"))
+    accuracies = {}
+    for lr in lrs:
+        scores = []
+        for seed, split in zip(seeds, splits):
+            head, start = split.head, split.head.get_weights()
+            head.compile(optimizer=make_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
+                         metrics=["accuracy"])
+            batches = tf.data.Dataset.from_tensor_slices((train_set.features, train_set.labels))
+            head.fit(batches.shuffle(len(train_set.labels), seed=seed).batch(cfg.batch_size),
+                     epochs=EPOCHS, verbose=0, shuffle=False)
+            loss, accuracy = head.evaluate(val_set.dataset(256), verbose=0)
+            scores.append(accuracy if np.isfinite(loss) else 0.0)
+            head.set_weights(start)
+        accuracies[lr] = float(np.mean(scores))
+    return accuracies
+
+
 def test_lr_finder_head_suggestion_is_near_the_best_of_a_sweep(pretrained, target, tmp_path):
+    # The head's loss creeps down from 1e-6 and falls from 1e-3. Measured: fastai's valley,
+    # searched from the creep, 3e-4 -> 0.44 (fails); from the fall 2.2e-2 -> 0.60; sweep
+    # 1e-3 0.49, 1e-2 0.57, 0.1 0.57, 1.0 0.53.
     sgd = solver(optimizer="sgd", momentum=0.9, lr=LRPolicyConfig(policy="fixed"))
     model = ModelConfig(name="resnet20", weights=pretrained, freeze_epochs=EPOCHS)
-    found = find_lr(target, model, sgd, num_steps=100, out_dir=str(tmp_path / "lr"),
-                    progress=False)
+    found = find_lr(target, model, sgd, out_dir=str(tmp_path / "lr"), progress=False)
     assert found.phase == "frozen"
-
-    def head_accuracy(lr: float) -> float:
-        cfg = solver(optimizer="sgd", momentum=0.9, lr=LRPolicyConfig(policy="fixed", base_lr=lr))
-        try:
-            return train(target, str(tmp_path / f"lr-{lr:.3g}"), model, cfg,
-                         progress=False).final_val_accuracy
-        except ArithmeticError:  # Diverged.
-            return 0.0
-
-    sweep = {lr: head_accuracy(lr) for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
-    suggested = head_accuracy(found.suggested_lr)
+    sweep = head_accuracies(target, model, sgd, [1e-3, 1e-2, 1e-1, 1.0, found.suggested_lr])
+    suggested = sweep.pop(found.suggested_lr)
     report("lr_finder_head", suggestions=found.suggestions, suggested_accuracy=suggested,
            sweep={f"{k:g}": v for k, v in sweep.items()})
     assert suggested >= max(sweep.values()) - 0.05
