@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-core
 PYTEST_ARGS ?=
+# Two test processes, each taking whole files (slow files first: tests/conftest.py);
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 
 HOROVOD_STAMP := $(VENV)/.installed-horovod
 NODE_STAMP := $(VENV)/.installed-node
@@ -73,7 +76,7 @@ demo: $(STAMP)
 	$(BIN)/vispipe run pipelines/digits-demo.yaml
 
 test: $(STAMP) $(HOROVOD_STAMP) $(NODE_STAMP) browser containers
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py

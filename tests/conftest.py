@@ -81,3 +81,14 @@ def pixel_model():
     kernel[[0, 1, 2], [0, 1, 2]] = 1 / 25
     model.get_layer("pick").set_weights([kernel, np.zeros(3, np.float32)])
     return model
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files marked `slow` run first, each file's tests staying together and in order.
+
+    Under `make test` (`-n 2 --dist loadfile`) each worker takes whole files in
+    this order; with the long real-training files at the end, one worker would
+    be left running the last of them alone while the other sat idle.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # Stable: order within a file kept.

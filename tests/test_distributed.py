@@ -35,6 +35,8 @@ from vispipe.train.distributed import Replicas, setup
 from vispipe.train.schedules import ReplicaScaledSchedule
 from vispipe.train.run_folder import RunFolder
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 # Ranks see different batches than one process (each reads its own shard), so
 # the curves agree statistically, not bit for bit.

@@ -17,6 +17,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 
 def make_run(info, run_dir: str, model_cfg, *, epochs: int, status: str = "completed",
              name: str = "tiny") -> str:

@@ -21,6 +21,8 @@ pytest.importorskip("tensorflow")
 
 from conftest import extract_subset, shared_datasets_dir  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 NETWORKS = ("mobilenet_v2", "efficientnet_b0")
 CLASS_COUNTS = (2, 5, 10)
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

@@ -14,6 +14,8 @@ from vispipe.export.pruning import (  # noqa: E402
     weight_sparsity,
 )
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 
 def test_polynomial_decay_matches_tfmot_formula():
     schedule = PolynomialDecay(0.1, 0.8, begin_step=100, end_step=1100, power=3, frequency=50)

@@ -27,6 +27,8 @@ from vispipe.train.feature_cache import compute_features, split_head
 from vispipe.train.optimizers import make_optimizer
 from vispipe.train.run_folder import read_run_info
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 EPOCHS = 6
 
 

@@ -21,6 +21,8 @@ from vispipe.cli import main
 from vispipe.train.run_info import Normalization
 from vispipe.train.run_folder import read_run_info
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 
 @pytest.fixture(scope="module")
 def imagenet_run(mnist_small, tmp_path_factory):

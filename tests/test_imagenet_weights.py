@@ -32,6 +32,8 @@ from vispipe.models import (
 from vispipe.models.imagenet import load_imagenet_weights, read_weights_file
 from vispipe.models.imagenet_files import PublishedWeights, locate_weights, published_weights
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 # network -> (keras.applications class, module with preprocess_input)
 KERAS_APPS = {
     "vgg16": ("VGG16", "vgg16"),

@@ -22,6 +22,8 @@ from PIL import Image
 from insight_data import copy_classes, extracted
 from vispipe.cli import main
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 MINORITY = ("2", "7")
 TRAIN_FLAGS = ["--model", "lenet", "--epochs", "4", "--batch-size", "32", "--optimizer", "adam",
                "--lr", "0.001", "--set", "train.mixed_precision='off'",

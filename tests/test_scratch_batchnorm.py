@@ -29,6 +29,8 @@ from vispipe.data.inputs import load_arrays
 from vispipe.train import load_run_model, train
 from vispipe.train.run_folder import read_run_info
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 CLASSES = ("airplane", "automobile", "frog", "ship")
 CHANCE = 1 / len(CLASSES)
 

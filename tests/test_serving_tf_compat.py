@@ -37,6 +37,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF1, TF2 = "half_plus_two", "tf2_module"
 

@@ -32,6 +32,8 @@ from vispipe.registry import Registry  # noqa: E402
 from vispipe.train.run_folder import RunFolder  # noqa: E402
 from vispipe.tune import TuneSettings, parse_space, tune  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+
 BAD_LR = 1e-5
 SPACE = {"train.lr.base_lr": {"low": 1e-3, "high": 0.05, "log": True}}
 
