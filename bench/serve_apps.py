@@ -3,9 +3,11 @@
 - `naive`: `model.predict` per request on the .keras model (the tutorials' way);
 - `direct`: the SavedModel's `serving_default` concrete function called on each
   request's tensor, no batching (what a competent engineer writes);
-- `floor`: no model: parses the raw body with `json.loads` into an array (an
-  async endpoint, no validation, no thread hop) and returns a stored
-  response, to measure what the HTTP stack alone can serve.
+- `floor`: no model: parses the raw body with orjson (the parser vispipe's
+  server uses) into an array (an async endpoint, no validation, no thread hop)
+  and returns a stored response, to measure what the HTTP stack alone can serve;
+- `floor_json`: the same with the standard library's `json.loads`, the floor
+  of a server without a faster parser.
 
 `naive` and `direct` take the body as FastAPI's tutorials do (`body: dict`, a
 sync endpoint run in its thread pool). All run under `uvicorn.run` with its
@@ -22,7 +24,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-__all__ = ["APPS", "naive_app", "direct_app", "floor_app"]
+__all__ = ["APPS", "naive_app", "direct_app", "floor_app", "floor_json_app"]
 
 HOST = "127.0.0.1"  # loopback only
 PREDICT = "/v1/models/{name}:predict"
@@ -74,26 +76,38 @@ def direct_app(saved_model: str):
     return app
 
 
-def floor_app(response_path: str):
-    """Parses the request into an array as cheaply as Python can and returns the stored response."""
-    import json
+def floor_app(response_path: str, loads=None):
+    """Parses the request into an array as cheaply as Python can and returns the stored response.
 
+    Args:
+        response_path: the stored response body.
+        loads: the JSON parser (default: orjson's).
+    """
     import numpy as np
+    import orjson
     from fastapi import Request, Response
 
+    loads = loads or orjson.loads
     with open(response_path, "rb") as f:
         stored = f.read()
     app = _app()
 
     @app.post(PREDICT)
     async def predict(name: str, request: Request):
-        np.asarray(json.loads(await request.body())["instances"], dtype=np.uint8)
+        np.asarray(loads(await request.body())["instances"], dtype=np.uint8)
         return Response(stored, media_type="application/json")
 
     return app
 
 
-APPS = {"naive": naive_app, "direct": direct_app, "floor": floor_app}
+def floor_json_app(response_path: str):
+    """`floor_app` with the standard library's `json.loads`."""
+    import json
+
+    return floor_app(response_path, json.loads)
+
+
+APPS = {"naive": naive_app, "direct": direct_app, "floor": floor_app, "floor_json": floor_json_app}
 
 
 def main(argv: list[str]) -> int:

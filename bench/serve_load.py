@@ -9,7 +9,10 @@ settings, one at a time, and serve the same model:
   what a competent engineer writes;
 - `naive`: a FastAPI endpoint calling `model.predict` per request, as tutorials do;
 - `http_floor`: the same FastAPI endpoint with no model at all: it parses the
-  request (JSON to an array) and returns a stored response of the same size.
+  request (JSON to an array, with orjson as vispipe does) and returns a stored
+  response of the same size;
+- `http_floor_json`: the same floor parsing with the standard library's `json`
+  (the floor of a server without a faster parser; `efficiency_vs_json_floor`).
 
 Models (`--model`): `lenet`, the DIGITS LeNet trained here on an MNIST PNG
 subset (28x28x1 bodies), or `mobilenet_v2`, Keras' MobileNetV2 at 224x224x3
@@ -64,7 +67,8 @@ from serve_models import MODELS, BenchModel, prepare_model  # noqa: E402
 HOST = "127.0.0.1"  # loopback only
 MAX_CLIENTS = 256
 MAX_DURATION_S = 120.0
-SERVERS = ("http_floor", "naive", "direct", "vispipe")
+SERVERS = ("http_floor", "http_floor_json", "naive", "direct", "vispipe")
+REQUIRED = ("http_floor", "naive", "direct", "vispipe")  # http_floor_json is optional
 
 
 # -- load generator --------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def _command(server: str, model: BenchModel, response: str, port: int, grpc_port
                 "--model_name", model.name, "--port", str(grpc_port), "--file_system_poll_wait_seconds", "0.5",
                 "--rest_api_port", str(port)]
     kind, path = {"naive": ("naive", model.keras_path), "direct": ("direct", os.path.join(model.base, "1")),
-                  "http_floor": ("floor", response)}[server]
+                  "http_floor": ("floor", response), "http_floor_json": ("floor_json", response)}[server]
     return [sys.executable, os.path.join(BENCH, "serve_apps.py"), kind, path, str(port)]
 
 
@@ -342,7 +346,7 @@ def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespa
 
 
 def _report(results: dict[str, dict], offline: dict[int, float], clients: int) -> dict:
-    served = {name: results[name][clients] for name in SERVERS}
+    served = {name: results[name][clients] for name in SERVERS if name in results}
     ceiling_model = max(offline.values())
     ceiling_http = served["http_floor"]["throughput_rps"]
     vispipe = served["vispipe"]["throughput_rps"]
@@ -362,6 +366,10 @@ def _report(results: dict[str, dict], offline: dict[int, float], clients: int) -
         "http_floor": served["http_floor"],
         "efficiency": round(vispipe / min(ceiling_model, ceiling_http), 3),
         "limit": "model" if ceiling_model < ceiling_http else "http",
+        **({"http_floor_json_rps": served["http_floor_json"]["throughput_rps"],
+            "efficiency_vs_json_floor": round(
+                vispipe / min(ceiling_model, served["http_floor_json"]["throughput_rps"]), 3)}
+           if "http_floor_json" in served else {}),
         "p99_over_p50": round(served["vispipe"]["p99_ms"] / max(served["vispipe"]["p50_ms"], 1e-9), 2),
         "clients": clients,
     }
@@ -373,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="32", help=f"concurrent clients, comma-separated counts (each at most {MAX_CLIENTS})")
     parser.add_argument("--duration", type=float, default=20.0, help=f"seconds per server and count (at most {MAX_DURATION_S})")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before timing")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run (all four give the report)")
+    parser.add_argument("--servers", default=",".join(SERVERS), help="servers to run (http_floor, naive, direct and vispipe give the report)")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "vispipe-serve-bench"),
                         help="where the models and data subsets are cached")
     parser.add_argument("--grpc", action="store_true", help="also load vispipe over gRPC (binary tensor bodies)")
@@ -402,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
     }
-    if not set(SERVERS) <= set(results):
+    if not set(REQUIRED) <= set(results):
         report = {"results": results, **common}
     elif len(args.clients) == 1:
         report = {**_report(results, offline, args.clients[0]), **common}

@@ -12,7 +12,13 @@ that the input, not the model, decides) for `--photo-epochs` epochs, fed two way
 - vispipe: `create_dataset` once (timed: `vispipe_creation_s`), then
   `make_dataset(training=True)` over its cached records.
 
-The two take turns, one epoch each. `vispipe_images_per_s` and
+A third feed, `model_only`, is one random in-memory batch repeated: the
+model's own training rate with no input cost (`model_only_images_per_s`), the
+ceiling no feed can pass; with a model this cheap on a CPU it is also what
+vispipe's steady state reaches. The pipelines alone, without the model, are
+timed after training (`*_input_only_images_per_s`).
+
+The three take turns, one epoch each. `vispipe_images_per_s` and
 `tutorial_images_per_s` are steady-state rates (the fastest epoch after the
 first), `end_to_end_s` the whole time for all epochs (vispipe's including the
 dataset creation), and `vispipe_ahead_from_epoch` the first epoch after which
@@ -136,10 +142,11 @@ def compiled_model(weights: list[np.ndarray], num_classes: int) -> keras.Model:
     return model
 
 
-def input_rate(dataset: tf.data.Dataset, images: int, epochs: int) -> float:
-    """Images/s of iterating `dataset`, after one untimed warm-up pass."""
-    for _ in dataset:
-        pass
+def input_rate(dataset: tf.data.Dataset, images: int, epochs: int, warm_up: bool = True) -> float:
+    """Images/s of iterating `dataset`, after one untimed warm-up pass when `warm_up`."""
+    if warm_up:
+        for _ in dataset:
+            pass
     start = time.perf_counter()
     for _ in range(epochs):
         for _ in dataset:
@@ -230,6 +237,19 @@ def small_convnet(num_classes: int) -> keras.Model:
     return model
 
 
+def in_memory_batches(images: int, batch_size: int, num_classes: int) -> tf.data.Dataset:
+    """One random float32 batch, repeated for an epoch's steps: the model with (almost) no input cost.
+
+    Its rate is the model's own ceiling on this machine (its cost does not
+    depend on the pixel values): no feed can train faster.
+    """
+    batch = (
+        tf.random.uniform((batch_size, *PHOTO_SHAPE), 0, 255, seed=0),
+        tf.random.uniform((batch_size,), 0, num_classes, tf.int32, seed=0),
+    )
+    return tf.data.Dataset.from_tensors(batch).repeat(-(-images // batch_size))
+
+
 def _ahead_from(ours: np.ndarray, theirs: np.ndarray) -> int | None:
     """The first epoch (1-based) from which `ours` stays below `theirs`, or None."""
     first = None
@@ -255,9 +275,11 @@ def photos_workload(args: argparse.Namespace, work: str) -> dict:
     ), progress=False)
     creation_s = time.perf_counter() - start
     feeds["vispipe"] = make_dataset(info, "train", args.batch_size, training=True, seed=0)
+    feeds["model_only"] = in_memory_batches(info.split_counts["train"], args.batch_size, info.num_classes)
     models = {name: small_convnet(info.num_classes) for name in feeds}
     initial = models["vispipe"].get_weights()
-    models["tutorial"].set_weights(initial)
+    for name in feeds:
+        models[name].set_weights(initial)
     seconds: dict[str, list[float]] = {name: [] for name in feeds}
     order = list(feeds)
     for _ in range(args.photo_epochs):
@@ -265,11 +287,13 @@ def photos_workload(args: argparse.Namespace, work: str) -> dict:
             start = time.perf_counter()
             models[name].fit(feeds[name], epochs=1, verbose=0)
             seconds[name].append(time.perf_counter() - start)
-        order.reverse()  # neither feed always runs first
+        order = order[1:] + order[:1]  # no feed always runs first
     for name, times in seconds.items():
         print(f"photos {name}: epochs {[round(t, 2) for t in times]} s", file=sys.stderr)
     images = info.split_counts["train"]
     rate = {name: images / min(times[1:] or times) for name, times in seconds.items()}
+    # The pipelines alone, without the model (vispipe's cache is full by now).
+    input_only = {name: input_rate(feeds[name], images, 1, warm_up=False) for name in ("tutorial", "vispipe")}
     cumulative = {
         "vispipe": np.cumsum(seconds["vispipe"]) + creation_s,
         "tutorial": np.cumsum(seconds["tutorial"]),
@@ -278,6 +302,11 @@ def photos_workload(args: argparse.Namespace, work: str) -> dict:
         "vispipe_images_per_s": round(rate["vispipe"], 1),
         "tutorial_images_per_s": round(rate["tutorial"], 1),
         "ratio_vs_tutorial": round(rate["vispipe"] / rate["tutorial"], 3),
+        "model_only_images_per_s": round(rate["model_only"], 1),
+        "vispipe_share_of_model_only": round(rate["vispipe"] / rate["model_only"], 3),
+        "ratio_ceiling_vs_tutorial": round(rate["model_only"] / rate["tutorial"], 3),
+        "vispipe_input_only_images_per_s": round(input_only["vispipe"], 1),
+        "tutorial_input_only_images_per_s": round(input_only["tutorial"], 1),
         "end_to_end_s": {name: round(float(c[-1]), 2) for name, c in cumulative.items()},
         "cumulative_s_by_epoch": {name: [round(float(v), 2) for v in c] for name, c in cumulative.items()},
         "vispipe_creation_s": round(creation_s, 2),

@@ -15,18 +15,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
+import orjson
 import tensorflow as tf
 
 from vispipe.serving.errors import ServingError
 from vispipe.serving.signature import SignatureInfo
 
 __all__ = [
+    "parse_json",
     "decode_predict_json",
     "encode_predict_json",
     "examples_from_json",
@@ -157,6 +160,53 @@ def regression_json(values: list[float]) -> str:
 # -- requests ----------------------------------------------------------------------------
 
 
+_Decoder = TypeVar("_Decoder", bound=Callable[..., Any])
+
+
+def _nesting_checked(decode: _Decoder) -> _Decoder:
+    """`decode` with a RecursionError (a hostile body nested thousands deep) answered as a parse error.
+
+    orjson parses any depth; what then walks the body recursively (base64
+    values, the excerpt in an error message) runs out of stack instead.
+    """
+
+    @functools.wraps(decode)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return decode(*args, **kwargs)
+        except RecursionError:
+            raise _bad("JSON Parse error: the document is nested too deeply") from None
+
+    return checked  # type: ignore[return-value]
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body, parsed by orjson (about twice as fast as `json.loads` on an image's numbers).
+
+    What orjson refuses (the NaN and Infinity tokens TF Serving accepts, numbers
+    past the double range, lone surrogates, UTF-16) is parsed by `json.loads`,
+    which also words the error. An integer past 2**64 is read as a double, as
+    TF Serving's RapidJSON reads it.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an empty or malformed body.
+
+    Example:
+    >>> parse_json(b'{"instances": [[1, 2.5]]}')
+    {'instances': [[1, 2.5]]}
+    """
+    if not raw:
+        raise _bad("JSON Parse error: The document is empty")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # the stdlib decides, and says what is wrong
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
+        raise _bad(f"JSON Parse error: {str(error)[:200]}") from None
+
+
 def _unb64(value: Any) -> Any:
     """Replaces {"b64": "..."} objects by bytes and str by utf-8 bytes, recursively."""
     if isinstance(value, dict):
@@ -243,6 +293,7 @@ def _columnar(inputs: Any, sig: SignatureInfo) -> dict[str, Any]:
     return {name: inputs[name] for name in names}
 
 
+@_nesting_checked
 def decode_predict_json(body: Any, sig: SignatureInfo, max_instances: int) -> tuple[Tensors, bool]:
     """Decodes a REST predict body in row (`instances`) or columnar (`inputs`) format.
 
@@ -320,6 +371,7 @@ def _example(value: Any) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 
+@_nesting_checked
 def examples_from_json(body: Any, max_instances: int) -> np.ndarray:
     """The serialized tf.Examples of a REST classify/regress body, fed as TF Serving feeds them.
 

@@ -142,15 +142,6 @@ _FORMS: dict[str, Callable[..., Awaitable[Target]]] = {"": _latest, "/versions/{
 # -- shared steps ------------------------------------------------------------------------
 
 
-def _parse_json(raw: bytes) -> Any:
-    if not raw:
-        raise ServingError("INVALID_ARGUMENT", "JSON Parse error: The document is empty")
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as error:  # JSONDecodeError and bad UTF-8 are ValueErrors
-        raise ServingError("INVALID_ARGUMENT", f"JSON Parse error: {str(error)[:200]}") from None
-
-
 def _signature_name(body: Any) -> str:
     name = body.get("signature_name", "") if isinstance(body, dict) else ""
     if not isinstance(name, str):
@@ -218,7 +209,7 @@ async def predict(request: Request, target: Target) -> Response:
 
     async def work(servable: Servable) -> str:
         limits = request.app.state.config.limits
-        body = _parse_json(await request.body())
+        body = codec.parse_json(await request.body())
         signature = _signature_name(body)
         arrays, row_format = codec.decode_predict_json(body, servable.signature(signature), limits.max_instances)
         plan = inference.predict_plan(servable, signature, arrays, [], limits)
@@ -234,7 +225,7 @@ async def _examples_api(
 
     async def work(servable: Servable) -> str:
         limits = request.app.state.config.limits
-        body = _parse_json(await request.body())
+        body = codec.parse_json(await request.body())
         signature = _signature_name(body)
         checked = plan(servable, signature, codec.examples_from_json(body, limits.max_instances), limits)
         return encode(results(checked, await _run(request, servable, checked)))
