@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -38,7 +37,7 @@ from conftest import REPO_ROOT
 
 __all__ = [
     "BuiltImage", "Container", "ENGINE", "Volumes", "base_image", "build_image", "find",
-    "free_ports", "host_path", "image_size", "run_container", "run_once", "skip_reason",
+    "host_path", "image_size", "run_container", "run_once", "skip_reason",
     "wait_for",
 ]
 
@@ -130,17 +129,6 @@ def build_image(target: str) -> BuiltImage:
     _built[target] = BuiltImage(tag, time.monotonic() - start, size)
     print(f"\n[image] {tag}: built in {_built[target].build_s:.0f} s, {size / 1e6:.0f} MB")
     return _built[target]
-
-
-def free_ports(count: int) -> list[int]:
-    """Loopback ports nothing listens on right now."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2,

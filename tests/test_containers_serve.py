@@ -34,8 +34,9 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from conftest import extract_subset
-from k8s_podman import (Volumes, base_image, build_image, find, free_ports, host_path,
+from k8s_podman import (Volumes, base_image, build_image, find, host_path,
                         image_size, run_container, run_once, wait_for)
+from ports import free_ports
 from vispipe.cli import main
 from vispipe.deploy import render
 from vispipe.serving import ModelSpec, ServerConfig

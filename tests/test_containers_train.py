@@ -31,8 +31,9 @@ import pytest
 import yaml
 
 from conftest import extract_subset
-from k8s_podman import (Volumes, build_image, find, free_ports, host_path, run_container,
+from k8s_podman import (Volumes, build_image, find, host_path, run_container,
                         wait_for)
+from ports import free_ports
 from vispipe.cli import main
 from vispipe.deploy import render
 from vispipe.train.run_folder import RunFolder

@@ -13,7 +13,6 @@ import dataclasses
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 import yaml
 
 from conftest import extract_subset
+from ports import free_ports
 from test_train import write_pattern_dataset
 from vispipe.cli import main
 from vispipe.configs import LRPolicyConfig, ModelConfig, TrainConfig
@@ -93,22 +93,12 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, output
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("localhost", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _multiworker(args: list[str], homes: list) -> list[subprocess.Popen]:
     """One `vispipe train` process per worker of a local `TF_CONFIG` cluster.
 
     Each worker gets its own `VISPIPE_HOME` (registry), as on separate hosts.
     """
-    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(len(homes))]}
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(len(homes), host="localhost")]}
     workers = []
     for index, home in enumerate(homes):
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}

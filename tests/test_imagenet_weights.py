@@ -26,7 +26,6 @@ from vispipe.models import (
     IMAGENET_NETWORKS,
     Preprocess,
     WeightsFileError,
-    WeightsUnavailableError,
     build_classifier,
 )
 from vispipe.models.imagenet import load_imagenet_weights, read_weights_file

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+
+from ports import free_ports
 
 pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
 
@@ -112,12 +113,6 @@ def _write_tf2_module(path: str) -> None:
         f.write(proto.SerializeToString())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _models_config(entries: list[tuple[str, str]], labels: dict[str, int] | None = None) -> str:
     configs = []
     for name, base in entries:
@@ -155,7 +150,7 @@ def server(tmp_path_factory):
     for name, text in files.items():
         with open(os.path.join(root, name), "w") as f:
             f.write(text)
-    rest, grpc_port = _free_port(), _free_port()
+    rest, grpc_port = free_ports(2)
     command = [
         sys.executable, "-m", "vispipe.cli", "serve",  # TF Serving's flags only
         f"--port={grpc_port}", f"--rest_api_port={rest}",

@@ -17,94 +17,36 @@ import html
 import http.server
 import json
 import os
-import socket
 import threading
-import time
 import zipfile
-from dataclasses import dataclass
 
 import pytest
 
-from vispipe.ui import UISettings, create_app
+from browser_ui import (
+    ARTIFACTS,
+    NO_CHROMIUM,
+    chromium_page,
+    running_ui,
+    shot,
+    wait_until,
+)
+from ports import free_port
+from vispipe.ui import UISettings
 from vispipe.ui.pages_runs import export_available
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.isfile(CHROMIUM),
-                       reason=f"Debian's Chromium is not installed at {CHROMIUM} "
-                              "(apt-get install -y chromium)"),
-]
-ARTIFACTS = os.path.join(os.environ.get("VISPIPE_TEST_ARTIFACTS") or os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-artifacts"), "ui")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class UI:
-    """A running UI: its address and the URL that logs a browser in."""
-
-    url: str
-    token: str
-
-    @property
-    def login_url(self) -> str:
-        return f"{self.url}/?token={self.token}"
+pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 
 
 @pytest.fixture
 def server(mnist_small):
-    import uvicorn
-
-    port = _free_port()
-    settings = UISettings(data_roots=[mnist_small], max_jobs=1)
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    yield UI(f"http://127.0.0.1:{port}", settings.token)
-    uv.should_exit = True
-    thread.join()
+    with running_ui(UISettings(data_roots=[mnist_small], max_jobs=1)) as ui:
+        yield ui
 
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(240_000)
-        # Anything the Content-Security-Policy blocks (an inline script, say) fails the test.
-        blocked = []
-        page.on("console", lambda m: blocked.append(m.text)
-                if "Content Security Policy" in m.text else None)
+    with chromium_page(timeout_ms=240_000) as page:
         yield page
-        browser.close()
-        assert not blocked, blocked
-
-
-def _wait_until(page, expression: str, timeout_s: float = 240) -> None:
-    """Polls a JavaScript expression until it is true. (`page.wait_for_function` evaluates
-    it with `eval`, which the UI's Content-Security-Policy forbids.)"""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
-        time.sleep(0.1)
-
-
-def _shot(page, name: str) -> None:
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
 
 
 def _digit_archive(mnist_small: str, tmp_path) -> str:
@@ -122,16 +64,16 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.goto(server.login_url)
     assert page.url == server.url + "/"  # The token went into a cookie, out of the address bar.
     page.goto(server.url + "/datasets/new")
-    _shot(page, "01-new-dataset")
+    shot(page, "01-new-dataset")
     page.fill("#name", "digits")
     page.fill("#source", "train")
     page.click("#create")
     page.wait_for_selector("#class-counts")
     assert page.locator("#class-counts tbody tr:not(.total):not(.imbalance)").count() == 10
-    _wait_until(page, "[...document.querySelectorAll('img.sample')].every("
+    wait_until(page, "[...document.querySelectorAll('img.sample')].every("
                            "(i) => i.complete && i.naturalWidth === 28)")
     assert page.locator("img.sample").count() == 40
-    _shot(page, "02-dataset")
+    shot(page, "02-dataset")
 
     page.click("text=Train a model on it")
     page.check("#net-custom")
@@ -165,17 +107,17 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     # beside "Create", so that reveal cannot scroll the button away mid-click.
     page.fill("#name", "lenet <browser>")
     page.wait_for_selector("#lr-preview[data-points]")
-    _shot(page, "03-new-model")
+    shot(page, "03-new-model")
     with page.expect_navigation(url="**/jobs/*", timeout=30_000):
         page.click("#train")
     page.wait_for_selector("#chart-loss")
     # The chart gets its first epoch while the job still runs.
-    _wait_until(page, "document.getElementById('chart-loss').dataset.points >= 1")
-    _shot(page, "04-training")
+    wait_until(page, "document.getElementById('chart-loss').dataset.points >= 1")
+    shot(page, "04-training")
     page.wait_for_selector("#final-val-acc")  # The page reloads when the run completes.
     assert "lenet &lt;browser&gt;" in page.content()
     assert page.inner_text("#pretrained") == "Pretrained: none (random initial weights)"
-    _shot(page, "05-model")
+    shot(page, "05-model")
 
     digit_dir = os.path.join(mnist_small, "test", "3")
     digit = os.path.join(digit_dir, sorted(os.listdir(digit_dir))[0])
@@ -183,17 +125,17 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.click("#classify-button")
     page.wait_for_selector("#classify-result .bar")
     assert page.locator("#classify-result .bar").count() == 5
-    _shot(page, "06-classified")
+    shot(page, "06-classified")
 
     archive = _digit_archive(mnist_small, tmp_path)
     page.set_input_files("#classify-many-file", archive)
     with page.expect_navigation(url="**/classify/*"):
         page.click("#classify-many-button")
     page.wait_for_selector("#confusion-matrix")  # The page reloads when the job is done.
-    _wait_until(page, "[...document.querySelectorAll('.thumb img')].every("
+    wait_until(page, "[...document.querySelectorAll('.thumb img')].every("
                            "(i) => i.complete && i.naturalWidth > 0)")
     assert "of 20 labelled images" in page.inner_text("#accuracy")
-    _shot(page, "06a-classify-many")
+    shot(page, "06a-classify-many")
     page.go_back()
     model_page = page.url
 
@@ -210,11 +152,11 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.locator("#pretrained").screenshot(path=os.path.join(ARTIFACTS, "06b-pretrained.png"))
     page.goto(model_page)
     page.set_viewport_size({"width": 390, "height": 844})
-    _shot(page, "07-model-phone")
+    shot(page, "07-model-phone")
     page.goto(server.url + "/")
-    _shot(page, "08-home-phone")
+    shot(page, "08-home-phone")
     page.set_viewport_size({"width": 1280, "height": 800})
-    _shot(page, "09-home")
+    shot(page, "09-home")
 
     if not export_available():
         pytest.skip("dataset, training and classify passed; the `vispipe export` verb is not "
@@ -229,7 +171,7 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.wait_for_selector("#server-result[data-top1]")
     page.wait_for_selector("#browser-result[data-top1]")
     page.wait_for_selector("#compare[data-max-diff]")
-    _shot(page, "10-tfjs")
+    shot(page, "10-tfjs")
     assert (page.get_attribute("#browser-result", "data-top1")
             == page.get_attribute("#server-result", "data-top1"))
     # Both sides classify the file's own pixels with float32 weights: the
@@ -247,7 +189,7 @@ def test_dataset_train_classify_in_the_browser(server, page, mnist_small, tmp_pa
     page.mouse.up()
     page.wait_for_selector("#compare[data-max-diff]")
     assert float(page.get_attribute("#compare", "data-max-diff")) < 1e-4
-    _shot(page, "11-tfjs-drawn")
+    shot(page, "11-tfjs-drawn")
 
 
 def test_home_fits_a_phone_screen_and_deletes_after_asking(server, page):
@@ -267,7 +209,7 @@ def test_home_fits_a_phone_screen_and_deletes_after_asking(server, page):
         box = buttons.nth(i).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390, box
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
-    _shot(page, "12-home-phone-long-names")
+    shot(page, "12-home-phone-long-names")
     # Delete asks first (a script's confirm, no inline handler); the form posts its CSRF token.
     page.once("dialog", lambda dialog: dialog.dismiss())
     buttons.nth(0).click()
@@ -293,7 +235,7 @@ def _serve_page(body: str):
         def log_message(self, *args):
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", _free_port()), Page)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Page)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd
 
@@ -325,7 +267,7 @@ fetch("{server.url}/models/network-preview", {{method: "POST", mode: "no-cors",
         with page.expect_navigation(url=f"{server.url}/models/new"):
             page.goto(f"http://127.0.0.1:{evil.server_port}/")
         assert "cross-site request refused" in page.inner_text("body")
-        _shot(page, "13-cross-origin-refused")
+        shot(page, "13-cross-origin-refused")
     finally:
         evil.shutdown()
     # Both requests went out (the fetch's 403 is also kept from the page by the UI's

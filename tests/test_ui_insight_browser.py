@@ -12,20 +12,14 @@ Cost: about 30 s on 2 idle cores (the two small runs of `ui_insight_runs`, a
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import pytest
 
-from test_ui_browser import ARTIFACTS, CHROMIUM, FLAGS, UI, _free_port, _shot, _wait_until
+from browser_ui import ARTIFACTS, NO_CHROMIUM, chromium_page, running_ui, shot, wait_until
 from ui_insight_runs import make_runs
-from vispipe.ui import UISettings, create_app
+from vispipe.ui import UISettings
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.isfile(CHROMIUM),
-                       reason=f"Debian's Chromium is not installed at {CHROMIUM}"),
-]
+pytestmark = [pytest.mark.slow, NO_CHROMIUM]
 
 
 @pytest.fixture
@@ -37,34 +31,14 @@ def runs(mnist_small, tmp_path, monkeypatch):
 
 @pytest.fixture
 def server(runs, mnist_small):
-    import uvicorn
-
-    port = _free_port()
-    settings = UISettings(data_roots=[mnist_small], max_jobs=1)
-    uv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    yield UI(f"http://127.0.0.1:{port}", settings.token)
-    uv.should_exit = True
-    thread.join()
+    with running_ui(UISettings(data_roots=[mnist_small], max_jobs=1)) as ui:
+        yield ui
 
 
 @pytest.fixture
 def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(120_000)
-        blocked = []
-        page.on("console", lambda m: blocked.append(m.text)
-                if "Content Security Policy" in m.text else None)
+    with chromium_page(timeout_ms=120_000) as page:
         yield page
-        browser.close()
-        assert not blocked, blocked
 
 
 def _painted(page, canvas_id: str) -> int:
@@ -89,7 +63,7 @@ def test_compare_gradcam_and_imbalance_in_the_browser(server, page, runs):
         assert _painted(page, canvas) > 20, canvas
     swatch = page.evaluate("getComputedStyle(document.querySelector('.swatch')).backgroundColor")
     assert swatch == "rgb(31, 111, 235)"
-    _shot(page, "20-compare")
+    shot(page, "20-compare")
     page.click("#show-all")
     page.wait_for_selector("#compare-settings tr:not(.differs) th")
 
@@ -98,14 +72,14 @@ def test_compare_gradcam_and_imbalance_in_the_browser(server, page, runs):
     page.check("#classify-explain")
     page.click("#classify-button")
     page.wait_for_selector("#gradcam-image")
-    _wait_until(page, "document.getElementById('gradcam-image').naturalWidth === 140")
+    wait_until(page, "document.getElementById('gradcam-image').naturalWidth === 140")
     assert "Grad-CAM at layer pool2" in page.inner_text("#classify-result")
     page.locator("#classify").screenshot(path=os.path.join(ARTIFACTS, "21-gradcam.png"))
 
     page.goto(f"{server.url}/datasets/{runs.dataset_id}")
     page.wait_for_selector("#imbalance-note")
     assert page.locator("#imbalance td.warn").count() >= 1
-    _shot(page, "22-dataset-imbalance")
+    shot(page, "22-dataset-imbalance")
 
     from vispipe.evaluate.mislabels import run_label_issues
     from vispipe.registry import Registry
@@ -117,10 +91,10 @@ def test_compare_gradcam_and_imbalance_in_the_browser(server, page, runs):
         page.click("#open-mislabels")
     page.wait_for_selector("#mislabels-summary")
     # The rows' images load lazily: those in view have loaded.
-    _wait_until(page, "[...document.querySelectorAll('#mislabels img')].slice(0, 3).every("
+    wait_until(page, "[...document.querySelectorAll('#mislabels img')].slice(0, 3).every("
                       "(i) => i.complete && i.naturalWidth === 28)")
     with page.expect_download() as download:
         page.click("#mislabels-csv")
     with open(download.value.path(), encoding="utf-8") as f:
         assert f.readline().startswith("rank,filename,given_label,suggested_label")
-    _shot(page, "23-mislabels")
+    shot(page, "23-mislabels")

@@ -36,6 +36,7 @@ from vispipe.registry import Registry
 from vispipe.ui import UISettings, create_app
 from vispipe.ui.jobs import JobQueue, read_job
 
+from ports import free_port
 from ui_helpers import write_run
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -560,9 +561,7 @@ def test_a_page_opened_from_another_site_reloads_once_to_get_its_cookie(roots):
 
 
 def test_the_ui_verb_prints_a_url_with_a_fresh_token(roots):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vispipe", "ui", "--port", str(port),
                              "--data-root", str(roots)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
