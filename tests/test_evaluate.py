@@ -318,7 +318,7 @@ def test_run_folder_end_to_end(tmp_path):
     ), progress=False)
     model = build_classifier(ModelConfig(name="lenet"), info, "standardize")
     model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(make_dataset(info, "train", 4, training=True), epochs=1, verbose=0)
+    model.fit(make_dataset(info, "train", 4, training=True), epochs=1, verbose=0, shuffle=False)
     run = RunFolder(tmp_path / "run")
     run.write_info(RunInfo(name="e2e", dataset_dir=info.path, classes=info.classes,
                            image=info.image, normalization=Normalization("standardize"),

@@ -101,7 +101,7 @@ def _fold_trainer(info, model_cfg, train_cfg, images, labels, epochs: int):
         for epoch in range(epochs):
             ds = make_dataset(info, "train", batch, training=True, augment=train_cfg.augment,
                               seed=train_cfg.seed + epoch, records=records)
-            model.fit(ds, epochs=1, verbose=0)
+            model.fit(ds, epochs=1, verbose=0, shuffle=False)  # The pipeline shuffles.
         probs = [model.predict_on_batch(images[held[i:i + 512]].astype(np.float32))
                  for i in range(0, len(held), 512)]
         return np.concatenate(probs)

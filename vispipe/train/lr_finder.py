@@ -322,7 +322,7 @@ def _train_head(model, split, cached, info, train_cfg: TrainConfig, epochs: int,
                           augment=train_cfg.augment, seed=train_cfg.seed, cache=train_cfg.cache)
         if depth:
             ds = ds.map(lambda x, y: (x, tf.one_hot(y, depth)))
-    trainee.fit(ds, epochs=epochs, verbose=0)
+    trainee.fit(ds, epochs=epochs, verbose=0, shuffle=False)  # The pipeline shuffles.
 
 
 def _range_test(trainee: keras.Model, ds: tf.data.Dataset, schedule, num_steps: int,
