@@ -194,8 +194,32 @@ def config_from_mapping(data: dict, where: str) -> ServerConfig:
         raise ConfigError(f"{where}: {error}") from None
 
 
+# A pipeline file (the tree `vispipe run` reads) keeps the server's settings in this section.
+PIPELINE_SECTION = "serve"
+
+
+def _server_keys(data: dict, path: str) -> dict:
+    """The ServerConfig mapping of a file: the file itself, or a pipeline tree's `serve:` section."""
+    if PIPELINE_SECTION not in data:
+        return data
+    section = data[PIPELINE_SECTION] or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {PIPELINE_SECTION}: expected a mapping of server settings, "
+                          f"got {type(section).__name__}")
+    return section
+
+
+def _from_server_root(override: str) -> str:
+    """`serve.batching.max_batch_size=8` (from the pipeline root) -> `batching.max_batch_size=8`."""
+    prefix = PIPELINE_SECTION + "."
+    return override[len(prefix):] if override.startswith(prefix) else override
+
+
 def load_server_config(path: str | None, overrides: list[str] | None = None, base: dict | None = None) -> ServerConfig:
     """Reads a server YAML file (`${VAR:-default}` expanded) and applies `key=value` overrides.
+
+    The file is either a server config (ServerConfig's keys at the top) or a pipeline file,
+    whose `serve:` section is read; overrides may start at either root (`serve.` is dropped).
 
     Args:
         path: the YAML file, or None to start from `base` only.
@@ -219,11 +243,12 @@ def load_server_config(path: str | None, overrides: list[str] | None = None, bas
                 raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
+        data = _server_keys(data, path)
     for key, value in (base or {}).items():
         node = data
         *parents, last = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    apply_overrides(data, overrides or [])
+    apply_overrides(data, [_from_server_root(item) for item in overrides or []])
     return config_from_mapping(data, path or "flags")

@@ -127,6 +127,20 @@ def test_server_config_loads_from_yaml_with_set_overrides_and_flags(tmp_path):
     assert config.limits == LimitsConfig(max_instances=4, max_image_pixels=1_000_000)
 
 
+def test_a_pipeline_files_serve_section_is_read_with_set_from_either_root(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("name: photos\nmodel: {name: lenet}\ntrain: {epochs: 2}\n"
+                    "serve:\n  models: [{name: photos, base_path: /models/photos}]\n"
+                    "  batching: {max_batch_size: 16}\n")
+    config = _config("--config", str(path), "--set", "serve.batching.max_batch_size=8",
+                     "--set", "limits.max_instances=4")
+    assert config.models == [ModelSpec("photos", "/models/photos")]
+    assert (config.batching.max_batch_size, config.limits.max_instances) == (8, 4)
+    path.write_text("name: photos\nserve: [8501]\n")
+    with pytest.raises(ConfigError, match="serve: expected a mapping of server settings, got list"):
+        load_server_config(str(path))
+
+
 @pytest.mark.parametrize("text, message", [
     ("models: [{name: a, base_path: /a}]\nbatching: {max_batch_sise: 3}\n", "batching.max_batch_sise: unknown key"),
     ("models: [{name: a, base_path: /a}]\nrest_port: eighty\n", "rest_port: expected int"),
