@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -181,5 +183,6 @@ def test_mislabels_page_shows_the_images_and_offers_the_csv(client, runs):
     assert response.status_code == 303
     (job,) = [e for e in Registry.open().list("job") if e.params["verb"] == "mislabels"]
     assert job.params["argv"][:3] == ["mislabels", "--run", Registry.open().get(run_id).path]
-    assert "mislabels.folds=4" in job.params["argv"]
+    with open(os.path.join(job.path, "job.yaml"), encoding="utf-8") as f:
+        assert yaml.safe_load(f) == {"mislabels": {"folds": 4, "epochs": 2, "split": "train"}}
     assert "Search again" in client.get(f"/runs/{run_id}/mislabels").text

@@ -19,7 +19,7 @@ import os
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, RedirectResponse
 
-from vispipe.evaluate.mislabels import MISLABELS_DIR
+from vispipe.evaluate.mislabels import MISLABELS_DIR, MislabelsSettings
 from vispipe.registry import Registry
 from vispipe.ui.forms import int_field
 from vispipe.ui.jobs import log_tail, read_job
@@ -76,8 +76,8 @@ async def start_mislabels(request: Request, entry_id: int):
         raise HTTPException(400, "; ".join(f"{k}: {v}" for k, v in errors.items()) + ".")
     request.app.state.queue.submit(
         f"Likely mislabels of {entry.name}", "mislabels",
-        ["mislabels", "--run", entry.path, "--set", f"mislabels.folds={folds}",
-         "--set", f"mislabels.epochs={epochs}"],
+        ["mislabels", "--run", entry.path],
+        config={"mislabels": MislabelsSettings(folds=folds, epochs=epochs)},
         target=_folder(entry.path), target_kind="mislabels")
     return RedirectResponse(f"/runs/{entry_id}/mislabels", status_code=303)
 
