@@ -18,6 +18,15 @@ ARG CUDA_BASE=nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04
 # TensorFlow reads gs:// itself). train-cpu installs what it needs.
 ARG SERVE_LEAVES_OUT=keras,tensorboard,h5py,libclang,tensorflow-io-gcs-filesystem,setuptools,wheel
 
+# ---- Horovod wheels for the training images (none by default) ------------
+# Empty: the training images compile Horovod (about 45 minutes on 2 cores).
+# A build given a folder holding a Horovod wheel as the build context of this
+# name installs that wheel instead when it fits the image (its Python tags,
+# Gloo and MPI, loads against the image's TensorFlow), e.g. the one
+# `make horovod` built:  --build-context horovod-wheels=.venv/wheels
+# (scripts/images.sh does this).
+FROM scratch AS horovod-wheels
+
 # ---- CPU TensorFlow in /opt/venv (shared by serve and train-cpu) ----------
 # The wheels install_deps.py downloads stay in a build cache, so TensorFlow's
 # is fetched once for all images; pip keeps no cache of its own in a layer.
@@ -77,9 +86,11 @@ RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     scripts/train_image.sh pip system \
     && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
-# extra): the longest step, rebuilt only when the dependencies change.
+# extra): the longest step when Horovod compiles, rebuilt only when the
+# dependencies change.
 # hadolint ignore=DL3059
-RUN scripts/train_image.sh horovod user
+RUN --mount=type=bind,from=horovod-wheels,target=/tmp/horovod-wheels \
+    scripts/train_image.sh horovod user
 COPY README.md ./
 COPY vispipe/ vispipe/
 COPY export/ export/
@@ -121,9 +132,11 @@ RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     scripts/train_image.sh pip system \
     && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
-# extra): the longest step, rebuilt only when the dependencies change.
+# extra): the longest step when Horovod compiles, rebuilt only when the
+# dependencies change.
 # hadolint ignore=DL3059
-RUN scripts/train_image.sh horovod user
+RUN --mount=type=bind,from=horovod-wheels,target=/tmp/horovod-wheels \
+    scripts/train_image.sh horovod user
 COPY README.md ./
 COPY vispipe/ vispipe/
 COPY export/ export/

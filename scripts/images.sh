@@ -5,6 +5,7 @@
 #   scripts/images.sh tag TARGET          # the local tag of a target, e.g. vispipe-serve:dev
 #   scripts/images.sh engine              # podman or docker; fails, saying why, with neither
 #   scripts/images.sh base TARGET         # the base image a build of TARGET would use
+#   scripts/images.sh horovod-wheel       # the Horovod wheel the training images are given, if any
 #
 # Base images: PYTHON_BASE and CUDA_BASE if set; otherwise a local image named
 # localhost/<official name> when one exists (the stand-ins that
@@ -12,6 +13,10 @@
 # else the official image. Builds use host networking, and with podman the
 # host's CA bundle, so that pip inside the build reaches the package registries
 # the way the host does (also through a TLS-inspecting proxy).
+# The training images install the Horovod wheel in HOROVOD_WHEEL_DIR (default
+# .venv/wheels, where `make horovod` leaves the one it built) when it fits them
+# (Python tags, Gloo and MPI, the image's TensorFlow; the image checks), and
+# compile Horovod otherwise: about 45 minutes on 2 cores.
 # IMAGE_TAG (default dev) names the images: vispipe-serve:dev,
 # vispipe-train:dev-cpu, vispipe-train:dev-gpu.
 set -euo pipefail
@@ -21,6 +26,8 @@ IMAGE_TAG="${IMAGE_TAG:-dev}"
 DEFAULT_PYTHON_BASE=python:3.11-slim-bookworm
 DEFAULT_CUDA_BASE=nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+HOROVOD_VERSION=0.28.1
+HOROVOD_WHEEL_DIR="${HOROVOD_WHEEL_DIR:-.venv/wheels}"
 
 engine() {
     local name
@@ -64,8 +71,30 @@ base() {
     esac
 }
 
+# The Horovod wheels in HOROVOD_WHEEL_DIR, one a line (none: nothing).
+horovod_wheel() {
+    local wheel
+    for wheel in "$HOROVOD_WHEEL_DIR"/horovod-"$HOROVOD_VERSION"-*.whl; do
+        [ -f "$wheel" ] && echo "$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")"
+    done
+    return 0
+}
+
+# The build flags that give a training target the Horovod wheel, if there is one.
+horovod_wheel_flags() {
+    local wheels
+    wheels=$(horovod_wheel)
+    if [ -n "$wheels" ]; then
+        echo "offering $wheels (installed when it fits, else Horovod compiles)" >&2
+        echo "--build-context=horovod-wheels=$(cd "$HOROVOD_WHEEL_DIR" && pwd)"
+    else
+        echo "no Horovod $HOROVOD_VERSION wheel in $HOROVOD_WHEEL_DIR (make horovod builds one):" \
+            "the image compiles Horovod" >&2
+    fi
+}
+
 build() {
-    local target image start size flags=(--network host)
+    local target image start size extra flags=(--network host)
     if [ "$ENGINE" = podman ]; then
         flags+=(--format docker)  # OCI images drop HEALTHCHECK
         [ -f "$CA_BUNDLE" ] && flags+=(--volume "$CA_BUNDLE:$CA_BUNDLE:ro")
@@ -74,7 +103,9 @@ build() {
         image=$(tag "$target")
         start=$(date +%s)
         echo "building $image (target $target, base $(base "$target")) with $ENGINE" >&2
-        "$ENGINE" build "${flags[@]}" \
+        extra=()
+        case "$target" in train*) mapfile -t extra < <(horovod_wheel_flags) ;; esac
+        "$ENGINE" build "${flags[@]}" "${extra[@]}" \
             --build-arg "PYTHON_BASE=$(base serve)" --build-arg "CUDA_BASE=$(base train)" \
             --target "$target" --tag "$image" --file Dockerfile .
         size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
@@ -88,6 +119,8 @@ case "$command" in
     engine) engine ;;
     tag) tag "$1" ;;
     base) ENGINE=$(engine); base "$1" ;;
+    horovod-wheel) horovod_wheel ;;
     build) ENGINE=$(engine); if [ $# -eq 0 ]; then build serve train-cpu; else build "$@"; fi ;;
-    *) echo "usage: $0 build [TARGET...] | tag TARGET | base TARGET | engine" >&2; exit 2 ;;
+    *) echo "usage: $0 build [TARGET...] | tag TARGET | base TARGET | horovod-wheel | engine" >&2
+       exit 2 ;;
 esac

@@ -6,14 +6,18 @@
 #   scripts/train_image.sh pip system horovod user
 #     pip      pip in /opt/venv (the serving image's venv has none)
 #     system   MPI runtime and OpenSSH (apt)
-#     horovod  Horovod from source, then its build tools removed again
+#     horovod  Horovod: a wheel the build was given when one fits, else
+#              compiled from source and its build tools removed again
 #     user     user vispipe (uid 1000), a non-root sshd on port 2222
 #
 # Run as root inside the image build, with /opt/venv holding TensorFlow.
+# WHEELS (default /tmp/horovod-wheels) is where the build mounts the Horovod
+# wheels it is given (scripts/images.sh: the one `make horovod` built).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 SSH_PORT=2222  # a non-root sshd cannot bind port 22
 HOME_DIR=/home/vispipe
+WHEELS="${WHEELS:-/tmp/horovod-wheels}"
 
 apt_install() {
     apt-get update -qq
@@ -23,6 +27,25 @@ apt_install() {
 
 installed_packages() {
     dpkg-query -W -f '${Package}\n' | sort
+}
+
+# Horovod from source. Compilers, CMake and MPI headers only for the build:
+# whatever this installs is purged again, so the image keeps none of it (a
+# CUDA devel base keeps its own compilers).
+compile_horovod() {
+    local before new build_deps include
+    before=$(installed_packages)
+    build_deps=(g++ make cmake libopenmpi-dev)
+    include=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    if [ ! -f "$include/Python.h" ]; then
+        # A base whose Python comes from the distribution: its headers.
+        build_deps+=("python$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev")
+    fi
+    apt_install "${build_deps[@]}"
+    HOROVOD_BUILD_JOBS=$(nproc) scripts/build_horovod.sh python
+    new=$(comm -13 <(echo "$before") <(installed_packages))
+    # shellcheck disable=SC2086  # one package name per word
+    apt-get purge -y -qq --auto-remove $new >/dev/null
 }
 
 step() {
@@ -36,21 +59,13 @@ system)
     apt_install openmpi-bin openssh-server openssh-client
     ;;
 horovod)
-    # Compilers, CMake and MPI headers only for the build: whatever this step
-    # installs is purged again, so the image keeps none of it (a CUDA devel
-    # base keeps its own compilers).
-    before=$(installed_packages)
-    build_deps=(g++ make cmake libopenmpi-dev)
-    include=$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-    if [ ! -f "$include/Python.h" ]; then
-        # A base whose Python comes from the distribution: its headers.
-        build_deps+=("python$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev")
-    fi
-    apt_install "${build_deps[@]}"
-    HOROVOD_BUILD_JOBS=$(nproc) scripts/build_horovod.sh python
-    new=$(comm -13 <(echo "$before") <(installed_packages))
-    # shellcheck disable=SC2086  # one package name per word
-    apt-get purge -y -qq --auto-remove $new >/dev/null
+    # Gloo and MPI both (the MPI Operator's launcher runs mpirun).
+    export HOROVOD_WITH_MPI=1 HOROVOD_WHEEL_DIR
+    HOROVOD_WHEEL_DIR=$(mktemp -d)
+    find "$WHEELS" -maxdepth 1 -name 'horovod-*.whl' -exec cp {} "$HOROVOD_WHEEL_DIR" \; \
+        2>/dev/null || true
+    scripts/build_horovod.sh --wheel-only python || compile_horovod
+    rm -rf "$HOROVOD_WHEEL_DIR"
     python - <<'PY'
 import horovod.tensorflow as hvd
 assert hvd.mpi_built() and hvd.gloo_built(), "horovod needs both MPI and Gloo here"

@@ -17,6 +17,7 @@ from conftest import REPO_ROOT
 
 DOCKERFILE = os.path.join(REPO_ROOT, "Dockerfile")
 HADOLINT = os.path.join(os.path.dirname(sys.executable), "hadolint")
+WHEELS_STAGE = "horovod-wheels"  # scripts/images.sh: --build-context horovod-wheels=DIR
 OFFICIAL_BASES = {"PYTHON_BASE": "python:3.11-slim-bookworm",
                   "CUDA_BASE": "nvidia/cuda:12.5.1-cudnn-devel-ubuntu22.04"}
 
@@ -65,8 +66,20 @@ def test_bases_are_build_arguments_defaulting_to_the_official_images():
     assert defaults == OFFICIAL_BASES
     stages = _stages()
     for name, (base, _) in stages.items():
+        if name == WHEELS_STAGE:
+            continue
         assert base in (f"${{{arg}}}" for arg in OFFICIAL_BASES) or base in stages, (name, base)
     assert "localhost/" not in _text()
+
+
+def test_training_images_take_a_horovod_wheel_only_from_an_optional_context():
+    stages = _stages()
+    base, body = stages[WHEELS_STAGE]
+    assert base == "scratch" and _instructions(body) == []  # by default: none, Horovod compiles
+    mount = f"RUN --mount=type=bind,from={WHEELS_STAGE},target=/tmp/horovod-wheels "
+    for name in ("train-cpu", "train"):
+        horovod = [i for i in _instructions(stages[name][1]) if "train_image.sh horovod" in i]
+        assert len(horovod) == 1 and horovod[0].startswith(mount), (name, horovod)
 
 
 def test_final_stages_run_as_non_root_and_serve_has_a_health_check():
