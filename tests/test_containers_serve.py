@@ -45,6 +45,10 @@ from vispipe.serving import ModelSpec, ServerConfig
 from vispipe.serving.app import create_app
 from vispipe.serving.cli import add_serve_parser, config_from_args
 
+# Among the first files of the run (see conftest): its build takes minutes, and
+# the train-cpu file, which reuses the TensorFlow stage it builds, comes later.
+pytestmark = pytest.mark.slow
+
 # What the serving image must not hold (training, datasets, plotting, export
 # converters, the UI, tuning, tracking) and the goal for all beside TensorFlow.
 NOT_IN_SERVE = ("keras", "tensorboard", "tensorflow-datasets", "pyarrow", "scipy", "scikit-learn",
