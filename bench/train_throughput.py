@@ -10,7 +10,7 @@ that the input, not the model, decides) for `--photo-epochs` epochs, fed two way
   128))` + `.prefetch(AUTOTUNE)`, which decodes and resizes every full JPEG
   every epoch;
 - vispipe: `create_dataset` once (timed: `vispipe_creation_s`), with the
-  encoding the README advises for photos (`--encoding`, default `raw`), then
+  encoding the README advises for camera photos (`--encoding`, default `jpeg`), then
   `make_dataset(training=True)` over its cached records.
 
 A third feed, `model_only`, is one random in-memory batch repeated: the
@@ -390,9 +390,9 @@ def main() -> None:
     parser.add_argument("--no-mnist", action="store_true", help="photos only, without the MNIST workload")
     parser.add_argument("--photos", type=int, default=3000, help="photo-sized JPEGs (photos workload)")
     parser.add_argument("--photo-epochs", type=int, default=3, help="epochs per feed (photos workload)")
-    parser.add_argument("--encoding", choices=ENCODINGS, default="raw",
-                        help="vispipe's record encoding (photos workload); raw is what "
-                        "the README advises for photo datasets")
+    parser.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
+                        help="vispipe's record encoding (photos workload); jpeg is what "
+                        "the README advises for datasets of camera photos")
     parser.add_argument("--work-dir", help="keep the generated photos here (default: a temporary folder)")
     parser.add_argument("--data", default=_default_data(),
                         help="MNIST PNG tarball or unpacked folder")
