@@ -431,3 +431,15 @@ def test_real_mnist_subset(tmp_path, mnist_small):
     assert 70 < info.std_pixel[0] < 90
     with open(os.path.join(info.path, "dataset.json")) as f:
         assert json.load(f)["class_counts"]["test"]["7"] == 30
+
+
+def test_workers_start_without_the_callers_main_script():
+    # A main script that imports TensorFlow made every worker pool import it
+    # again (and garbage-collect its objects): creation ran 2x slower.
+    from multiprocessing import spawn
+
+    main = sys.modules["__main__"]
+    with create_module._main_script_hidden():
+        data = spawn.get_preparation_data("worker")
+        assert "init_main_from_path" not in data and "init_main_from_name" not in data
+    assert sys.modules["__main__"] is main
