@@ -79,7 +79,7 @@ def test_a_one_step_fine_tune_still_reaches_the_target():
 
 
 def test_pruning_a_depthwise_batchnorm_net_keeps_its_accuracy():
-    """BatchNorm is frozen during the fine-tune, then its statistics fit the pruned weights."""
+    """After the fine-tune, BatchNorm's statistics are the pruned network's own."""
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 256)
@@ -90,13 +90,15 @@ def test_pruning_a_depthwise_batchnorm_net_keeps_its_accuracy():
     images = np.clip(images, 0, 255).astype(np.uint8)
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    for index, layer in enumerate([keras.layers.Conv2D(8, 3, use_bias=False),
-                                   keras.layers.DepthwiseConv2D(3, use_bias=False)]):
-        x = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"bn{index}")(layer(x)))
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn0")(x))
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="depthwise")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(x))
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
     model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
-    model.fit(images[:192].astype(np.float32), labels[:192], epochs=8, batch_size=32, verbose=0)
+    train = images[:192].astype(np.float32)
+    model.fit(train, labels[:192], epochs=8, batch_size=32, verbose=0)
 
     def accuracy(m):
         return float(np.mean(m.predict(images[192:].astype(np.float32), verbose=0).argmax(1)
@@ -104,14 +106,9 @@ def test_pruning_a_depthwise_batchnorm_net_keeps_its_accuracy():
 
     pruned, _ = prune_model(model, images[:192], labels[:192], 0.5, epochs=2, batch_size=32,
                             progress=False)
-    for name in ("bn0", "bn1"):
-        before, after = model.get_layer(name), pruned.get_layer(name)
-        assert after.trainable  # as it was
-        for attr in ("gamma", "beta"):  # frozen during the fine-tune
-            np.testing.assert_array_equal(keras.ops.convert_to_numpy(getattr(before, attr)),
-                                          keras.ops.convert_to_numpy(getattr(after, attr)))
-        # The moving statistics were recomputed for the pruned weights.
-        assert not np.allclose(keras.ops.convert_to_numpy(before.moving_variance),
-                               keras.ops.convert_to_numpy(after.moving_variance))
+    # Six full batches: the recomputed mean is the mean of the pruned conv's outputs.
+    conv = keras.Model(pruned.inputs, pruned.get_layer("conv").output).predict(train, verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pruned.get_layer("bn0").moving_mean),
+                               conv.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
     assert accuracy(model) > 0.9
     assert accuracy(pruned) >= accuracy(model) - 0.05
