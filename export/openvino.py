@@ -13,8 +13,10 @@ Choices, recorded in each row's details and in `openvino/export.json`:
 - float16: weights stored in float16 (`compress_to_fp16`); the CPU plugin
   computes in float32, GPUs and NPUs in float16;
 - int8: NNCF post-training quantization (symmetric int8 weights and
-  activations, fast bias correction) calibrated on the same training images
-  as the TFLite int8 model;
+  activations, full bias correction, 7-bit weights by NNCF's overflow fix)
+  calibrated on the same training images as the TFLite int8 model; ignored
+  scopes, the MIXED preset and quantile ranges were measured and not better
+  (bench/README.md);
 - verified with `INFERENCE_PRECISION_HINT=f32` and `PERFORMANCE_HINT=LATENCY`,
   so a CPU with bfloat16 units does not silently lower the float models.
 

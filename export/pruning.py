@@ -26,6 +26,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from vispipe.models.batchnorm import recompute_statistics
+
 __all__ = [
     "PolynomialDecay",
     "PruneReport",
@@ -113,6 +115,7 @@ class PruneReport:
 
 
 _EAGER_STEPS = 8  # fine-tunes this short run eagerly
+_STAT_BATCHES = 32  # training batches BatchNorm's statistics are recomputed on after pruning
 # The layers tfmot prunes, with their kernels' attribute names in Keras 3
 # (which calls a depthwise layer's kernel `kernel`; Keras 2 said `depthwise_kernel`).
 _SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
@@ -202,6 +205,15 @@ def weight_sparsity(model: keras.Model) -> tuple[list[dict[str, Any]], float]:
     return layers, zeros_total / max(size_total, 1)
 
 
+def _recompute_statistics(model: keras.Model, images: np.ndarray, batch_size: int,
+                          seed: int) -> None:
+    """Sets BatchNorm's moving statistics to those of the pruned weights (`_STAT_BATCHES`)."""
+    order = np.random.default_rng(seed).permutation(len(images))[:_STAT_BATCHES * batch_size]
+    batches = (np.asarray(images[order[i:i + batch_size]], np.float32)
+               for i in range(0, len(order), batch_size))
+    recompute_statistics(model, batches, _STAT_BATCHES)
+
+
 def prune_model(
     model: keras.Model,
     images: np.ndarray,
@@ -223,6 +235,13 @@ def prune_model(
     the last one exactly at the target), and the rest of the fine-tune
     recovers accuracy at the target sparsity. A fine-tune of one or two
     steps prunes to the target at its first step. `model` is left unchanged.
+
+    BatchNorm's moving statistics are recomputed on training batches after
+    the fine-tune (`recompute_statistics`, "precise BN"): the moving
+    averages of a short fine-tune lag the weights it keeps zeroing.
+    Measured (top-1 drop from Keras, points): CIFAR-5 MobileNetV2 at 50%
+    (250 steps) 3.25 recomputed, 4.65 with BatchNorm frozen; CIFAR-10
+    ResNet-20 at 80% (314 steps) 6.0 recomputed, 6.3 not, 31.6 frozen.
 
     Args:
         model: The trained Keras model.
@@ -282,6 +301,7 @@ def prune_model(
     history = pruned.fit(np.asarray(images, np.float32), np.asarray(labels), epochs=epochs,
                          batch_size=batch_size, shuffle=True, callbacks=[callback],
                          verbose=1 if progress else 0)
+    _recompute_statistics(pruned, images, batch_size, seed)
     layers, total = weight_sparsity(pruned)
     report = PruneReport(
         target_sparsity=target_sparsity, schedule=dataclasses.asdict(schedule), layers=layers,

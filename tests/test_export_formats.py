@@ -288,6 +288,11 @@ def test_onnx_keeps_the_contract_and_records_its_choices(exported):
     int8 = onnx.load(os.path.join(out, rows["onnx_int8"]["path"]))
     ops = {node.op_type for node in int8.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # Compact: short names, no shape annotations, no all-zero zero points (weights, biases).
+    assert [node.name for node in int8.graph.node] == [f"n{i}" for i in range(len(int8.graph.node))]
+    assert not int8.graph.value_info
+    assert sum(len(node.input) == 2 for node in int8.graph.node
+               if node.op_type == "DequantizeLinear") >= 4
     assert rows["onnx_int8"]["size_bytes"] * 2.5 < rows["onnx_float32"]["size_bytes"]
     assert rows["onnx_float16"]["size_bytes"] * 1.6 < rows["onnx_float32"]["size_bytes"]
 

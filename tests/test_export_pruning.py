@@ -76,3 +76,39 @@ def test_a_one_step_fine_tune_still_reaches_the_target():
         "depthwise", "separable/depthwise_kernel", "separable/pointwise_kernel", "dense"]
     for layer in report.layers:  # 27-weight kernels keep round(13.5) = 14
         assert layer["sparsity"] == pytest.approx(0.5, abs=0.02), layer
+
+
+def test_pruning_a_depthwise_batchnorm_net_keeps_its_accuracy():
+    """After the fine-tune, BatchNorm's statistics are the pruned network's own."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 256)
+    # Class 1 is brighter in the red channel and darker in blue: learnable in a few epochs.
+    images = rng.normal(128, 40, (256, 12, 12, 3))
+    images[..., 0] += np.where(labels, 30, -30)[:, None, None]
+    images[..., 2] -= np.where(labels, 30, -30)[:, None, None]
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, use_bias=False, name="conv")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn0")(x))
+    x = keras.layers.DepthwiseConv2D(3, use_bias=False, name="depthwise")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(x))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    train = images[:192].astype(np.float32)
+    model.fit(train, labels[:192], epochs=8, batch_size=32, verbose=0)
+
+    def accuracy(m):
+        return float(np.mean(m.predict(images[192:].astype(np.float32), verbose=0).argmax(1)
+                             == labels[192:]))
+
+    pruned, _ = prune_model(model, images[:192], labels[:192], 0.5, epochs=2, batch_size=32,
+                            progress=False)
+    # Six full batches: the recomputed mean is the mean of the pruned conv's outputs.
+    conv = keras.Model(pruned.inputs, pruned.get_layer("conv").output).predict(train, verbose=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pruned.get_layer("bn0").moving_mean),
+                               conv.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+    assert accuracy(model) > 0.9
+    assert accuracy(pruned) >= accuracy(model) - 0.05
