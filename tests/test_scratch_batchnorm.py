@@ -1,6 +1,6 @@
 """From scratch on a small real colour set, BatchNorm networks must work in inference mode.
 
-Four CIFAR-10 classes, 200 training and 50 validation images each, at 72x72,
+Four CIFAR-10 classes, 200 training and 50 validation images each, at 64x64,
 5 epochs. With `keras.applications`' BatchNorm momentum (0.999 for
 MobileNetV2, 0.99 for EfficientNet) and no recomputation, the moving
 statistics still hold most of their initial values after 125 steps and the
@@ -38,7 +38,7 @@ CHANCE = 1 / len(CLASSES)
 @pytest.fixture(scope="module")
 def colour_set(tmp_path_factory) -> str:
     return cifar_dataset(str(tmp_path_factory.mktemp("cifar4")), CLASSES, train_per_class=200,
-                         val_per_class=50, size=72)
+                         val_per_class=50, size=64)
 
 
 def solver(**overrides) -> TrainConfig:
