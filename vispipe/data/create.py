@@ -36,6 +36,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import types
 from collections.abc import Iterable, Iterator
@@ -208,32 +209,47 @@ def _process_chunk(task: tuple[list[SourceImage], ImageOptions]) -> _ChunkResult
 
 
 def _init_worker() -> None:
-    """Ignores Ctrl-C and keeps the garbage collector off inherited objects."""
+    """Ignores Ctrl-C and keeps the garbage collector off long-lived objects."""
     # Ctrl-C reaches the whole process group; the parent alone handles it
     # and terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Whatever the fork server imported is never freed; full collections
-    # need not walk it again for every chunk.
+    # Each worker imports this module and its dependencies itself; freezing
+    # them keeps full collections from walking those objects for every chunk.
     gc.freeze()
+
+
+# Held around swapping `sys.modules["__main__"]` and creating the pool, so
+# that concurrent creations never restore each other's module.
+_MAIN_SWAP_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def _main_script_hidden() -> Iterator[None]:
     """Starts workers without importing the caller's `__main__` script.
 
-    multiprocessing's fork server (and every spawned child) imports the
-    parent's main script, so a script that imports TensorFlow and Keras made
-    each creation pay for that import again, and every garbage collection in
-    the workers walk TensorFlow's objects: creation from photos ran 2x slower
-    under such a script (bench/README.md). The workers need only this module.
-    `python -m` mains and notebooks are not re-imported anyway.
+    Workers (spawned, or forked by the fork server) import the parent's main
+    script: `python script.py`, and `python -m pkg.mod` too, re-imported by
+    spawn's preparation as `__mp_main__` unless the name ends in `__main__`.
+    A script that imports TensorFlow and Keras so made each creation pay for
+    that import again, and every garbage collection in the workers walk
+    TensorFlow's objects: creation from photos ran 2x slower under such a script
+    (bench/README.md). The workers need only this module. The lock is held
+    for the whole scope, so create the pool inside it; workers that the pool
+    restarts later are started outside it and do import the script.
     """
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
+    with _MAIN_SWAP_LOCK:
+        missing = object()
+        main = sys.modules.get("__main__", missing)
+        blank = types.ModuleType("__main__")
+        sys.modules["__main__"] = blank
+        try:
+            yield
+        finally:
+            if sys.modules.get("__main__") is blank:
+                if main is missing:
+                    del sys.modules["__main__"]
+                else:
+                    sys.modules["__main__"] = main
 
 
 @contextlib.contextmanager
