@@ -433,13 +433,31 @@ def test_real_mnist_subset(tmp_path, mnist_small):
         assert json.load(f)["class_counts"]["test"]["7"] == 30
 
 
-def test_workers_start_without_the_callers_main_script():
-    # A main script that imports TensorFlow made every worker pool import it
-    # again (and garbage-collect its objects): creation ran 2x slower.
-    from multiprocessing import spawn
+_MAIN_SCRIPT = """
+import sys
 
-    main = sys.modules["__main__"]
-    with create_module._main_script_hidden():
-        data = spawn.get_preparation_data("worker")
-        assert "init_main_from_path" not in data and "init_main_from_name" not in data
-    assert sys.modules["__main__"] is main
+with open(sys.argv[2], "a") as marker:
+    marker.write(__name__ + "\\n")
+
+if __name__ == "__main__":
+    from vispipe.configs import DatasetConfig, ImageOptions
+    from vispipe.data.create import create_dataset
+
+    create_dataset(DatasetConfig(
+        source=sys.argv[1], output=sys.argv[3], val_percent=0.0, workers=2,
+        image=ImageOptions(height=8, width=8, channels=1),
+    ), progress=False)
+"""
+
+
+def test_workers_start_without_the_callers_main_script(tmp_path):
+    # A main script that imports TensorFlow made every worker pool import it
+    # again (and garbage-collect its objects): creation ran 2x slower. The
+    # script records each import of itself; only the parent's may happen.
+    source = _folder(tmp_path / "src", {"a": 5, "b": 5})  # 2 chunks: a pool
+    script, marker = tmp_path / "script.py", tmp_path / "imports.txt"
+    script.write_text(_MAIN_SCRIPT)
+    subprocess.run([sys.executable, str(script), source, str(marker), str(tmp_path / "ds")],
+                   check=True, timeout=120)
+    assert read_dataset_info(str(tmp_path / "ds")).split_counts["train"] == 10
+    assert marker.read_text().splitlines() == ["__main__"]
