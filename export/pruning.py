@@ -207,8 +207,15 @@ def weight_sparsity(model: keras.Model) -> tuple[list[dict[str, Any]], float]:
 
 def _recompute_statistics(model: keras.Model, images: np.ndarray, batch_size: int,
                           seed: int) -> None:
-    """Sets BatchNorm's moving statistics to those of the pruned weights (`_STAT_BATCHES`)."""
+    """Sets BatchNorm's moving statistics to those of the pruned weights (`_STAT_BATCHES`).
+
+    A final partial batch is left out when there is a full one (a batch of
+    one image has zero variance).
+    """
+    images = np.asarray(images)
     order = np.random.default_rng(seed).permutation(len(images))[:_STAT_BATCHES * batch_size]
+    if len(order) >= batch_size:
+        order = order[:len(order) // batch_size * batch_size]
     batches = (np.asarray(images[order[i:i + batch_size]], np.float32)
                for i in range(0, len(order), batch_size))
     recompute_statistics(model, batches, _STAT_BATCHES)

@@ -112,3 +112,20 @@ def test_pruning_a_depthwise_batchnorm_net_keeps_its_accuracy():
                                conv.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
     assert accuracy(model) > 0.9
     assert accuracy(pruned) >= accuracy(model) - 0.05
+
+
+def test_statistics_use_full_batches_of_a_list_of_images():
+    from vispipe.export import pruning
+
+    inputs = keras.Input((1, 1, 1))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(inputs))
+    images = [np.full((1, 1, 1), value, np.uint8) for value in (10, 20, 30, 40, 250)]
+    pruning._recompute_statistics(model, images, batch_size=2, seed=0)
+    # Two batches of two; the fifth image (a batch of one, zero variance) is left out.
+    order = np.random.default_rng(0).permutation(5)[:4]
+    values = np.array([10, 20, 30, 40, 250], np.float64)[order].reshape(2, 2)
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), [values.mean()],
+                               rtol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance),
+                               [values.var(axis=1).mean()], rtol=1e-5)
