@@ -56,10 +56,6 @@ def onnx_parts(path: str) -> dict[str, int]:
 
     model = onnx.load(path)
     graph = model.graph
-    readers = collections.defaultdict(set)
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            readers[name].add((node.op_type, index))
     parts: collections.Counter = collections.Counter()
     for tensor in graph.initializer:
         value = onnx.numpy_helper.to_array(tensor)
@@ -96,7 +92,8 @@ def breakdown(folder: str) -> dict[str, Any]:
         folder: An export folder (`vispipe export`).
 
     Returns:
-        Per runtime: sizes, the ratio, the weights-only ceiling and the parts.
+        Per runtime: sizes, the ratio, the weights-only ceiling (a note
+        instead when the int8 file has no int8 weights) and the parts.
     """
     files = {
         "tflite": (lambda: _one(folder, "tflite/*_float32.tflite"),
@@ -114,10 +111,11 @@ def breakdown(folder: str) -> dict[str, Any]:
             result[runtime] = {"skipped": str(e)}
             continue
         split = parts(i8)
-        weights = split.get("int8 weights") or split["int8 constants read by Convert"]
+        weights = split.get("int8 weights", 0) or split.get("int8 constants read by Convert", 0)
         result[runtime] = {"float32_bytes": size(f32), "int8_bytes": size(i8),
                            "ratio": round(size(f32) / size(i8), 3),
-                           "weights_only_ceiling": round(size(f32) / weights, 3),
+                           "weights_only_ceiling": (round(size(f32) / weights, 3) if weights
+                                                    else "no int8 weights found"),
                            "int8_parts": split}
     return result
 
