@@ -33,9 +33,11 @@ setup: $(STAMP)
 # installs instead of compiling Horovod again (scripts/images.sh).
 $(HOROVOD_STAMP): $(STAMP) scripts/build_horovod.sh
 	@command -v mpicxx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		apt-get install -y -qq --no-install-recommends libopenmpi-dev openmpi-bin >/dev/null; } || \
-		echo "OpenMPI's headers not installed (needs root): Horovod is built without MPI," \
-			"so the train-cpu image would compile its own and its tests skip in make test"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			libopenmpi-dev openmpi-bin >/dev/null; } || \
+		echo "could not install OpenMPI's headers (needs root and apt): Horovod is built" \
+			"without MPI, so the train-cpu image would compile its own and its tests skip" \
+			"in make test; after installing them, make -B horovod rebuilds it"
 	scripts/build_horovod.sh $(BIN)/python
 	touch $@
 
