@@ -5,7 +5,7 @@
 #   scripts/images.sh tag TARGET          # the local tag of a target, e.g. vispipe-serve:dev
 #   scripts/images.sh engine              # podman or docker; fails, saying why, with neither
 #   scripts/images.sh base TARGET         # the base image a build of TARGET would use
-#   scripts/images.sh horovod-wheel       # the Horovod wheel the training images are given, if any
+#   scripts/images.sh horovod-wheel       # the Horovod wheel the train-cpu image is given, if any
 #
 # Base images: PYTHON_BASE and CUDA_BASE if set; otherwise a local image named
 # localhost/<official name> when one exists (the stand-ins that
@@ -13,13 +13,15 @@
 # else the official image. Builds use host networking, and with podman the
 # host's CA bundle, so that pip inside the build reaches the package registries
 # the way the host does (also through a TLS-inspecting proxy).
-# The training images install the Horovod wheel in HOROVOD_WHEEL_DIR (default
-# .venv/wheels, where `make horovod` leaves the one it built) when it fits them
+# The train-cpu image installs the Horovod wheel in HOROVOD_WHEEL_DIR (default
+# .venv/wheels, where `make horovod` leaves the one it built) when it fits it
 # (Python tags, Gloo and MPI, the image's TensorFlow; the image checks), and
-# compile Horovod otherwise: about 45 minutes on 2 cores.
+# compiles Horovod otherwise: about 45 minutes on 2 cores. The CUDA train image
+# always compiles its own (the host's wheel has no GPU operations).
 # IMAGE_TAG (default dev) names the images: vispipe-serve:dev,
 # vispipe-train:dev-cpu, vispipe-train:dev-gpu.
 set -euo pipefail
+shopt -s inherit_errexit  # a failure inside $(...) stops the script too
 cd "$(dirname "$0")/.."
 
 IMAGE_TAG="${IMAGE_TAG:-dev}"
@@ -80,21 +82,22 @@ horovod_wheel() {
     return 0
 }
 
-# The build flags that give a training target the Horovod wheel, if there is one.
-horovod_wheel_flags() {
-    local wheels
+# The build flag that gives train-cpu the Horovod wheel: nothing when there is none.
+horovod_wheel_flag() {
+    local wheels folder
     wheels=$(horovod_wheel)
-    if [ -n "$wheels" ]; then
-        echo "offering $wheels (installed when it fits, else Horovod compiles)" >&2
-        echo "--build-context=horovod-wheels=$(cd "$HOROVOD_WHEEL_DIR" && pwd)"
-    else
+    if [ -z "$wheels" ]; then
         echo "no Horovod $HOROVOD_VERSION wheel in $HOROVOD_WHEEL_DIR (make horovod builds one):" \
             "the image compiles Horovod" >&2
+        return 0
     fi
+    folder=$(cd "$HOROVOD_WHEEL_DIR" && pwd)
+    echo "offering $wheels (installed when it fits, else Horovod compiles)" >&2
+    echo "--build-context=horovod-wheels=$folder"
 }
 
 build() {
-    local target image start size extra flags=(--network host)
+    local target image start size wheel extra flags=(--network host)
     if [ "$ENGINE" = podman ]; then
         flags+=(--format docker)  # OCI images drop HEALTHCHECK
         [ -f "$CA_BUNDLE" ] && flags+=(--volume "$CA_BUNDLE:$CA_BUNDLE:ro")
@@ -104,7 +107,10 @@ build() {
         start=$(date +%s)
         echo "building $image (target $target, base $(base "$target")) with $ENGINE" >&2
         extra=()
-        case "$target" in train*) mapfile -t extra < <(horovod_wheel_flags) ;; esac
+        if [ "$target" = train-cpu ]; then
+            wheel=$(horovod_wheel_flag)  # fails the build when the lookup fails
+            [ -z "$wheel" ] || extra+=("$wheel")
+        fi
         "$ENGINE" build "${flags[@]}" "${extra[@]}" \
             --build-arg "PYTHON_BASE=$(base serve)" --build-arg "CUDA_BASE=$(base train)" \
             --target "$target" --tag "$image" --file Dockerfile .
