@@ -48,26 +48,45 @@ CONSTRAINTS=()
 [ -f constraints.txt ] && CONSTRAINTS=(-c constraints.txt)
 
 # Succeeds when horovod.tensorflow imports in $PYTHON with every needed feature.
+# With `explain` (a wheel was just installed) it says on stderr why not; the
+# Python's own stderr (TensorFlow's logging) is dropped.
 has_horovod() {
-    "$PYTHON" - "${NEEDED[@]}" <<'PY' >/dev/null 2>&1
+    "$PYTHON" - "${1:-quiet}" "${NEEDED[@]}" <<'PY' >&2 2>/dev/null
 import sys
-import horovod.tensorflow as hvd
-sys.exit(0 if all(getattr(hvd, f"{name}_built")() for name in sys.argv[1:]) else 1)
+
+explain, needed = sys.argv[1] == "explain", sys.argv[2:]
+try:
+    import horovod.tensorflow as hvd
+except Exception as error:  # ImportError, or a library that fails to load
+    if explain:
+        print(f"horovod.tensorflow does not import: {error!r}")
+    sys.exit(1)
+missing = [name for name in needed if not getattr(hvd, f"{name}_built")()]
+if missing and explain:
+    print(f"horovod is built without {', '.join(missing)}")
+sys.exit(1 if missing else 0)
 PY
 }
 
-# Prints the horovod $VERSION wheel in $WHEEL_DIR whose tags $PYTHON supports, if any.
+# Prints the horovod $VERSION wheel in $WHEEL_DIR whose tags $PYTHON supports, if
+# any (with packaging, a dependency of tensorflow); a malformed name is skipped.
 fitting_wheel() {
     "$PYTHON" - "$WHEEL_DIR" "$VERSION" <<'PY'
 import pathlib
 import sys
-from pip._vendor.packaging.tags import sys_tags
-from pip._vendor.packaging.utils import parse_wheel_filename
+
+from packaging.tags import sys_tags
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 folder, version = pathlib.Path(sys.argv[1]), sys.argv[2]
 supported = set(sys_tags())
 for path in sorted(folder.glob(f"horovod-{version}-*.whl")):
-    if supported & set(parse_wheel_filename(path.name)[3]):
+    try:
+        tags = parse_wheel_filename(path.name)[3]
+    except InvalidWheelFilename as error:
+        print(f"skipping {path}: {error}", file=sys.stderr)
+        continue
+    if supported & set(tags):
         print(path)
         break
 PY
@@ -96,7 +115,7 @@ if [ -n "$wheel" ] && has_horovod; then
 fi
 if [ -n "$wheel" ]; then
     install_wheel "$wheel"
-    if has_horovod; then
+    if has_horovod explain; then
         echo "installed $wheel"
         report
         exit 0
