@@ -36,6 +36,7 @@ import zipfile
 from typing import Any, Callable
 
 import pytest
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from conftest import REPO_ROOT
 
@@ -47,6 +48,7 @@ __all__ = [
 
 ENGINE = shutil.which("podman") or shutil.which("docker") or ""
 IMAGES_SH = os.path.join(REPO_ROOT, "scripts", "images.sh")
+IMAGE_PYTHON_TAG = "cp311"  # the images' Python, 3.11 (the Dockerfile's PYTHON_BASE)
 BUILD_TIMEOUT_S = 3600
 # One build at a time per checkout: serve and train-cpu share the CPU
 # TensorFlow stage, which two test processes building at once would both build.
@@ -91,8 +93,17 @@ def run_once(image: str, *args: str, entrypoint: str | None = None,
     return _engine("run", "--rm", "--network", "none", *flags, image, *args, timeout=timeout)
 
 
+def _for_image_python(wheel: str) -> bool:
+    """Whether a wheel's file name has a tag for the images' CPython 3.11."""
+    try:
+        tags = parse_wheel_filename(os.path.basename(wheel))[3]
+    except InvalidWheelFilename:
+        return False
+    return any(tag.interpreter == IMAGE_PYTHON_TAG for tag in tags)
+
+
 def horovod_wheel() -> tuple[str, str] | None:
-    """The Horovod wheel with MPI that scripts/images.sh gives the training images, or None.
+    """The Horovod wheel with MPI for Python 3.11 that scripts/images.sh gives train-cpu, or None.
 
     Returns:
         (the wheel's path, the path in it of Horovod's TensorFlow library).
@@ -100,7 +111,7 @@ def horovod_wheel() -> tuple[str, str] | None:
         45 minutes on 2 cores). The image checks the wheel fully (tags, Gloo,
         its TensorFlow) and compiles when it does not fit.
     """
-    for wheel in _images_sh("horovod-wheel").stdout.split():
+    for wheel in filter(_for_image_python, _images_sh("horovod-wheel").stdout.split()):
         with zipfile.ZipFile(wheel) as archive:
             for name in archive.namelist():
                 if (name.startswith("horovod/tensorflow/mpi_lib") and name.endswith(".so")
