@@ -83,12 +83,20 @@ def pixel_model():
     return model
 
 
+def _slow_minutes(item: pytest.Item) -> float | None:
+    """The `slow` marker's `minutes` (0 when not given), or None for a file not marked slow."""
+    marker = item.get_closest_marker("slow")
+    return None if marker is None else float(marker.kwargs.get("minutes", 0))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files marked `slow` run first, each file's tests staying together and in order.
+    """Files marked `slow` run first, the longest first; each file's tests stay together and in order.
 
     Under `make test` (`-n 2 --dist loadfile`) each worker takes whole files in
-    this order; with the long real-training files at the end, one worker would
-    be left running the last of them alone while the other sat idle.
+    this order; with a long real-training file at the end, one worker would be
+    left running it alone while the other sat idle. `slow(minutes=N)` gives a
+    file's worker minutes in a full run, so that the longest start first.
     """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # Stable: order within a file kept.
+    minutes = {item.path: _slow_minutes(item) for item in items}
+    # Stable: the order within a file, and among equals, is kept.
+    items.sort(key=lambda item: (minutes[item.path] is None, -(minutes[item.path] or 0)))

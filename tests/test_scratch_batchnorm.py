@@ -29,7 +29,7 @@ from vispipe.data.inputs import load_arrays
 from vispipe.train import load_run_model, train
 from vispipe.train.run_folder import read_run_info
 
-pytestmark = pytest.mark.slow  # Scheduled first (see conftest).
+pytestmark = pytest.mark.slow(minutes=20)  # Its worker minutes in a full run: the first file (see conftest).
 
 CLASSES = ("airplane", "automobile", "frog", "ship")
 CHANCE = 1 / len(CLASSES)
