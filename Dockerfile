@@ -87,7 +87,10 @@ RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
 # extra): the longest step when Horovod compiles, rebuilt only when the
-# dependencies change.
+# dependencies or the offered wheels change. A bind mount's content is not part
+# of the layer cache's key, so the build names the wheels by their SHA-256
+# (scripts/images.sh): a new wheel is installed, not an old layer reused.
+ARG HOROVOD_WHEELS_SHA256=none
 # hadolint ignore=DL3059
 RUN --mount=type=bind,from=horovod-wheels,target=/tmp/horovod-wheels \
     scripts/train_image.sh horovod user
@@ -133,7 +136,10 @@ RUN --mount=type=cache,target=/var/cache/vispipe-wheels,sharing=locked \
     && python scripts/install_deps.py --wheel-dir /var/cache/vispipe-wheels --extras train
 # Its own layer (horovod.tensorflow imports Keras, so it comes after the train
 # extra): the longest step when Horovod compiles, rebuilt only when the
-# dependencies change.
+# dependencies or the offered wheels change. A bind mount's content is not part
+# of the layer cache's key, so the build names the wheels by their SHA-256
+# (scripts/images.sh): a new wheel is installed, not an old layer reused.
+ARG HOROVOD_WHEELS_SHA256=none
 # hadolint ignore=DL3059
 RUN --mount=type=bind,from=horovod-wheels,target=/tmp/horovod-wheels \
     scripts/train_image.sh horovod user

@@ -82,9 +82,9 @@ horovod_wheel() {
     return 0
 }
 
-# The build flag that gives train-cpu the Horovod wheel: nothing when there is none.
+# The build flags that give train-cpu the Horovod wheel, one a line: none when there is none.
 horovod_wheel_flag() {
-    local wheels folder
+    local wheels folder list
     wheels=$(horovod_wheel)
     if [ -z "$wheels" ]; then
         echo "no Horovod $HOROVOD_VERSION wheel in $HOROVOD_WHEEL_DIR (make horovod builds one):" \
@@ -94,10 +94,13 @@ horovod_wheel_flag() {
     folder=$(cd "$HOROVOD_WHEEL_DIR" && pwd)
     echo "offering $wheels (installed when it fits, else Horovod compiles)" >&2
     echo "--build-context=horovod-wheels=$folder"
+    # Keys the Horovod layer's cache on the wheels (see the Dockerfile).
+    mapfile -t list <<< "$wheels"
+    echo "--build-arg=HOROVOD_WHEELS_SHA256=$(sha256sum "${list[@]}" | cut -d' ' -f1 | sha256sum | cut -d' ' -f1)"
 }
 
 build() {
-    local target image start size wheel extra flags=(--network host)
+    local target image start size wheel_flags extra flags=(--network host)
     if [ "$ENGINE" = podman ]; then
         flags+=(--format docker)  # OCI images drop HEALTHCHECK
         [ -f "$CA_BUNDLE" ] && flags+=(--volume "$CA_BUNDLE:$CA_BUNDLE:ro")
@@ -108,8 +111,8 @@ build() {
         echo "building $image (target $target, base $(base "$target")) with $ENGINE" >&2
         extra=()
         if [ "$target" = train-cpu ]; then
-            wheel=$(horovod_wheel_flag)  # fails the build when the lookup fails
-            [ -z "$wheel" ] || extra+=("$wheel")
+            wheel_flags=$(horovod_wheel_flag)  # fails the build when the lookup fails
+            [ -z "$wheel_flags" ] || mapfile -t extra <<< "$wheel_flags"
         fi
         "$ENGINE" build "${flags[@]}" "${extra[@]}" \
             --build-arg "PYTHON_BASE=$(base serve)" --build-arg "CUDA_BASE=$(base train)" \
