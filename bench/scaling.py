@@ -14,6 +14,14 @@ LeNet on MNIST PNGs (28x28); both with and without fp16 allreduce compression.
 `scaling_efficiency` = rate(N ranks) / (N x rate(1 rank)), without compression
 (`scaling_efficiency_fp16` with it).
 
+What the machine allows: N independent one-rank runs at once, each on its own
+core (no allreduce, nothing shared but the hardware), give
+`parallel_ceiling` = their summed rate / (N x rate(1 rank)). Cores that share
+a physical core (SMT siblings, as a VM's vCPUs may be), caches or memory
+bandwidth put it below 1, and no allreduce can beat it:
+`efficiency_vs_ceiling` = `scaling_efficiency` / `parallel_ceiling` is what
+Horovod itself costs.
+
 Usage:
 
     python bench/scaling.py --model resnet20 --ranks 2
@@ -42,31 +50,51 @@ WORKLOADS = {  # model -> (archive, folder inside it, image size, channels)
     "resnet20": ("cifar10-jpg.tar.gz", "cifar10-jpg", "32x32", "3"),
 }
 _RANK_ENV = ("HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK")
+_CORE_ENV = "SCALING_BENCH_CORE"  # pins a one-rank run to a given core (the ceiling's runs)
 
 
 def pin_and_exec(command: list[str]) -> None:
     """Pins this process to the core of its local rank, one TF thread each, then runs `command`."""
-    rank = next((int(os.environ[name]) for name in _RANK_ENV if name in os.environ), 0)
+    rank = next((int(os.environ[name]) for name in (_CORE_ENV, *_RANK_ENV) if name in os.environ), 0)
     os.sched_setaffinity(0, {rank % os.cpu_count()})
     os.environ.update(TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS="1")
     os.execvp(command[0], command)
 
 
-def _throughput(ranks: int, dataset: str, config: str, work: str, tag: str) -> float:
-    run = os.path.join(work, f"run-{tag}-np{ranks}")
+def _launch(ranks: int, dataset: str, config: str, run: str, core: int | None = None) -> subprocess.Popen:
+    """Starts `vispipe train` under horovodrun, each rank pinned (to `core` when given)."""
     horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    subprocess.run(
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if core is not None:
+        env[_CORE_ENV] = str(core)
+    return subprocess.Popen(
         [horovodrun, "-np", str(ranks), "--gloo", "-H", f"localhost:{ranks}",
          sys.executable, os.path.abspath(__file__), "--pinned", "--",
          sys.executable, "-m", "vispipe", "train", "--dataset", dataset, "--out", run,
          "--config", config, "--quiet"],
-        check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800,
-    )
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _median_rate(process: subprocess.Popen, run: str) -> float:
+    """Waits for a training launched by `_launch`; its median epoch rate after the first."""
+    if process.wait(timeout=1800) != 0:
+        raise RuntimeError(f"training into {run} failed with exit code {process.returncode}")
     with open(os.path.join(run, "metrics.jsonl"), encoding="utf-8") as f:
         epochs = [json.loads(line) for line in f if '"kind": "epoch"' in line]
     rates = sorted(r["images_per_s"] for r in epochs[1:] or epochs)
     return rates[len(rates) // 2]
+
+
+def _throughput(ranks: int, dataset: str, config: str, work: str, tag: str) -> float:
+    run = os.path.join(work, f"run-{tag}-np{ranks}")
+    return _median_rate(_launch(ranks, dataset, config, run), run)
+
+
+def _independent_throughput(copies: int, dataset: str, config: str, work: str) -> float:
+    """The summed rate of `copies` one-rank runs at once, each on its own core."""
+    runs = [os.path.join(work, f"run-independent-{core}") for core in range(copies)]
+    processes = [_launch(1, dataset, config, run, core) for core, run in enumerate(runs)]
+    return sum(_median_rate(process, run) for process, run in zip(processes, runs))
 
 
 def _config(work: str, model: str, ranks: int, args: argparse.Namespace, compression: str) -> str:
@@ -110,10 +138,18 @@ def main(argv: list[str] | None = None) -> int:
                 config = _config(work, args.model, ranks, args, compression)
                 rates[f"{compression}-{ranks}"] = _throughput(ranks, dataset, config, work, compression)
                 print(f"{compression} np{ranks}: {rates[f'{compression}-{ranks}']:.1f} img/s", file=sys.stderr)
+        rates["independent"] = _independent_throughput(
+            args.ranks, dataset, _config(work, args.model, 1, args, "none"), work)
+        print(f"{args.ranks} independent one-rank runs: {rates['independent']:.1f} img/s", file=sys.stderr)
+    efficiency = rates[f"none-{args.ranks}"] / (args.ranks * rates["none-1"])
+    ceiling = rates["independent"] / (args.ranks * rates["none-1"])
     report = {
-        "scaling_efficiency": round(rates[f"none-{args.ranks}"] / (args.ranks * rates["none-1"]), 3),
+        "scaling_efficiency": round(efficiency, 3),
         "images_per_s_1": round(rates["none-1"], 1),
         f"images_per_s_{args.ranks}": round(rates[f"none-{args.ranks}"], 1),
+        "parallel_ceiling": round(ceiling, 3),
+        "efficiency_vs_ceiling": round(efficiency / ceiling, 3),
+        f"independent_images_per_s_{args.ranks}": round(rates["independent"], 1),
     }
     if not args.no_fp16:
         report.update({
