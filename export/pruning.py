@@ -249,8 +249,9 @@ def prune_model(
     papers fine-tune; stop 20's constant 1e-4 left most of the loss
     unrecovered. Top-1 drop from Keras (points, 2,000 CIFAR test images;
     1e-4 constant -> 1e-3 cosine, same steps): MobileNetV2 50% (250 steps)
-    3.25 -> 0.25, ResNet-20 50% (314) 0.65 -> -0.4, ResNet-20 80% (314)
-    6.0 -> 7.15 but -0.55 at 942 steps. At 80% the length is the lever:
+    3.25 -> 0.25; ResNet-20 50% (314) -0.4 at 1e-3. At 80% the length is
+    the lever: ResNet-20 6.0 -> 7.15 at 314 steps, -0.55 at 942;
+    MobileNetV2 20.15 at 250, 2.35 at 750, -0.75 at 1,250 (bench/README.md).
     `vispipe export` fine-tunes 2 epochs of all training images by default
     (CIFAR-10: 1,406 steps, about 0.6 s each on 2 cores).
 
