@@ -250,10 +250,10 @@ def prune_model(
     unrecovered. Top-1 drop from Keras (points, 2,000 CIFAR test images;
     1e-4 constant -> 1e-3 cosine, same steps): MobileNetV2 50% (250 steps)
     3.25 -> 0.25; ResNet-20 50% (314) -0.4 at 1e-3. At 80% the length is
-    the lever: ResNet-20 6.0 -> 7.15 at 314 steps, -0.55 at 942;
-    MobileNetV2 20.15 at 250, 2.35 at 750, -0.75 at 1,250 (bench/README.md).
-    `vispipe export` fine-tunes 2 epochs of all training images by default
-    (CIFAR-10: 1,406 steps, about 0.6 s each on 2 cores).
+    the lever: ResNet-20 6.0 -> 7.15 at 314 steps, -0.55 at 942, -3.8 at
+    1,408 (2 epochs of all CIFAR-10 images, vispipe's default: 481 s on 2
+    cores); MobileNetV2 20.15 at 250, 2.35 at 750, 3.70 at the default 704,
+    -0.75 at 1,250 (bench/README.md).
 
     BatchNorm's moving statistics are recomputed on training batches after
     the fine-tune (`recompute_statistics`, "precise BN"): the moving
