@@ -303,7 +303,8 @@ class _Exporter:
                 pruned, report = prune_model(
                     self.model, self.train_x, self.train_y, sparsity,
                     epochs=self.options.prune_epochs, learning_rate=self.options.prune_learning_rate,
-                    seed=self.options.seed, progress=self.options.progress)
+                    decay=self.options.prune_decay, seed=self.options.seed,
+                    progress=self.options.progress)
             except Exception as e:  # The other sparsities and formats go on.
                 self.results.append(FormatResult(format=f"tflite_{tag}", status="failed_export",
                                                  reason=_reason(e)))

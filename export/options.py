@@ -20,8 +20,10 @@ from importlib.util import find_spec
 from vispipe.configs import SPLITS, WHICH_MODELS, choices
 
 __all__ = ["FORMATS", "FORMAT_VARIANTS", "FORMAT_CHOICES", "INTEROP_FORMATS", "COREML_WEIGHTS",
-           "TFJS_QUANTIZATIONS", "ExportOptions", "installed_formats"]
+           "TFJS_QUANTIZATIONS", "PRUNE_DECAYS", "ExportOptions", "installed_formats"]
 
+# The pruning fine-tune's learning-rate schedules (`vispipe.export.pruning.prune_model`).
+PRUNE_DECAYS = ("constant", "cosine")
 FORMATS = ("savedmodel", "tflite", "pruned", "coreml", "tfjs", "onnx", "openvino")
 # Formats whose variants can also be asked for alone, e.g. "onnx_int8".
 FORMAT_VARIANTS = {"onnx": ("float32", "float16", "int8"),
@@ -60,9 +62,13 @@ class ExportOptions:
         top_k: Top labels every artifact returns.
         calibration_size: Training images for int8 calibration.
         sparsities: Target sparsities of the pruned models.
-        prune_epochs: Fine-tuning epochs per pruned model.
+        prune_epochs: Fine-tuning epochs per pruned model. 80% on a depthwise
+            network (MobileNetV2) needs about 1,250 steps to stay within
+            a point (bench/README.md): 4 epochs of 22,500 images.
         prune_limit: Training images for the fine-tune (0: all).
-        prune_learning_rate: Adam learning rate of the fine-tune.
+        prune_learning_rate: Adam learning rate of the fine-tune (its start).
+        prune_decay: The rate's schedule: "cosine" (to 0 over the
+            fine-tune) or "constant".
         prune_max_drop: A pruned model fails verification when its top-1
             accuracy is more than this below the Keras model's (it is
             fine-tuned, so top-1 agreement is not the measure).
@@ -88,7 +94,8 @@ class ExportOptions:
     sparsities: tuple[float, ...] = (0.5, 0.8)
     prune_epochs: int = 2
     prune_limit: int = 0
-    prune_learning_rate: float = 1e-4
+    prune_learning_rate: float = 1e-3
+    prune_decay: str = choices(PRUNE_DECAYS, "cosine")
     prune_max_drop: float = 0.01
     coreml_weights: tuple[str, ...] = choices(COREML_WEIGHTS, ("float16",))
     tfjs_quantizations: tuple[str, ...] = choices(TFJS_QUANTIZATIONS, TFJS_QUANTIZATIONS)

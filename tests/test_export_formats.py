@@ -313,8 +313,17 @@ def test_openvino_keeps_the_contract_and_carries_the_labels(exported):
                                                              "scores"]
         labels = model.get_rt_info(["vispipe", "labels"]).astype(str)
         assert json.loads(labels) == [str(d) for d in range(10)]
+        assert model.output(0).get_element_type() == ov.Type.f32
+        constants = [op.get_data() for op in model.get_ops() if op.get_type_name() == "Constant"]
+        unique = {(c.dtype.str, c.shape, c.tobytes()) for c in constants}
+        assert len(unique) == len(constants), "identical constants are shared"
+        with open(os.path.join(out, row["path"], "tiny.xml"), encoding="utf-8") as f:
+            assert "\n" not in f.read().strip(), "the .xml has no indentation"
     int8 = ov.Core().read_model(os.path.join(out, rows["openvino_int8"]["path"], "tiny.xml"))
     assert "FakeQuantize" in {op.get_type_name() for op in int8.get_ops()}
+    # The int8 weights stay int8; NNCF's scales, ranges and biases are float16.
+    assert {op.get_data().dtype.name for op in int8.get_ops()
+            if op.get_type_name() == "Constant" and op.get_data().dtype.kind == "f"} == {"float16"}
     assert rows["openvino_int8"]["size_bytes"] * 2.5 < rows["openvino_float32"]["size_bytes"]
     assert rows["openvino_float16"]["size_bytes"] * 1.6 < rows["openvino_float32"]["size_bytes"]
 

@@ -57,6 +57,15 @@ def test_prune_model_reaches_the_target_and_leaves_the_original():
     assert report.steps == 24 and report.schedule["final_sparsity"] == 0.75
     assert weight_sparsity(model)[1] == 0.0  # the original is untouched
     assert weight_sparsity(pruned)[1] == pytest.approx(report.total_sparsity)
+    # The rate decays from 1e-3 to 0 over the 24 steps (cosine, the default).
+    assert float(keras.ops.convert_to_numpy(pruned.optimizer.learning_rate)) == pytest.approx(
+        0.0, abs=1e-9)
+    constant, _ = prune_model(model, images[:8], labels[:8], 0.75, decay="constant",
+                              progress=False)
+    assert float(keras.ops.convert_to_numpy(constant.optimizer.learning_rate)) == pytest.approx(
+        1e-3)
+    with pytest.raises(ValueError, match="decay: expected one of .*got 'linear'"):
+        prune_model(model, images, labels, 0.75, decay="linear")
 
 
 def test_a_one_step_fine_tune_still_reaches_the_target():
