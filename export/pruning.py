@@ -246,8 +246,8 @@ def prune_model(
     steps prunes to the target at its first step. `model` is left unchanged.
 
     The rate starts at 1e-3 and decays to 0 (cosine), as gradual-pruning
-    papers fine-tune; stop 20's constant 1e-4 left most of the loss
-    unrecovered. Top-1 drop from Keras (points, 2,000 CIFAR test images;
+    papers fine-tune; a constant 1e-4, the former default, left most of
+    the loss unrecovered. Top-1 drop from Keras (points, 2,000 CIFAR test images;
     1e-4 constant -> 1e-3 cosine, same steps): MobileNetV2 50% (250 steps)
     3.25 -> 0.25; ResNet-20 50% (314) -0.4 at 1e-3. At 80% the length is
     the lever: ResNet-20 6.0 -> 7.15 at 314 steps, -0.55 at 942, -3.8 at
