@@ -94,7 +94,12 @@ def _independent_throughput(copies: int, dataset: str, config: str, work: str) -
     """The summed rate of `copies` one-rank runs at once, each on its own core."""
     runs = [os.path.join(work, f"run-independent-{core}") for core in range(copies)]
     processes = [_launch(1, dataset, config, run, core) for core, run in enumerate(runs)]
-    return sum(_median_rate(process, run) for process, run in zip(processes, runs))
+    try:
+        return sum(_median_rate(process, run) for process, run in zip(processes, runs))
+    finally:  # one failed: the others are not left training
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
 
 
 def _config(work: str, model: str, ranks: int, args: argparse.Namespace, compression: str) -> str:
