@@ -4,7 +4,9 @@ Every variant takes uint8 pixels `[batch, H, W, C]` (batch resizable) and
 returns `probabilities`, `label_ids` and `scores`. The full-integer model is
 calibrated on a representative sample of the training set; its input is
 pinned to scale 1, zero point 0, so its uint8 input is exactly the raw pixel,
-and its outputs are uint8 (scale 1/256) besides the int32 label ids.
+and its outputs are uint8 (scale 1/256) besides the int32 label ids. The
+quantized files store their all-zero zero points once per length
+(`share_zero_points`: MobileNetV2 int8 3.28x -> 3.60x smaller than float32).
 
 `labels.txt` and `export.json` are packed into each `.tflite` file as a zip
 appended to the flatbuffer, as the TFLite Support metadata populator packs
@@ -37,6 +39,7 @@ from vispipe.export.contract import (
     RunSpec,
     serving_function,
 )
+from vispipe.export.tflite_zero_points import share_zero_points
 
 __all__ = [
     "TFLITE_VARIANTS",
@@ -141,7 +144,8 @@ def _convert(converter, variant: str, representative: np.ndarray | None) -> byte
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    return converter.convert()
+    flatbuffer = converter.convert()
+    return flatbuffer if variant in ("float32", "float16") else share_zero_points(flatbuffer)
 
 
 def attach_files(path: str, files: dict[str, bytes]) -> None:

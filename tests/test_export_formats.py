@@ -176,6 +176,49 @@ def test_tflite_int8_is_uint8_in_and_out_with_packed_labels(exported):
     assert rows["tflite_float16"]["size_bytes"] < rows["tflite_float32"]["size_bytes"]
 
 
+def _zero_point_vectors(flatbuffer: bytes) -> tuple[int, int, int]:
+    """Tensors with all-zero zero points, the vectors they point at, their lengths."""
+    from ai_edge_litert.schema_py_generated import Model
+
+    model = Model.GetRootAs(flatbuffer, 0)
+    positions, lengths = [], set()
+    for index in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(index)
+        for tensor in map(subgraph.Tensors, range(subgraph.TensorsLength())):
+            params = tensor.Quantization()
+            if params is not None and params.ZeroPointLength() and \
+                    not params.ZeroPointAsNumpy().any():
+                positions.append(params._tab.Vector(params._tab.Offset(10)))  # zero_point
+                lengths.add(params.ZeroPointLength())
+    return len(positions), len(set(positions)), len(lengths)
+
+
+def test_tflite_int8_stores_its_zero_zero_points_once(exported, tmp_path):
+    """LiteRT (whose loader verifies the flatbuffer) runs the shared file exactly as the unshared."""
+    import flatbuffers
+    from ai_edge_litert.tools.flatbuffer_utils import read_model_from_bytearray
+
+    from vispipe.export.tflite import tflite_runner
+    from vispipe.export.tflite_zero_points import share_zero_points
+
+    path = os.path.join(exported["out"], exported["rows"]["tflite_int8"]["path"])
+    with open(path, "rb") as f:
+        shared = f.read()
+    builder = flatbuffers.Builder(0)
+    builder.Finish(read_model_from_bytearray(bytearray(shared)).Pack(builder), b"TFL3")
+    unshared = bytes(builder.Output())
+    (tmp_path / "unshared.tflite").write_bytes(unshared)
+    tensors, vectors, lengths = _zero_point_vectors(shared)
+    assert vectors == lengths < tensors
+    assert _zero_point_vectors(unshared) == (tensors, tensors, lengths)
+    assert len(share_zero_points(unshared)) < len(unshared) - 8 * (tensors - vectors)
+    images, _ = _test_images(exported["dataset"])
+    expected = tflite_runner(str(tmp_path / "unshared.tflite")).outputs(images)
+    got = tflite_runner(path).outputs(images)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def test_pruned_model_reports_real_sparsity_and_compresses(exported):
     rows = exported["rows"]
     details = rows["tflite_pruned80_float32"]["details"]
