@@ -194,7 +194,7 @@ def _zero_point_vectors(flatbuffer: bytes) -> tuple[int, int, int]:
 
 
 def test_tflite_int8_stores_its_zero_zero_points_once(exported, tmp_path):
-    """LiteRT (whose loader verifies the flatbuffer) runs the shared file exactly as the unshared."""
+    """LiteRT (its loader verifies the flatbuffer) runs the shared file as the unshared one."""
     import flatbuffers
     from ai_edge_litert.tools.flatbuffer_utils import read_model_from_bytearray
 
