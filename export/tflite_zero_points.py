@@ -10,7 +10,7 @@ A FlatBuffers table refers to a vector by offset, so any number of tables
 may point at one vector: the file is rebuilt with LiteRT's object API with
 every all-zero int64 vector written once per length (int64 vectors in the
 TFLite schema are only zero points). Measured on that MobileNetV2: 15
-lengths instead of 109 vectors, 2,711 -> 2,470 KB (3.28x -> 3.60x); the
+lengths instead of 109 vectors, 2,711 -> 2,471 KB (3.28x -> 3.60x); the
 interpreter's flatbuffer verifier accepts it and the outputs are identical
 bit for bit (the tensors' values are unchanged, only where they are stored).
 
