@@ -75,10 +75,8 @@ def _config(path, **train) -> str:
 
 
 def _horovodrun(args: list[str], hosts: tuple[str, ...] = ("-H", "localhost:2"),
-                timeline: str | None = None, **popen) -> subprocess.Popen:
+                **popen) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "OMP_NUM_THREADS": "1"}
-    if timeline:
-        env["HOROVOD_TIMELINE"] = timeline
     return subprocess.Popen(
         [HOROVODRUN, "-np", "2", "--gloo", *hosts,
          sys.executable, "-m", "vispipe", "train", *args],
@@ -126,10 +124,7 @@ def mnist_dataset(mnist_archive, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
-    """`run(compression)`: a 3-epoch two-rank run, trained once per module.
-
-    Each run writes a Horovod timeline, `timeline.json` beside its run folder.
-    """
+    """`run(compression)`: a 3-epoch two-rank run, trained once per module."""
     if _horovod_skip_reason():
         pytest.skip(_horovod_skip_reason())
     runs: dict[str, RunFolder] = {}
@@ -140,8 +135,7 @@ def horovod_runs(mnist_dataset, tmp_path_factory) -> Callable[[str], RunFolder]:
             cfg = _config(work / "cfg.yaml", epochs=3, distributed="horovod",
                           gradient_compression=compression)
             code, output = _finish(_horovodrun(["--dataset", mnist_dataset, "--run",
-                                                str(work / "run"), "--config", cfg],
-                                               timeline=str(work / "timeline.json")))
+                                                str(work / "run"), "--config", cfg]))
             assert code == 0, output[-3000:]
             runs[compression] = RunFolder(str(work / "run"))
         return runs[compression]
@@ -197,27 +191,6 @@ def test_fp16_gradient_compression_trains_like_full_precision(horovod_runs):
     # show that the compression took effect.
     assert (half.read_run_info().distributed["weight_digests"][0]
             != full.read_run_info().distributed["weight_digests"][0])
-
-
-def _timeline_tensor_names(path: str) -> list[str]:
-    """The tensor names of a Horovod timeline (one trace "process" per tensor)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read().rstrip().rstrip(",")
-    events = json.loads(text if text.endswith("]") else text + "]")  # Written as it goes.
-    return [e["args"]["name"] for e in events
-            if e.get("ph") == "M" and e.get("name") == "process_name" and e["args"].get("name")]
-
-
-@needs_horovod
-def test_cpu_ranks_allreduce_a_steps_gradients_in_one_group(horovod_runs):
-    # One grouped allreduce a step instead of one per gradient (fused as they
-    # come): on CPUs every collective waits for both ranks' threads to get a
-    # core (bench/README.md, scaling).
-    run = horovod_runs("none")
-    names = _timeline_tensor_names(os.path.join(os.path.dirname(run.path), "timeline.json"))
-    gradients = [name for name in names if "gradient_tape" in name]
-    assert gradients, names[:5]
-    assert all("HorovodGroupedAllreduce" in name for name in gradients), gradients[:3]
 
 
 def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:

@@ -7,8 +7,7 @@ that differs between one process and many:
   local rank, each rank reads a disjoint `1/N` shard of the records with a
   per-rank batch of `batch_size / N` (`batch_size` stays the global batch),
   gradients are averaged by `hvd.DistributedGradientTape` in a Keras 3
-  `train_step` (on CPUs in one grouped allreduce a step, see
-  `_allreduce_groups`), metrics are averaged across ranks, and the initial weights
+  `train_step`, metrics are averaged across ranks, and the initial weights
   and optimizer state are broadcast from rank 0. `horovod.tensorflow.keras`
   does not work with Keras 3 ("'Variable' object has no attribute 'ref'"),
   hence the tape is asked for gradients of the underlying `tf.Variable`s
@@ -238,7 +237,6 @@ class Replicas:
         local_metrics = type(model).get_metrics_result.__get__(model)
         model.train_step = _horovod_train_step.__get__(model)
         model._vispipe_compression = compression
-        model._vispipe_allreduce_groups = _allreduce_groups(bool(tf.config.list_logical_devices("GPU")))
         model.get_metrics_result = functools.partial(_averaged_metrics, local_metrics)
         model.make_train_function(force=True)
         model.make_test_function(force=True)
@@ -376,32 +374,6 @@ def _keras_state_type() -> type:
     return KerasState
 
 
-def _allreduce_groups(on_gpu: bool) -> int | None:
-    """How `hvd.DistributedGradientTape` groups a step's gradient allreduces.
-
-    On GPUs, Horovod's default (None): each gradient is allreduced as soon
-    as backprop makes it, fused with those ready in the same cycle, so the
-    transfers overlap the rest of backprop. On CPUs the collectives run on
-    the cores that compute, so there is no overlap to win, and every
-    separate collective waits for both ranks' Horovod and Gloo threads to
-    get a core: ResNet-20 with one core per rank made ~37 Gloo allreduces a
-    step that way (Horovod timeline, bench/README.md). One group (1) makes
-    it one allreduce a step.
-
-    Args:
-        on_gpu: Whether the rank trains on a GPU.
-
-    Returns:
-        The tape's `groups` argument: None or 1.
-
-    Example:
-
-    >>> _allreduce_groups(on_gpu=False)
-    1
-    """
-    return None if on_gpu else 1
-
-
 def _horovod_train_step(self: keras.Model, data):
     # Keras 3's TensorFlow train_step with the tape wrapped for Horovod.
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -411,8 +383,7 @@ def _horovod_train_step(self: keras.Model, data):
                                   training=True)
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
         loss = self.optimizer.scale_loss(loss)
-    tape = _hvd().DistributedGradientTape(tape, compression=self._vispipe_compression,
-                                          groups=self._vispipe_allreduce_groups)
+    tape = _hvd().DistributedGradientTape(tape, compression=self._vispipe_compression)
     variables = self.trainable_weights
     gradients = tape.gradient(loss, [v.value for v in variables])
     self.optimizer.apply_gradients(zip(gradients, variables))
