@@ -208,13 +208,12 @@ def main(argv: list[str] | None = None) -> int:
             vispipe(["dataset", "create", "--source", os.path.join(work, folder, "train"),
                      "--out", dataset, "--size", size, "--channels", channels,
                      "--val-percent", "0", "--quiet"])
-        one_rank: Rates | None = None
-        for compression in ("none",) if args.no_fp16 else ("none", "fp16"):
-            legs = _alternating_legs(dataset, work, args, compression)
-            report.update(_summary(legs, args.ranks, "" if compression == "none" else "_fp16"))
-            if compression == "none":
-                one_rank = Rates(*(statistics.median(getattr(r, kind) for r in legs[1])
-                                   for kind in ("step", "epoch")))
+        legs = {compression: _alternating_legs(dataset, work, args, compression)
+                for compression in (("none",) if args.no_fp16 else ("none", "fp16"))}
+        for compression, rates in legs.items():
+            report.update(_summary(rates, args.ranks, "" if compression == "none" else "_fp16"))
+        one_rank = Rates(*(statistics.median(getattr(r, kind) for r in legs["none"][1])
+                           for kind in ("step", "epoch")))
         independent = _independent_throughput(
             args.ranks, dataset, _config(work, args.model, 1, args, "none"), work, args.batch_per_rank)
         print(f"{args.ranks} independent one-rank runs: {independent}", file=sys.stderr)
