@@ -54,6 +54,7 @@ show what they could feed a faster accelerator.
 Usage:
 
     python bench/train_throughput.py --workload photos --photos 3000
+    python bench/train_throughput.py --workload photos --no-mnist --photo-repeats 3
     python bench/train_throughput.py --workload mnist --images 20000 --epochs 6
 """
 
@@ -67,6 +68,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -307,18 +309,36 @@ class DescendantsCpu:
         self.seconds = sum(self._seen.values())
 
 
-def photos_workload(args: argparse.Namespace, work: str) -> dict:
-    """The tutorial pipeline against vispipe (created once, then cached) on photo-sized JPEGs."""
-    keras.utils.set_random_seed(0)
-    photos = make_photos(args.work_dir or work, args.photos)
-    feeds = {"tutorial": keras.utils.image_dataset_from_directory(
-        photos.root, image_size=PHOTO_SHAPE[:2], batch_size=args.batch_size, shuffle=True,
-        seed=0, verbose=False,
-    ).prefetch(tf.data.AUTOTUNE)}
+@dataclass
+class PhotosRound:
+    """One round of the photos workload: a creation, then every feed's epochs in turn.
+
+    Attributes:
+        seconds: Wall seconds of each feed's epochs.
+        cpu_seconds: This process's CPU seconds of each feed's epochs.
+        creation_s: Wall seconds of vispipe's dataset creation.
+        creation_cpu_s: Its CPU seconds (the workers' included).
+    """
+
+    seconds: dict[str, list[float]]
+    cpu_seconds: dict[str, list[float]]
+    creation_s: float
+    creation_cpu_s: float
+
+    def cumulative(self, cpu: bool = False) -> dict[str, np.ndarray]:
+        """Cumulative seconds by epoch, vispipe's including its creation."""
+        times, creation = (self.cpu_seconds, self.creation_cpu_s) if cpu else (self.seconds, self.creation_s)
+        return {"vispipe": np.cumsum(times["vispipe"]) + creation, "tutorial": np.cumsum(times["tutorial"])}
+
+
+def _photos_round(args: argparse.Namespace, root: str, output: str,
+                  tutorial: tf.data.Dataset) -> tuple[PhotosRound, DatasetInfo, dict[str, tf.data.Dataset]]:
+    """Creates vispipe's dataset into `output`, then trains each feed's model in turns."""
+    feeds = {"tutorial": tutorial}
     start, cpu_start = time.perf_counter(), time.process_time()
     with DescendantsCpu() as workers_cpu:
         info = create_dataset(DatasetConfig(
-            source=photos.root, output=os.path.join(work, "photos-dataset"), val_percent=0.0,
+            source=root, output=output, val_percent=0.0,
             image=ImageOptions(height=PHOTO_SHAPE[0], width=PHOTO_SHAPE[1], channels=3,
                                encoding=args.encoding),
         ), progress=False)
@@ -342,18 +362,41 @@ def photos_workload(args: argparse.Namespace, work: str) -> dict:
         order = order[1:] + order[:1]  # no feed always runs first
     for name, times in seconds.items():
         print(f"photos {name}: epochs {[round(t, 2) for t in times]} s", file=sys.stderr)
+    return PhotosRound(seconds, cpu_seconds, creation_s, creation_cpu_s), info, feeds
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 2) for v in values]
+
+
+def photos_workload(args: argparse.Namespace, work: str) -> dict:
+    """The tutorial pipeline against vispipe (created once a round, then cached) on photo-sized JPEGs.
+
+    With `--photo-repeats` R, the whole comparison (creation included) runs R
+    times in turn; the cumulative times by epoch are the medians over the
+    rounds (every round's are printed too), the steady rates the fastest
+    epoch after the first over all rounds.
+    """
+    keras.utils.set_random_seed(0)
+    photos = make_photos(args.work_dir or work, args.photos)
+    tutorial = keras.utils.image_dataset_from_directory(
+        photos.root, image_size=PHOTO_SHAPE[:2], batch_size=args.batch_size, shuffle=True,
+        seed=0, verbose=False,
+    ).prefetch(tf.data.AUTOTUNE)
+    rounds = []
+    for index in range(args.photo_repeats):
+        round_, info, feeds = _photos_round(args, photos.root, os.path.join(work, f"photos-dataset-{index}"),
+                                            tutorial)
+        rounds.append(round_)
     images = info.split_counts["train"]
-    rate = {name: images / min(times[1:] or times) for name, times in seconds.items()}
+    rate = {name: images / min(min(r.seconds[name][1:] or r.seconds[name]) for r in rounds)
+            for name in feeds}
     # The pipelines alone, without the model (vispipe's cache is full by now).
     input_only = {name: input_rate(feeds[name], images, 1, warm_up=False) for name in ("tutorial", "vispipe")}
-    cumulative = {
-        "vispipe": np.cumsum(seconds["vispipe"]) + creation_s,
-        "tutorial": np.cumsum(seconds["tutorial"]),
-    }
-    cumulative_cpu = {
-        "vispipe": np.cumsum(cpu_seconds["vispipe"]) + creation_cpu_s,
-        "tutorial": np.cumsum(cpu_seconds["tutorial"]),
-    }
+    cumulative = {name: np.median([r.cumulative()[name] for r in rounds], axis=0) for name in ("vispipe", "tutorial")}
+    cumulative_cpu = {name: np.median([r.cumulative(cpu=True)[name] for r in rounds], axis=0)
+                      for name in ("vispipe", "tutorial")}
+    creation_s = float(np.median([r.creation_s for r in rounds]))
     return {
         "vispipe_images_per_s": round(rate["vispipe"], 1),
         "tutorial_images_per_s": round(rate["tutorial"], 1),
@@ -364,23 +407,26 @@ def photos_workload(args: argparse.Namespace, work: str) -> dict:
         "vispipe_input_only_images_per_s": round(input_only["vispipe"], 1),
         "tutorial_input_only_images_per_s": round(input_only["tutorial"], 1),
         "end_to_end_s": {name: round(float(c[-1]), 2) for name, c in cumulative.items()},
-        "cumulative_s_by_epoch": {name: [round(float(v), 2) for v in c] for name, c in cumulative.items()},
+        "cumulative_s_by_epoch": {name: _rounded(c) for name, c in cumulative.items()},
+        "cumulative_s_by_epoch_rounds": [{name: _rounded(c) for name, c in r.cumulative().items()}
+                                         for r in rounds],
         "vispipe_creation_s": round(creation_s, 2),
+        "vispipe_creation_s_rounds": _rounded(r.creation_s for r in rounds),
         "vispipe_creation_images_per_s": round(images / creation_s, 1),
         "encoding": args.encoding,
         "vispipe_ahead_from_epoch": _ahead_from(cumulative["vispipe"], cumulative["tutorial"]),
-        "cumulative_cpu_s_by_epoch": {
-            name: [round(float(v), 2) for v in c] for name, c in cumulative_cpu.items()
-        },
-        "vispipe_creation_cpu_s": round(creation_cpu_s, 2),
+        "cumulative_cpu_s_by_epoch": {name: _rounded(c) for name, c in cumulative_cpu.items()},
+        "vispipe_creation_cpu_s": round(float(np.median([r.creation_cpu_s for r in rounds])), 2),
         "vispipe_ahead_from_epoch_cpu": _ahead_from(cumulative_cpu["vispipe"], cumulative_cpu["tutorial"]),
-        "epoch_s": {name: [round(t, 2) for t in times] for name, times in seconds.items()},
+        "epoch_s": {name: _rounded(np.median([r.seconds[name] for r in rounds], axis=0)) for name in feeds},
+        "epoch_s_rounds": [{name: _rounded(times) for name, times in r.seconds.items()} for r in rounds],
         "photos": images,
         "photo_bytes_mean": photos.mean_bytes,
         "image_size": list(PHOTO_SHAPE),
         "epochs": args.photo_epochs,
+        "repeats": args.photo_repeats,
         "batch_size": args.batch_size,
-        "estimator": "steady state: fastest epoch after the first",
+        "estimator": "steady state: fastest epoch after the first; cumulative: median over the rounds",
     }
 
 
@@ -390,6 +436,8 @@ def main() -> None:
     parser.add_argument("--no-mnist", action="store_true", help="photos only, without the MNIST workload")
     parser.add_argument("--photos", type=int, default=3000, help="photo-sized JPEGs (photos workload)")
     parser.add_argument("--photo-epochs", type=int, default=3, help="epochs per feed (photos workload)")
+    parser.add_argument("--photo-repeats", type=int, default=1,
+                        help="rounds of the whole photos comparison, creation included (medians reported)")
     parser.add_argument("--encoding", choices=ENCODINGS, default="jpeg",
                         help="vispipe's record encoding (photos workload); jpeg is what "
                         "the README advises for datasets of camera photos")
@@ -402,6 +450,8 @@ def main() -> None:
                         help="MNIST timed epochs per feed (the fastest counts)")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
+    if args.photo_repeats < 1:
+        parser.error(f"--photo-repeats: expected at least 1, got {args.photo_repeats}")
     load_before = os.getloadavg()
     if args.workload == "mnist":
         result = mnist_workload(args)
