@@ -33,13 +33,13 @@ class _LoopBridge:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
+        self._loop = weakref.ref(loop)  # a strong one would keep its _BRIDGES entry, and the loop, alive
         self._lock = threading.Lock()
         self._finished: list[_Pair] = []
 
-    def watch(self, source: concurrent.futures.Future) -> asyncio.Future:
-        """An asyncio future, in this loop, settled as `source` is."""
-        waiter = self._loop.create_future()
+    def watch(self, loop: asyncio.AbstractEventLoop, source: concurrent.futures.Future) -> asyncio.Future:
+        """An asyncio future, in `loop` (this bridge's), settled as `source` is."""
+        waiter = loop.create_future()
         source.add_done_callback(lambda done: self._finish(waiter, done))
         return waiter
 
@@ -48,9 +48,10 @@ class _LoopBridge:
         with self._lock:
             self._finished.append((waiter, source))
             first = len(self._finished) == 1
-        if first:
+        loop = self._loop()
+        if first and loop is not None:
             try:
-                self._loop.call_soon_threadsafe(self._settle)
+                loop.call_soon_threadsafe(self._settle)
             except RuntimeError:  # the loop closed: nobody waits any more
                 pass
 
@@ -94,7 +95,7 @@ async def await_result(source: concurrent.futures.Future, timeout_s: float) -> A
     bridge = _BRIDGES.get(loop)
     if bridge is None:
         bridge = _BRIDGES[loop] = _LoopBridge(loop)
-    waiter = bridge.watch(source)
+    waiter = bridge.watch(loop, source)
     timer = loop.call_later(timeout_s, _expire, waiter, source)
     try:
         return await waiter

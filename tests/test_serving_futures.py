@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import threading
 
 import pytest
@@ -54,3 +55,18 @@ def test_errors_pass_through_and_a_timeout_cancels_the_queued_request():
         assert queued.cancelled()  # the batcher drops it instead of running it
 
     asyncio.run(main())
+
+
+def test_a_finished_loop_leaves_nothing_behind():
+    from vispipe.serving import futures
+
+    async def one() -> int:
+        source = concurrent.futures.Future()
+        source.set_result(7)
+        return await await_result(source, timeout_s=30)
+
+    gc.collect()
+    before = len(futures._BRIDGES)
+    assert asyncio.run(one()) == 7
+    gc.collect()
+    assert len(futures._BRIDGES) == before
