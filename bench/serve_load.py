@@ -28,7 +28,9 @@ Ceilings, measured in the same run: `offline_images_per_s` (the model alone,
 batched concrete-function calls, the best of batch 1, 8 and 32) and
 `http_floor_rps`. `efficiency` = vispipe throughput / min(the two ceilings).
 Each server object has `throughput_rps`, `p50_ms`, `p99_ms`, `errors` and
-`cpu_s_per_request` (the server process's CPU seconds over its requests).
+`cpu_s_per_request` (the server process's CPU seconds over its requests) and
+`main_thread_cpu_s_per_request` over REST (its main thread's, the event loop's: what
+an async one-process Python server is bound by; vispipe's model runs on other threads).
 One JSON object is printed; with several `--clients` counts, `by_clients`
 holds one report per count (servers stay up between counts).
 
@@ -291,11 +293,21 @@ def _command(server: str, model: BenchModel, response: str, port: int, grpc_port
     return [sys.executable, os.path.join(BENCH, "serve_apps.py"), kind, path, str(port)]
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of the process and of its main thread (the event loop, which holds the GIL to serve)."""
     import psutil
 
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    main = next((t.user_time + t.system_time for t in process.threads() if t.id == pid), 0.0)
+    return times.user + times.system, main
+
+
+def _cpu_per_request(pid: int, before: tuple[float, float], requests: int) -> dict[str, float]:
+    after = _cpu_seconds(pid)
+    requests = max(requests, 1)
+    return {"cpu_s_per_request": round((after[0] - before[0]) / requests, 5),
+            "main_thread_cpu_s_per_request": round((after[1] - before[1]) / requests, 5)}
 
 
 def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespace) -> dict[str, dict[int, dict]]:
@@ -328,7 +340,7 @@ def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespa
                 return result
 
             result = asyncio.run(timed())
-            result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
+            result.update(_cpu_per_request(process.pid, cpu_before, result["requests"]))
             results[clients] = result
             print(f"{model.name} {server} x{clients}: {result}", file=sys.stderr)
         if grpc_port:
@@ -337,7 +349,7 @@ def _serve(server: str, model: BenchModel, response: str, args: argparse.Namespa
                 asyncio.run(_grpc_load(grpc_port, requests, clients, args.warmup))
                 cpu_before = _cpu_seconds(process.pid)
                 result = asyncio.run(_grpc_load(grpc_port, requests, clients, args.duration))
-                result["cpu_s_per_request"] = round((_cpu_seconds(process.pid) - cpu_before) / max(result["requests"], 1), 5)
+                result["cpu_s_per_request"] = _cpu_per_request(process.pid, cpu_before, result["requests"])["cpu_s_per_request"]
                 grpc_results[clients] = result
                 print(f"{model.name} {server} gRPC x{clients}: {result}", file=sys.stderr)
     finally:

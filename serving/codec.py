@@ -26,7 +26,7 @@ import orjson
 import tensorflow as tf
 
 from vispipe.serving.errors import ServingError
-from vispipe.serving.signature import SignatureInfo
+from vispipe.serving.signature import InputCheck, SignatureInfo
 
 __all__ = [
     "parse_json",
@@ -233,8 +233,8 @@ def _has_strings(value: Any) -> bool:
     return isinstance(value, (dict, str))
 
 
-def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
-    if spec.dtype == tf.string:
+def _to_array(name: str, value: Any, spec: tf.TensorSpec, check: InputCheck) -> np.ndarray:
+    if check.dtype is None:
         try:
             array = np.array(_unb64(value), dtype=object)
         except ValueError:
@@ -245,7 +245,7 @@ def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
     if _has_strings(value):
         raise _bad(f"input {name!r}: expected numbers for a {spec.dtype.name} tensor, got strings")
     try:
-        array = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+        array = np.asarray(value, dtype=check.dtype)
     except (ValueError, TypeError, OverflowError) as error:
         raise _bad(
             f"input {name!r}: expected a rectangular list of {spec.dtype.name} values, got {error}".split("\n")[0]
@@ -326,7 +326,7 @@ def decode_predict_json(body: Any, sig: SignatureInfo, max_instances: int) -> tu
         columns = _columnar(body["inputs"], sig)
     else:
         raise _bad("Missing 'inputs' or 'instances' key")
-    arrays = {name: _to_array(name, value, sig.inputs[name]) for name, value in columns.items()}
+    arrays = {name: _to_array(name, value, sig.inputs[name], sig.input_checks[name]) for name, value in columns.items()}
     for name, array in arrays.items():
         if array.ndim and array.shape[0] > max_instances:
             raise _bad(f"input {name!r} holds {array.shape[0]} rows; this server takes at most {max_instances}")

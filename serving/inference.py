@@ -94,18 +94,18 @@ def _check_sizes(inputs: Tensors, limits: LimitsConfig, what: str) -> None:
 
 
 def _checked_input(servable: Servable, sig: SignatureInfo, name: str, array: np.ndarray) -> np.ndarray:
-    spec = sig.inputs[name]
-    if spec.dtype == tf.string:
+    spec, check = sig.inputs[name], sig.input_checks[name]
+    if check.dtype is None:
         if array.dtype != object and array.dtype.kind not in "SU":
             raise _bad(f"input {name!r}: expected DT_STRING values, got {array.dtype}")
         array = np.asarray(array, dtype=object)
-    elif array.dtype != spec.dtype.as_numpy_dtype:
+    elif array.dtype != check.dtype:
         if array.dtype == object or array.dtype.kind in "SUV":
             raise _bad(f"input {name!r}: expected {spec.dtype.name} values, got {array.dtype}")
-        array = array.astype(spec.dtype.as_numpy_dtype)
+        array = array.astype(check.dtype)
     # A TF1 graph decides itself which shapes it takes, as in TF Serving; a TF2 function
     # only takes its signature's shapes, so say which.
-    if not servable.graph_mode and not spec.shape.is_compatible_with(array.shape):
+    if not servable.graph_mode and not check.fits(array.shape):
         raise _bad(f"input {name!r}: expected shape {spec.shape.as_list()}, got {list(array.shape)}")
     return array
 

@@ -15,6 +15,7 @@ text = metrics.render()
 
 from __future__ import annotations
 
+import bisect
 import collections
 import threading
 from typing import Callable
@@ -50,7 +51,7 @@ class _TfServingRequests:
             self._counts[(("model_name", model), ("status", code))] += 1
             key = (("model_name", model), ("API", api), ("entrypoint", entrypoint), ("status", code))
             buckets = self._latency.setdefault(key, [[0] * (len(_TF_LATENCY_LIMITS) + 1), 0.0])
-            index = next((i for i, limit in enumerate(_TF_LATENCY_LIMITS) if micros < limit), len(_TF_LATENCY_LIMITS))
+            index = bisect.bisect_right(_TF_LATENCY_LIMITS, micros)
             buckets[0][index] += 1
             buckets[1] += micros
 
@@ -89,6 +90,7 @@ class ServingMetrics:
         self._queue_depths = queue_depths
         self._loaded = loaded
         self._tf_serving = _TfServingRequests()
+        self._series: dict[tuple, tuple] = {}  # observe_request's key -> its (count, latency) series
         self.requests = Counter(
             "vispipe_serving_requests",
             "Requests answered, by model, version, API and HTTP status.",
@@ -135,10 +137,14 @@ class ServingMetrics:
             seconds: time to answer.
             entrypoint: "REST" or "GRPC".
         """
-        status = 200 if code == "OK" else http_status(code)
-        labels = (model, str(version), api if entrypoint == "REST" else f"grpc_{api}", str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (model, version, api, code, entrypoint)
+        series = self._series.get(key)
+        if series is None:  # labels() per request cost as much as the rest of this
+            status = 200 if code == "OK" else http_status(code)
+            labels = (model, str(version), api if entrypoint == "REST" else f"grpc_{api}", str(status))
+            series = self._series[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        series[0].inc()
+        series[1].observe(seconds)
         if api in _TF_APIS:
             self._tf_serving.observe(model, _TF_APIS[api], entrypoint, code, seconds)
 

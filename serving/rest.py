@@ -22,7 +22,6 @@ import dataclasses
 import inspect
 import json
 import logging
-import time
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -37,12 +36,13 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from vispipe.serving import codec, inference
 from vispipe.serving.config import ServerConfig
-from vispipe.serving.errors import ServingError, http_status, status_number
+from vispipe.serving.errors import ServingError, status_number
 from vispipe.serving.images import check_image_pixels, count_pixels, decode_upload
 from vispipe.serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
 from vispipe.serving.middleware import GuardMiddleware
 from vispipe.serving.model_store import ModelStore
 from vispipe.serving.proto_json import metadata_json, proto_json
+from vispipe.serving.rest_core import INTERNAL_ERROR, PredictRoute, Target, answer, error_json, predict_json, run_plan, signature_name
 from vispipe.serving.servable import Servable
 from vispipe.serving.signature import DEFAULT_SIGNATURE
 
@@ -96,19 +96,11 @@ def _json_response(body: Any, status: int = 200) -> Response:
 
 
 def _error_response(error: ServingError) -> Response:
-    return _json_response({"error": error.message}, http_status(error.code))
+    status, text = error_json(error)
+    return _json_response(text, status)
 
 
 # -- URL forms: which version a request is for -------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """The model and version (or label) a URL names."""
-
-    model: str
-    version: int | None = None
-    label: str | None = None
 
 
 def _malformed(request: Request) -> ServingError:
@@ -142,39 +134,15 @@ _FORMS: dict[str, Callable[..., Awaitable[Target]]] = {"": _latest, "/versions/{
 # -- shared steps ------------------------------------------------------------------------
 
 
-def _signature_name(body: Any) -> str:
-    name = body.get("signature_name", "") if isinstance(body, dict) else ""
-    if not isinstance(name, str):
-        raise ServingError(
-            "INVALID_ARGUMENT", "JSON Value not formatted correctly. 'signature_name' key must be a string value."
-        )
-    return name
-
-
-async def _run(request: Request, servable: Servable, plan: inference.Plan) -> dict[str, np.ndarray]:
-    timeout = request.app.state.config.limits.request_timeout_s
-    future = servable.submit(plan.signature.name, plan.inputs, plan.outputs)
-    try:
-        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-    except asyncio.TimeoutError:
-        raise ServingError("DEADLINE_EXCEEDED", f"request timed out after {timeout}s") from None
-
-
 async def _answer(request: Request, target: Target, api: str, work: Callable[[Servable], Awaitable[str]]) -> Response:
-    """Runs `work(servable)` on the version `target` names, mapping errors and counting the request."""
+    """Runs `work(servable)` on the version `target` names (see rest_core.answer), as a Response."""
     state = request.app.state
-    started = time.perf_counter()
-    served: int | str = "none"
-    code = "OK"
-    try:
-        servable = state.store.get(target.model, target.version, target.label)
-        served = servable.version
-        response = _json_response(await work(servable))
-    except ServingError as error:
-        code = error.code
-        response = _error_response(error)
-    state.metrics.observe_request(target.model, served, api, code, time.perf_counter() - started)
-    return response
+    status, text = await answer(state.store, state.metrics, target, api, work)
+    return _json_response(text, status)
+
+
+def _run(request: Request, servable: Servable, plan: inference.Plan) -> Awaitable[dict[str, np.ndarray]]:
+    return run_plan(servable, plan, request.app.state.config.limits.request_timeout_s)
 
 
 # -- handlers (one per API, registered for every URL form) -------------------------------
@@ -205,17 +173,14 @@ async def model_metadata(request: Request, target: Target) -> Response:
 
 
 async def predict(request: Request, target: Target) -> Response:
-    """Predict: `{"instances": [...]}` (row format) or `{"inputs": ...}` (columnar format)."""
+    """Predict: `{"instances": [...]}` (row format) or `{"inputs": ...}` (columnar format).
 
-    async def work(servable: Servable) -> str:
-        limits = request.app.state.config.limits
-        body = codec.parse_json(await request.body())
-        signature = _signature_name(body)
-        arrays, row_format = codec.decode_predict_json(body, servable.signature(signature), limits.max_instances)
-        plan = inference.predict_plan(servable, signature, arrays, [], limits)
-        return codec.encode_predict_json(await _run(request, servable, plan), row_format)
-
-    return await _answer(request, target, "predict", work)
+    The server answers these URLs in `rest_core.PredictRoute`, with the same steps; this
+    route documents them and answers what that route passes on.
+    """
+    raw = await request.body()
+    limits = request.app.state.config.limits
+    return await _answer(request, target, "predict", lambda servable: predict_json(servable, raw, limits))
 
 
 async def _examples_api(
@@ -226,7 +191,7 @@ async def _examples_api(
     async def work(servable: Servable) -> str:
         limits = request.app.state.config.limits
         body = codec.parse_json(await request.body())
-        signature = _signature_name(body)
+        signature = signature_name(body)
         checked = plan(servable, signature, codec.examples_from_json(body, limits.max_instances), limits)
         return encode(results(checked, await _run(request, servable, checked)))
 
@@ -428,7 +393,7 @@ async def _http_error(request: Request, error: StarletteHTTPException) -> Respon
 
 async def _internal_error(request: Request, error: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json_response({"error": "internal server error"}, 500)
+    return _json_response(INTERNAL_ERROR, 500)
 
 
 def build_rest_app(config: ServerConfig, store: ModelStore, metrics: ServingMetrics, lifespan: Any = None) -> FastAPI:
@@ -463,6 +428,7 @@ def build_rest_app(config: ServerConfig, store: ModelStore, metrics: ServingMetr
     app.include_router(API_ROUTER)
     app.include_router(OPS_ROUTER)
     _add_error_schema(app)
+    app.add_middleware(PredictRoute, store=store, metrics=metrics, limits=config.limits)
     app.add_middleware(GuardMiddleware, max_body_bytes=config.limits.max_body_bytes, auth_token=config.auth_token)
     if config.cors_origins:
         app.add_middleware(

@@ -263,6 +263,9 @@ class Servable:
 
     def _batcher(self, signature_name: str, outputs: tuple[str, ...]) -> Batcher:
         key = (signature_name, outputs)
+        batcher = self._batchers.get(key)  # the lock only to make one
+        if batcher is not None:
+            return batcher
         with self._lock:
             if key not in self._batchers:
                 on_batch = None

@@ -11,12 +11,15 @@ info.inputs["x"].dtype, info.method_name
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
     "SignatureInfo",
+    "InputCheck",
     "DEFAULT_SIGNATURE",
     "PREDICT_METHOD",
     "CLASSIFY_METHOD",
@@ -45,6 +48,36 @@ def _spec(tensor_info: Any) -> tf.TensorSpec:
         [d.size if d.size >= 0 else None for d in tensor_info.tensor_shape.dim]
     )
     return tf.TensorSpec(shape, tf.dtypes.as_dtype(tensor_info.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCheck:
+    """An input's dtype and shape in numpy's terms, worked out once per signature rather than per request.
+
+    Args:
+        dtype: the numpy dtype, None for DT_STRING.
+        dims: the sizes (None where any size goes), None when any rank goes.
+    """
+
+    dtype: np.dtype | None
+    dims: tuple[int | None, ...] | None
+
+    @classmethod
+    def of(cls, spec: tf.TensorSpec) -> "InputCheck":
+        """The check of one signature input.
+
+        Example:
+        >>> InputCheck.of(tf.TensorSpec([None, 28, 28, 1], tf.uint8))
+        InputCheck(dtype=dtype('uint8'), dims=(None, 28, 28, 1))
+        """
+        dtype = None if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
+        return cls(dtype, None if spec.shape.rank is None else tuple(spec.shape.as_list()))
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of `shape` is compatible with the input's shape (TensorShape.is_compatible_with)."""
+        if self.dims is None:
+            return True
+        return len(shape) == len(self.dims) and all(d is None or d == n for d, n in zip(self.dims, shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,3 +120,8 @@ class SignatureInfo:
             input_tensors={k: v.name for k, v in signature_def.inputs.items()},
             output_tensors={k: v.name for k, v in signature_def.outputs.items()},
         )
+
+    @functools.cached_property
+    def input_checks(self) -> dict[str, InputCheck]:
+        """Input alias -> its dtype and shape in numpy's terms."""
+        return {name: InputCheck.of(spec) for name, spec in self.inputs.items()}

@@ -228,3 +228,45 @@ def test_health_ready_and_openapi(client):
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/models/{model_name}:predict" in paths
     assert "/v1/models/{model_name}/labels/{label}:classify" in paths
+
+
+def _asgi_post(route, path: str, body: bytes) -> tuple[int | None, bytes]:
+    """One POST through the raw ASGI `route`; (status, body), status None when nothing was sent."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": [], "query_string": b""}
+    asyncio.run(route(scope, receive, send))
+    if not sent:
+        return None, b""
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_predict_route_answers_predict_urls_itself_and_passes_on_the_rest(client):
+    """The hot path answers :predict (as the FastAPI route does) and leaves any other URL to FastAPI."""
+    from vispipe.serving.rest_core import PredictRoute
+
+    passed: list[str] = []
+
+    async def fastapi_stand_in(scope, receive, send):
+        passed.append(scope["path"])
+
+    state = client.app.state
+    route = PredictRoute(fastapi_stand_in, state.store, state.metrics, state.config.limits)
+    body = json.dumps({"instances": [BLANK]}).encode()
+    for path in ("/v1/models/toy:predict", "/v1/models/toy/versions/1:predict", "/v1/models/toy/labels/canary:predict"):
+        status, text = _asgi_post(route, path, body)
+        assert status == 200 and json.loads(text) == client.post(path, content=body).json()
+    assert _asgi_post(route, "/v1/models/nope:predict", body)[0] == 404
+    assert _asgi_post(route, "/v1/models/toy:predict", b"{not json")[0] == 400
+    assert passed == []
+    for path in ("/v1/models/toy:classify", "/v1/models/toy/versions/x1:predict", "/v1/models/a:b:predict"):
+        assert _asgi_post(route, path, body) == (None, b"")
+    assert passed == ["/v1/models/toy:classify", "/v1/models/toy/versions/x1:predict", "/v1/models/a:b:predict"]
