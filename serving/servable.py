@@ -186,6 +186,7 @@ class Servable:
         self._runner = runner
         self._on_batch = on_batch
         self._batchers: dict[tuple, Batcher] = {}
+        self._closed = False
         self._lock = threading.Lock()
 
     @classmethod
@@ -239,6 +240,9 @@ class Servable:
 
         Returns:
             A future resolving to output name -> array.
+
+        Raises:
+            ServingError: UNAVAILABLE when this version is unloading or its batching queue is full.
         """
         signature_name = self.signature(signature_name).name
         outputs = outputs or tuple(self.signatures[signature_name].outputs)
@@ -257,6 +261,7 @@ class Servable:
         The model itself is freed when the last request holding this servable lets go.
         """
         with self._lock:
+            self._closed = True
             batchers, self._batchers = list(self._batchers.values()), {}
         for batcher in batchers:
             batcher.close(timeout)
@@ -267,6 +272,8 @@ class Servable:
         if batcher is not None:
             return batcher
         with self._lock:
+            if self._closed:  # a request that took this version just before it was unloaded
+                raise ServingError("UNAVAILABLE", f"model {self.name!r} version {self.version} is unloading; retry the request")
             if key not in self._batchers:
                 on_batch = None
                 if self._on_batch is not None:

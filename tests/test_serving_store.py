@@ -290,3 +290,17 @@ def test_batcher_runs_num_batch_threads_batches_at_once():
     futures = [batcher.submit({"x": np.array([[float(i)]])}) for i in range(2)]
     assert [f.result(15)["y"].tolist() for f in futures] == [[[0.0]], [[1.0]]]
     batcher.close()
+
+
+def test_a_request_reaching_an_unloaded_version_gets_503_and_starts_no_batcher(three_versions):
+    """A request that took a version just before it was unloaded must not start a batcher nobody stops."""
+    from vispipe.serving.servable import Servable
+
+    servable = Servable.load("toy", 1, os.path.join(three_versions, "1"), BatchingConfig())
+    assert servable.submit(None, {"images": BLANK}).result(timeout=30)["probabilities"].shape == (1, 3)
+    servable.close()
+    before = threading.active_count()
+    with pytest.raises(ServingError) as error:
+        servable.submit(None, {"images": BLANK})
+    assert error.value.code == "UNAVAILABLE" and "unloading" in error.value.message
+    assert threading.active_count() == before and servable.queue_depth() == 0
