@@ -24,12 +24,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from vispipe.serving.errors import http_status
 
-__all__ = ["ServingMetrics", "CONTENT_TYPE_LATEST"]
+__all__ = ["ServingMetrics", "CONTENT_TYPE_LATEST", "UNKNOWN_MODEL"]
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # util.cc: request_latency uses Buckets::Exponential(10, 1.8, 33), in microseconds.
 _TF_LATENCY_LIMITS = tuple(10 * 1.8**i for i in range(32))
+# The model label of requests for a model this server does not have: one series for them all, not
+# one per name a client makes up (no model name can have parentheses; see validate_model_name).
+UNKNOWN_MODEL = "(unknown)"
 _TF_APIS = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "multi_inference": "MultiInference"}
 
 
@@ -130,13 +133,15 @@ class ServingMetrics:
         """Counts one answered request and records its latency.
 
         Args:
-            model: the model name asked for.
+            model: the model name asked for (counted as UNKNOWN_MODEL when no such model is configured).
             version: the version that answered ("none" if none did).
             api: "predict", "classify", "regress", "multi_inference", "metadata", ...
             code: the status code name ("OK", "INVALID_ARGUMENT", ...).
             seconds: time to answer.
             entrypoint: "REST" or "GRPC".
         """
+        if version == "none" and model not in self._loaded():
+            model = UNKNOWN_MODEL
         key = (model, version, api, code, entrypoint)
         series = self._series.get(key)
         if series is None:  # labels() per request cost as much as the rest of this

@@ -215,7 +215,8 @@ def test_metrics_count_requests_batches_and_versions(client):
     client.post("/v1/models/nope:predict", json={"instances": [BLANK]})
     text = client.get("/metrics").text
     assert 'vispipe_serving_requests_total{api="predict",model="toy",status="200",version="2"}' in text
-    assert 'vispipe_serving_requests_total{api="predict",model="nope",status="404",version="none"}' in text
+    assert 'vispipe_serving_requests_total{api="predict",model="(unknown)",status="404",version="none"}' in text
+    assert 'model="nope"' not in text
     assert 'vispipe_serving_request_latency_seconds_bucket{api="predict"' in text
     assert 'vispipe_serving_batch_size_count{model="toy",signature="serving_default",version="2"}' in text
     assert 'vispipe_serving_loaded_versions{model="toy"} 2.0' in text
@@ -270,3 +271,18 @@ def test_predict_route_answers_predict_urls_itself_and_passes_on_the_rest(client
     for path in ("/v1/models/toy:classify", "/v1/models/toy/versions/x1:predict", "/v1/models/a:b:predict"):
         assert _asgi_post(route, path, body) == (None, b"")
     assert passed == ["/v1/models/toy:classify", "/v1/models/toy/versions/x1:predict", "/v1/models/a:b:predict"]
+
+
+def test_made_up_model_names_share_one_metrics_series():
+    """A client sending requests for ever new model names must not grow the metrics without bound."""
+    from vispipe.serving.metrics import ServingMetrics
+
+    metrics = ServingMetrics(loaded=lambda: {"toy": [1], "cold": []})
+    for i in range(200):
+        metrics.observe_request(f"made-up-{i}", "none", "predict", "NOT_FOUND", 0.001)
+    metrics.observe_request("cold", "none", "predict", "NOT_FOUND", 0.001)  # configured, nothing loaded yet
+    text = metrics.render().decode()
+    assert "made-up" not in text
+    assert 'vispipe_serving_requests_total{api="predict",model="(unknown)",status="404",version="none"} 200.0' in text
+    assert ':tensorflow:serving:request_count{model_name="(unknown)",status="NOT_FOUND"} 200' in text
+    assert 'vispipe_serving_requests_total{api="predict",model="cold",status="404",version="none"} 1.0' in text
