@@ -122,7 +122,7 @@ async def answer(
         work: the API call, servable -> answer text.
 
     Returns:
-        (HTTP status, answer text).
+        (HTTP status, answer text): TF Serving's error for a ServingError, 500 for any other exception.
     """
     started = time.perf_counter()
     served: int | str = "none"
@@ -134,6 +134,9 @@ async def answer(
     except ServingError as error:
         code = error.code
         status, text = error_json(error)
+    except Exception:  # a bug, not the request's fault: logged, answered 500 and counted like any failure
+        log.exception("unhandled error in %s of model %r", api, target.model)
+        code, status, text = "INTERNAL", 500, INTERNAL_ERROR
     metrics.observe_request(target.model, served, api, code, time.perf_counter() - started)
     return status, text
 
@@ -178,13 +181,9 @@ class PredictRoute:
             return
         name, version, label = match.groups()
         target = Target(name, None if version is None else int(version), label)
-        try:
-            status, text = await answer(
-                self._store, self._metrics, target, "predict", lambda servable: predict_json(servable, raw, self._limits)
-            )
-        except Exception:  # as FastAPI's handler of last resort does: logged, answered 500
-            log.exception("unhandled error on POST %s", scope["path"])
-            status, text = 500, INTERNAL_ERROR
+        status, text = await answer(
+            self._store, self._metrics, target, "predict", lambda servable: predict_json(servable, raw, self._limits)
+        )
         body = text.encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-length", str(len(body)).encode()), _JSON_HEADER]})

@@ -286,3 +286,19 @@ def test_made_up_model_names_share_one_metrics_series():
     assert 'vispipe_serving_requests_total{api="predict",model="(unknown)",status="404",version="none"} 200.0' in text
     assert ':tensorflow:serving:request_count{model_name="(unknown)",status="NOT_FOUND"} 200' in text
     assert 'vispipe_serving_requests_total{api="predict",model="cold",status="404",version="none"} 1.0' in text
+
+
+def test_an_unexpected_error_is_answered_500_and_counted(client):
+    """A bug inside an API call answers TF Serving's 500 and shows in the request metrics, not only in the log."""
+    import asyncio
+
+    from vispipe.serving.rest_core import INTERNAL_ERROR, Target, answer
+
+    async def broken(servable) -> str:
+        raise RuntimeError("a bug")
+
+    state = client.app.state
+    assert asyncio.run(answer(state.store, state.metrics, Target("toy"), "predict", broken)) == (500, INTERNAL_ERROR)
+    text = client.get("/metrics").text
+    assert 'vispipe_serving_requests_total{api="predict",model="toy",status="500",version="2"} 1.0' in text
+    assert ':tensorflow:serving:request_count{model_name="toy",status="INTERNAL"} 1' in text
