@@ -122,7 +122,7 @@ async def answer(
         work: the API call, servable -> answer text.
 
     Returns:
-        (HTTP status, answer text): TF Serving's error for a ServingError, 500 for any other exception.
+        (HTTP status, answer text): TF Serving's error for a ServingError or MemoryError, 500 for any other exception.
     """
     started = time.perf_counter()
     served: int | str = "none"
@@ -134,6 +134,9 @@ async def answer(
     except ServingError as error:
         code = error.code
         status, text = error_json(error)
+    except MemoryError:  # as the gRPC API answers it
+        code = "RESOURCE_EXHAUSTED"
+        status, text = error_json(ServingError(code, "the request needs more memory than the server has"))
     except Exception:  # a bug, not the request's fault: logged, answered 500 and counted like any failure
         log.exception("unhandled error in %s of model %r", api, target.model)
         code, status, text = "INTERNAL", 500, INTERNAL_ERROR

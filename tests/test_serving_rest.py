@@ -289,7 +289,7 @@ def test_made_up_model_names_share_one_metrics_series():
 
 
 def test_an_unexpected_error_is_answered_500_and_counted(client):
-    """A bug inside an API call answers TF Serving's 500 and shows in the request metrics, not only in the log."""
+    """A bug inside an API call answers TF Serving's 500 and shows in the request metrics; running out of memory, 429."""
     import asyncio
 
     from vispipe.serving.rest_core import INTERNAL_ERROR, Target, answer
@@ -302,3 +302,9 @@ def test_an_unexpected_error_is_answered_500_and_counted(client):
     text = client.get("/metrics").text
     assert 'vispipe_serving_requests_total{api="predict",model="toy",status="500",version="2"} 1.0' in text
     assert ':tensorflow:serving:request_count{model_name="toy",status="INTERNAL"} 1' in text
+
+    async def too_big(servable) -> str:
+        raise MemoryError
+
+    status, text = asyncio.run(answer(state.store, state.metrics, Target("toy"), "predict", too_big))
+    assert status == 429 and "more memory" in json.loads(text)["error"]
