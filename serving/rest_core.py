@@ -37,7 +37,7 @@ from vispipe.serving.metrics import ServingMetrics
 from vispipe.serving.model_store import ModelStore
 from vispipe.serving.servable import Servable
 
-__all__ = ["Target", "PredictRoute", "answer", "error_json", "predict_json", "run_plan", "signature_name"]
+__all__ = ["Target", "PredictRoute", "INTERNAL_ERROR", "answer", "error_json", "predict_json", "run_plan", "signature_name"]
 
 log = logging.getLogger("serving")
 
