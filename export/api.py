@@ -92,12 +92,12 @@ def _check_options(options: ExportOptions) -> None:
                                     TFJS_QUANTIZATIONS)):
         if not values or any(v not in allowed for v in values):
             raise ValueError(f"{field}: expected values from {allowed}, got {list(values)}.")
-    if (min(options.verify_limit, options.tfjs_verify_limit, options.prune_limit) < 0
-            or options.prune_epochs <= 0):
+    if (min(options.verify_limit, options.tfjs_verify_limit, options.prune_limit,
+            options.prune_min_steps) < 0 or options.prune_epochs <= 0):
         raise ValueError(
-            f"verify_limit/tfjs_verify_limit/prune_limit must be >= 0 and prune_epochs > 0, "
-            f"got {options.verify_limit}/{options.tfjs_verify_limit}/{options.prune_limit}/"
-            f"{options.prune_epochs}.")
+            f"verify_limit/tfjs_verify_limit/prune_limit/prune_min_steps must be >= 0 and "
+            f"prune_epochs > 0, got {options.verify_limit}/{options.tfjs_verify_limit}/"
+            f"{options.prune_limit}/{options.prune_min_steps}/{options.prune_epochs}.")
 
 
 def _check_output(out_dir: str, overwrite: bool) -> str:
@@ -302,7 +302,8 @@ class _Exporter:
             try:
                 pruned, report = prune_model(
                     self.model, self.train_x, self.train_y, sparsity,
-                    epochs=self.options.prune_epochs, learning_rate=self.options.prune_learning_rate,
+                    epochs=self.options.prune_epochs, min_steps=self.options.prune_min_steps,
+                    learning_rate=self.options.prune_learning_rate,
                     decay=self.options.prune_decay, seed=self.options.seed,
                     progress=self.options.progress)
             except Exception as e:  # The other sparsities and formats go on.

@@ -49,6 +49,8 @@ EXPORT_SETTINGS = (
     Flag("--calibration-size", "export.calibration_size", "training images for int8 calibration"),
     Flag("--sparsity", "export.sparsities", "pruning target sparsities, comma-separated"),
     Flag("--prune-epochs", "export.prune_epochs", "fine-tune epochs per sparsity"),
+    Flag("--prune-min-steps", "export.prune_min_steps",
+         "fine-tune steps per sparsity at least (a small dataset's epochs are few)"),
     Flag("--prune-limit", "export.prune_limit", "training images for the fine-tune (0: all)"),
     Flag("--prune-max-drop", "export.prune_max_drop",
          "largest top-1 accuracy drop a pruned model may have (0.01: 1 point)"),

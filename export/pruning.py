@@ -12,7 +12,7 @@ pruned weights are exact zeros (which is what makes it compress).
 Example:
 
 ```python
-pruned, report = prune_model(model, images, labels, 0.8, epochs=2)
+pruned, report = prune_model(model, images, labels, 0.8, epochs=2, min_steps=1250)
 print(report.total_sparsity, report.layers)
 ```
 """
@@ -168,12 +168,16 @@ class PruningCallback(keras.callbacks.Callback):
     Args:
         weights: `(name, variable)` pairs to prune.
         schedule: The `PolynomialDecay` schedule, in optimizer steps.
+        total_steps: Training stops after this many steps (0: when `fit`
+            ends), so a fine-tune can end inside an epoch.
     """
 
-    def __init__(self, weights: list[tuple[str, Any]], schedule: PolynomialDecay):
+    def __init__(self, weights: list[tuple[str, Any]], schedule: PolynomialDecay,
+                 total_steps: int = 0):
         super().__init__()
         self.targets = weights
         self.schedule = schedule
+        self.total_steps = total_steps
         self.masks = [np.ones(tuple(v.shape), np.float32) for _, v in weights]
         self.step = 0
 
@@ -187,6 +191,8 @@ class PruningCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None) -> None:
         self.step += 1
         self._apply()
+        if self.total_steps and self.step >= self.total_steps:
+            self.model.stop_training = True
 
     def _apply(self) -> None:
         for mask, (_, variable) in zip(self.masks, self.targets):
@@ -229,6 +235,7 @@ def prune_model(
     target_sparsity: float,
     *,
     epochs: int = 1,
+    min_steps: int = 0,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
     decay: str = "cosine",
@@ -245,15 +252,28 @@ def prune_model(
     recovers accuracy at the target sparsity. A fine-tune of one or two
     steps prunes to the target at its first step. `model` is left unchanged.
 
-    The rate starts at 1e-3 and decays to 0 (cosine), as gradual-pruning
-    papers fine-tune; a constant 1e-4, the former default, left most of
-    the loss unrecovered. Top-1 drop from Keras (points, 2,000 CIFAR test images;
-    1e-4 constant -> 1e-3 cosine, same steps): MobileNetV2 50% (250 steps)
-    3.25 -> 0.25; ResNet-20 50% (314) -0.4 at 1e-3. At 80% the length is
-    the lever: ResNet-20 6.0 -> 7.15 at 314 steps, -0.55 at 942, -3.8 at
-    1,408 (2 epochs of all CIFAR-10 images, vispipe's default: 481 s on 2
-    cores); MobileNetV2 20.15 at 250, 2.35 at 750, 3.70 at the default 704,
-    -0.75 at 1,250 (bench/README.md).
+    The fine-tune runs `max(epochs, min_steps)`: `epochs` passes over the
+    images, or `min_steps` steps when those are fewer (the last epoch then
+    ends early). The length in steps is what recovers accuracy at a high
+    sparsity, and a small dataset's two epochs are few steps.
+
+    The rate starts at 1e-3 and decays to 0 (cosine) over the whole
+    fine-tune, as gradual-pruning papers fine-tune; a constant 1e-4, the
+    former default, left most of the loss unrecovered. Top-1 drop from
+    Keras (points, 2,000 CIFAR test images; seconds on 2 shared cores;
+    bench/README.md):
+
+    | fine-tune (1e-3 cosine) | MobileNetV2 5-class | ResNet-20 |
+    |---|---:|---:|
+    | 50%, 250 / 314 steps | 0.25 | -0.40 |
+    | 80%, 250 / 314 steps | 20.15 | 7.15 |
+    | 80%, 704 steps (2 epochs of 22,500 images) | 3.70 (321 s) | - |
+    | 80%, 750 / 942 steps | 2.35 | -0.55 |
+    | 80%, 1,250 steps | -0.75 (715 s) | - |
+    | 80%, 1,408 steps (2 epochs of 45,000 images) | - | -3.80 (481 s) |
+
+    (1e-4 constant at the same steps: MobileNetV2 50% 3.25, ResNet-20 80%
+    6.0.) Hence `vispipe export`'s `prune_min_steps` of 1,250.
 
     BatchNorm's moving statistics are recomputed on training batches after
     the fine-tune (`recompute_statistics`, "precise BN"): the moving
@@ -268,6 +288,7 @@ def prune_model(
         labels: int labels `[N]`.
         target_sparsity: Final share of zero weights per kernel, in (0, 1).
         epochs: Fine-tuning epochs.
+        min_steps: Fine-tuning steps at least (0: `epochs` alone).
         batch_size: Fine-tuning batch size.
         learning_rate: Adam learning rate of the fine-tune (its start, when
             it decays).
@@ -282,8 +303,8 @@ def prune_model(
         `(pruned_model, report)`.
 
     Raises:
-        ValueError: A sparsity outside (0, 1), no images, or no prunable
-            layer.
+        ValueError: A sparsity outside (0, 1), `epochs` < 1, `min_steps`
+            < 0, no images, or no prunable layer.
 
     Example:
 
@@ -299,12 +320,16 @@ def prune_model(
         raise ValueError(
             f"prune_model: expected as many labels as images (>0), got {len(images)} images "
             f"and {len(labels)} labels.")
+    if epochs < 1 or min_steps < 0:
+        raise ValueError(f"prune_model: expected epochs >= 1 and min_steps >= 0, got "
+                         f"epochs={epochs!r}, min_steps={min_steps!r}.")
     pruned = keras.models.clone_model(model)
     pruned.set_weights(model.get_weights())
     weights = prunable_weights(pruned)
     if not weights:
         raise ValueError(f"Model {model.name!r} has no Conv or Dense kernel to prune.")
-    steps = epochs * math.ceil(len(images) / batch_size)
+    per_epoch = math.ceil(len(images) / batch_size)
+    steps = max(epochs * per_epoch, min_steps)
     # The last mask update must land on a step that runs (step `steps - 1`).
     ramp = min(steps - 1, int(steps * end_fraction))
     if ramp < 1:  # Too few steps to ramp: prune to the target at once (one-shot).
@@ -315,7 +340,7 @@ def prune_model(
         schedule = PolynomialDecay(0.0, target_sparsity, begin_step=0,
                                    end_step=frequency * max(1, ramp // frequency),
                                    power=power, frequency=frequency)
-    callback = PruningCallback(weights, schedule)
+    callback = PruningCallback(weights, schedule, total_steps=steps)
     # Tracing a deep network's train step (MobileNetV2, EfficientNet) costs more
     # than running a few steps eagerly.
     rate = (keras.optimizers.schedules.CosineDecay(learning_rate, steps) if decay == "cosine"
@@ -324,7 +349,8 @@ def prune_model(
                    loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                    run_eagerly=steps <= _EAGER_STEPS)
     keras.utils.set_random_seed(seed)
-    history = pruned.fit(np.asarray(images, np.float32), np.asarray(labels), epochs=epochs,
+    history = pruned.fit(np.asarray(images, np.float32), np.asarray(labels),
+                         epochs=math.ceil(steps / per_epoch),
                          batch_size=batch_size, shuffle=True, callbacks=[callback],
                          verbose=1 if progress else 0)
     _recompute_statistics(pruned, images, batch_size, seed)

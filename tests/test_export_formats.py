@@ -79,7 +79,8 @@ def exported(tmp_path_factory):
     dataset_dir, run_dir = make_tiny_run(root)
     out = os.path.join(root, "out")
     report = export_model(run_dir, out, options=ExportOptions(
-        calibration_size=32, sparsities=(0.8,), prune_epochs=3, progress=False,
+        calibration_size=32, sparsities=(0.8,), prune_epochs=3, prune_min_steps=0,
+        progress=False,
         prune_max_drop=0.25,  # a 100-image toy model; the MNIST figures are in the report
         coreml_weights=("float16", "int8"), tfjs_verify_limit=40))
     return {"dataset": dataset_dir, "run": run_dir, "out": out, "report": report,

@@ -68,6 +68,30 @@ def test_prune_model_reaches_the_target_and_leaves_the_original():
         prune_model(model, images, labels, 0.75, decay="linear")
 
 
+def test_min_steps_lengthens_a_short_fine_tune_to_a_number_of_steps():
+    """A small dataset's epochs are few steps: `min_steps` runs more, ending inside an epoch."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="dense")(x))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (32, 6, 6, 1)).astype(np.uint8)
+    labels = rng.integers(0, 2, 32)
+    pruned, report = prune_model(model, images, labels, 0.5, epochs=1, min_steps=10,
+                                 batch_size=8, progress=False)
+    # 4 steps an epoch: 10 steps stop in the third epoch, the cosine spanning all of them.
+    assert report.steps == 10 and int(pruned.optimizer.iterations) == 10
+    assert len(report.history["loss"]) == 3
+    assert float(keras.ops.convert_to_numpy(pruned.optimizer.learning_rate)) == pytest.approx(
+        0.0, abs=1e-9)
+    assert report.total_sparsity == pytest.approx(0.5, abs=0.02)
+    _, report = prune_model(model, images, labels, 0.5, epochs=3, min_steps=5, batch_size=8,
+                            progress=False)
+    assert report.steps == 12  # epochs rule when they are more steps
+    with pytest.raises(ValueError, match="min_steps=-1"):
+        prune_model(model, images, labels, 0.5, min_steps=-1)
+
+
 def test_a_one_step_fine_tune_still_reaches_the_target():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
