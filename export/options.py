@@ -69,7 +69,7 @@ class ExportOptions:
             small dataset's epochs are few steps. 80% on MobileNetV2 (5
             CIFAR classes, 2 epochs = 704 steps) dropped 3.70 points, 0.75
             above Keras at 1,250 steps; ResNet-20 (1,408 steps) and MNIST
-            (1,876) already run more (`prune_model`, bench/README.md).
+            (1,688) already run more (`prune_model`, bench/README.md).
         prune_limit: Training images for the fine-tune (0: all).
         prune_learning_rate: Adam learning rate of the fine-tune (its start).
         prune_decay: The rate's schedule: "cosine" (to 0 over the
