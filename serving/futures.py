@@ -37,9 +37,9 @@ class _LoopBridge:
         self._lock = threading.Lock()
         self._finished: list[_Pair] = []
 
-    def watch(self, loop: asyncio.AbstractEventLoop, source: concurrent.futures.Future) -> asyncio.Future:
-        """An asyncio future, in `loop` (this bridge's), settled as `source` is."""
-        waiter = loop.create_future()
+    def watch(self, source: concurrent.futures.Future) -> asyncio.Future:
+        """An asyncio future, in this bridge's loop (the running one), settled as `source` is."""
+        waiter = asyncio.get_running_loop().create_future()
         source.add_done_callback(lambda done: self._finish(waiter, done))
         return waiter
 
@@ -95,7 +95,7 @@ async def await_result(source: concurrent.futures.Future, timeout_s: float) -> A
     bridge = _BRIDGES.get(loop)
     if bridge is None:
         bridge = _BRIDGES[loop] = _LoopBridge(loop)
-    waiter = bridge.watch(loop, source)
+    waiter = bridge.watch(source)
     timer = loop.call_later(timeout_s, _expire, waiter, source)
     try:
         return await waiter

@@ -34,16 +34,13 @@ from vispipe.serving.config import LimitsConfig
 from vispipe.serving.errors import ServingError, http_status
 from vispipe.serving.futures import await_result
 from vispipe.serving.metrics import ServingMetrics
+from vispipe.serving.middleware import Receive, Scope, Send
 from vispipe.serving.model_store import ModelStore
 from vispipe.serving.servable import Servable
 
 __all__ = ["Target", "PredictRoute", "INTERNAL_ERROR", "answer", "error_json", "predict_json", "run_plan", "signature_name"]
 
 log = logging.getLogger("serving")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 INTERNAL_ERROR = '{"error": "internal server error"}'
 _JSON_HEADER = (b"content-type", b"application/json")
